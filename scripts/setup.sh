@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for vramguard: the system packages the tests and the demo need, then a
+# release build of the library, the command line and the simulated driver.
+#   scripts/setup.sh            install what is missing, then build
+#   scripts/setup.sh --no-build only install
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v nm >/dev/null 2>&1 || need_apt+=(binutils)
+command -v fish >/dev/null 2>&1 || need_apt+=(fish)
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing ${need_apt[*]}" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo is not installed; install Rust (https://rustup.rs) and run this again" >&2
+    exit 1
+fi
+
+if [ "${1:-}" != "--no-build" ]; then
+    cargo build --release --workspace
+fi

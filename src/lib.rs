@@ -1,0 +1,18 @@
+//! The core of vramguard, shared by the preload library (`libvramguard.so`) and the `vramguard`
+//! command line.
+//!
+//! Nothing in this crate exports a C symbol: the hooks live only in the preload crate
+//! (`src/preload`), so that the CLI and the test binaries, which link this crate, never intercept
+//! their own `dlsym` lookups.
+//!
+//! - [`cuda`]: the driver ABI as the guard sees it (result codes as a newtype, handle types).
+//! - [`units`]: sizes (`512MiB`, `3.5GiB`, `5%`) and durations (`10m`), parsed and printed.
+//! - [`settings`]: the one table of `VRAMGUARD_*` variables and the typed configuration.
+//! - [`ledger`]: the shared-memory ledger every guarded process on the machine maps.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod cuda;
+pub mod ledger;
+pub mod settings;
+pub mod units;
