@@ -52,20 +52,72 @@ impl CuResult {
     /// Every code this crate names, with its driver name and the driver's description.
     pub const KNOWN: &'static [(CuResult, &'static str, &'static str)] = &[
         (Self::SUCCESS, "CUDA_SUCCESS", "no error"),
-        (Self::INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"),
-        (Self::OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"),
-        (Self::NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"),
-        (Self::DEINITIALIZED, "CUDA_ERROR_DEINITIALIZED", "driver shutting down"),
-        (Self::NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected"),
-        (Self::INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"),
-        (Self::INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"),
-        (Self::CONTEXT_ALREADY_CURRENT, "CUDA_ERROR_CONTEXT_ALREADY_CURRENT", "context already current"),
-        (Self::INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"),
-        (Self::NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"),
+        (
+            Self::INVALID_VALUE,
+            "CUDA_ERROR_INVALID_VALUE",
+            "invalid argument",
+        ),
+        (
+            Self::OUT_OF_MEMORY,
+            "CUDA_ERROR_OUT_OF_MEMORY",
+            "out of memory",
+        ),
+        (
+            Self::NOT_INITIALIZED,
+            "CUDA_ERROR_NOT_INITIALIZED",
+            "initialization error",
+        ),
+        (
+            Self::DEINITIALIZED,
+            "CUDA_ERROR_DEINITIALIZED",
+            "driver shutting down",
+        ),
+        (
+            Self::NO_DEVICE,
+            "CUDA_ERROR_NO_DEVICE",
+            "no CUDA-capable device is detected",
+        ),
+        (
+            Self::INVALID_DEVICE,
+            "CUDA_ERROR_INVALID_DEVICE",
+            "invalid device ordinal",
+        ),
+        (
+            Self::INVALID_CONTEXT,
+            "CUDA_ERROR_INVALID_CONTEXT",
+            "invalid device context",
+        ),
+        (
+            Self::CONTEXT_ALREADY_CURRENT,
+            "CUDA_ERROR_CONTEXT_ALREADY_CURRENT",
+            "context already current",
+        ),
+        (
+            Self::INVALID_HANDLE,
+            "CUDA_ERROR_INVALID_HANDLE",
+            "invalid resource handle",
+        ),
+        (
+            Self::NOT_FOUND,
+            "CUDA_ERROR_NOT_FOUND",
+            "named symbol not found",
+        ),
         (Self::NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"),
-        (Self::PRIMARY_CONTEXT_ACTIVE, "CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE", "primary context active"),
-        (Self::CONTEXT_IS_DESTROYED, "CUDA_ERROR_CONTEXT_IS_DESTROYED", "context is destroyed"),
-        (Self::NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"),
+        (
+            Self::PRIMARY_CONTEXT_ACTIVE,
+            "CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE",
+            "primary context active",
+        ),
+        (
+            Self::CONTEXT_IS_DESTROYED,
+            "CUDA_ERROR_CONTEXT_IS_DESTROYED",
+            "context is destroyed",
+        ),
+        (
+            Self::NOT_SUPPORTED,
+            "CUDA_ERROR_NOT_SUPPORTED",
+            "operation not supported",
+        ),
         (Self::UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"),
     ];
 
@@ -76,7 +128,10 @@ impl CuResult {
 
     /// The driver's name for this code (`CUDA_ERROR_OUT_OF_MEMORY`), if this crate knows it.
     pub fn name(self) -> Option<&'static str> {
-        Self::KNOWN.iter().find(|(code, _, _)| *code == self).map(|(_, name, _)| *name)
+        Self::KNOWN
+            .iter()
+            .find(|(code, _, _)| *code == self)
+            .map(|(_, name, _)| *name)
     }
 }
 
@@ -151,12 +206,17 @@ mod tests {
         let odd = CuResult(12345);
         assert_eq!(odd.name(), None);
         assert_eq!(format!("{odd}"), "CUresult(12345)");
-        assert_eq!(CuResult::OUT_OF_MEMORY.name(), Some("CUDA_ERROR_OUT_OF_MEMORY"));
+        assert_eq!(
+            CuResult::OUT_OF_MEMORY.name(),
+            Some("CUDA_ERROR_OUT_OF_MEMORY")
+        );
     }
 
     #[test]
     fn uuid_round_trips_through_its_printed_form() {
-        let uuid = CuUuid([0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        let uuid = CuUuid([
+            0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ]);
         let text = uuid.to_string();
         assert_eq!(text, "GPU-deadbeef-0102-0304-0506-0708090a0b0c");
         assert_eq!(CuUuid::parse(&text), Some(uuid));

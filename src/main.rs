@@ -1,5 +1,9 @@
-//! The `vramguard` command line (under construction).
+//! The `vramguard` command line: runs programs under the guard, shows who holds what, puts the
+//! guard into shells and virtualenvs, diagnoses the machine and tells the user's story on the
+//! simulated card. Each subcommand lives in its own module under `src/cli/`.
+
+mod cli;
+
 fn main() {
-    eprintln!("vramguard: the command line is not built yet");
-    std::process::exit(2);
+    std::process::exit(cli::main());
 }

@@ -233,20 +233,36 @@ fn parse_keyword<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, Strin
 fn parse_flag(value: &str) -> Result<bool, String> {
     parse_keyword(
         value,
-        &[("1", true), ("true", true), ("yes", true), ("on", true), ("0", false), ("false", false), ("no", false), ("off", false), ("", false)],
+        &[
+            ("1", true),
+            ("true", true),
+            ("yes", true),
+            ("on", true),
+            ("0", false),
+            ("false", false),
+            ("no", false),
+            ("off", false),
+            ("", false),
+        ],
     )
 }
 
 fn parse_timeout(value: &str) -> Result<Option<Duration>, String> {
     let duration = units::parse_duration(value).map_err(|e| e.to_string())?;
-    Ok(if duration.is_zero() { None } else { Some(duration) })
+    Ok(if duration.is_zero() {
+        None
+    } else {
+        Some(duration)
+    })
 }
 
 fn parse_optional_size(value: &str) -> Result<Option<u64>, String> {
     if value.trim().is_empty() {
         return Ok(None);
     }
-    units::parse_size(value).map(Some).map_err(|e| e.to_string())
+    units::parse_size(value)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 impl Default for Config {
@@ -275,22 +291,35 @@ impl Config {
                     Ok(v) => v,
                     Err(reason) => {
                         let entry = setting($var).expect("every field is in the table");
-                        errors.push(SettingError { var: $var, value: value.clone(), accepts: entry.accepts, reason });
+                        errors.push(SettingError {
+                            var: $var,
+                            value: value.clone(),
+                            accepts: entry.accepts,
+                            reason,
+                        });
                         $parse(entry.default).expect("every default parses")
                     }
                 }
             }};
         }
         let config = Config {
-            policy: field!("VRAMGUARD_POLICY", |v| parse_keyword(v, &[("deny", Policy::Deny), ("wait", Policy::Wait)])),
+            policy: field!("VRAMGUARD_POLICY", |v| parse_keyword(
+                v,
+                &[("deny", Policy::Deny), ("wait", Policy::Wait)]
+            )),
             wait_timeout: field!("VRAMGUARD_WAIT_TIMEOUT", parse_timeout),
-            reserve: field!("VRAMGUARD_RESERVE", |v: &str| units::parse_amount(v).map_err(|e| e.to_string())),
+            reserve: field!("VRAMGUARD_RESERVE", |v: &str| units::parse_amount(v)
+                .map_err(|e| e.to_string())),
             limit: field!("VRAMGUARD_LIMIT", parse_optional_size),
             expect: field!("VRAMGUARD_EXPECT", parse_optional_size),
-            context_size: field!("VRAMGUARD_CONTEXT_SIZE", |v: &str| units::parse_size(v).map_err(|e| e.to_string())),
+            context_size: field!("VRAMGUARD_CONTEXT_SIZE", |v: &str| units::parse_size(v)
+                .map_err(|e| e.to_string())),
             managed: field!("VRAMGUARD_MANAGED", |v| parse_keyword(
                 v,
-                &[("count", ManagedPolicy::Count), ("ignore", ManagedPolicy::Ignore)]
+                &[
+                    ("count", ManagedPolicy::Count),
+                    ("ignore", ManagedPolicy::Ignore)
+                ]
             )),
             dir: field!("VRAMGUARD_DIR", |v: &str| if v.trim().is_empty() {
                 Err("empty path".to_string())
@@ -307,7 +336,10 @@ impl Config {
                     ("debug", LogLevel::Debug)
                 ]
             )),
-            on_error: field!("VRAMGUARD_ON_ERROR", |v| parse_keyword(v, &[("open", OnError::Open), ("closed", OnError::Closed)])),
+            on_error: field!("VRAMGUARD_ON_ERROR", |v| parse_keyword(
+                v,
+                &[("open", OnError::Open), ("closed", OnError::Closed)]
+            )),
             disable: field!("VRAMGUARD_DISABLE", parse_flag),
             driver: field!("VRAMGUARD_DRIVER", |v: &str| if v.trim().is_empty() {
                 Err("empty path".to_string())
@@ -330,7 +362,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config_from(pairs: &[(&str, &str)]) -> (Config, Vec<SettingError>) {
-        let table: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let table: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| table.get(name).cloned())
     }
 
@@ -385,12 +420,18 @@ mod tests {
 
     #[test]
     fn invalid_values_keep_the_default_and_name_the_variable() {
-        let (config, errors) = config_from(&[("VRAMGUARD_POLICY", "maybe"), ("VRAMGUARD_RESERVE", "lots")]);
+        let (config, errors) =
+            config_from(&[("VRAMGUARD_POLICY", "maybe"), ("VRAMGUARD_RESERVE", "lots")]);
         assert_eq!(config.policy, Policy::Deny);
         assert_eq!(config.reserve, Amount::Bytes(256 << 20));
         assert_eq!(errors.len(), 2);
         let text = errors[0].to_string();
-        assert!(text.contains("VRAMGUARD_POLICY") && text.contains("maybe") && text.contains("deny | wait"), "{text}");
+        assert!(
+            text.contains("VRAMGUARD_POLICY")
+                && text.contains("maybe")
+                && text.contains("deny | wait"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -85,11 +85,13 @@ fn split_number(text: &str) -> Result<(f64, &str), UnitError> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(end);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| UnitError::BadNumber { text: text.to_string() })?;
+    let value: f64 = number.parse().map_err(|_| UnitError::BadNumber {
+        text: text.to_string(),
+    })?;
     if !value.is_finite() {
-        return Err(UnitError::OutOfRange { text: text.to_string() });
+        return Err(UnitError::OutOfRange {
+            text: text.to_string(),
+        });
     }
     Ok((value, unit.trim()))
 }
@@ -107,11 +109,17 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         "mb" => 1e6,
         "gb" => 1e9,
         "tb" => 1e12,
-        _ => return Err(UnitError::BadUnit { unit: unit.to_string() }),
+        _ => {
+            return Err(UnitError::BadUnit {
+                unit: unit.to_string(),
+            });
+        }
     };
     let bytes = value * multiplier;
     if bytes >= u64::MAX as f64 {
-        return Err(UnitError::OutOfRange { text: text.trim().to_string() });
+        return Err(UnitError::OutOfRange {
+            text: text.trim().to_string(),
+        });
     }
     Ok(bytes as u64)
 }
@@ -122,10 +130,14 @@ pub fn parse_amount(text: &str) -> Result<Amount, UnitError> {
     if let Some(number) = trimmed.strip_suffix('%') {
         let (value, unit) = split_number(number)?;
         if !unit.is_empty() {
-            return Err(UnitError::BadUnit { unit: format!("{unit}%") });
+            return Err(UnitError::BadUnit {
+                unit: format!("{unit}%"),
+            });
         }
         if value > 100.0 {
-            return Err(UnitError::OutOfRange { text: trimmed.to_string() });
+            return Err(UnitError::OutOfRange {
+                text: trimmed.to_string(),
+            });
         }
         return Ok(Amount::Percent(value));
     }
@@ -140,9 +152,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(UnitError::BadUnit { unit: unit.to_string() }),
+        _ => {
+            return Err(UnitError::BadUnit {
+                unit: unit.to_string(),
+            });
+        }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| UnitError::OutOfRange { text: text.trim().to_string() })
+    Duration::try_from_secs_f64(seconds).map_err(|_| UnitError::OutOfRange {
+        text: text.trim().to_string(),
+    })
 }
 
 /// Prints a size for people: `0 B`, `512 B`, `300.0 MiB`, `3.50 GiB`.
@@ -208,10 +226,22 @@ mod tests {
     #[test]
     fn bad_sizes_say_what_is_wrong() {
         assert_eq!(parse_size(""), Err(UnitError::Empty));
-        assert!(matches!(parse_size("lots"), Err(UnitError::BadNumber { .. })));
-        assert!(matches!(parse_size("12 parsecs"), Err(UnitError::BadUnit { .. })));
-        assert!(matches!(parse_size("99999999999TiB"), Err(UnitError::OutOfRange { .. })));
-        assert!(matches!(parse_size("1.2.3G"), Err(UnitError::BadNumber { .. })));
+        assert!(matches!(
+            parse_size("lots"),
+            Err(UnitError::BadNumber { .. })
+        ));
+        assert!(matches!(
+            parse_size("12 parsecs"),
+            Err(UnitError::BadUnit { .. })
+        ));
+        assert!(matches!(
+            parse_size("99999999999TiB"),
+            Err(UnitError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse_size("1.2.3G"),
+            Err(UnitError::BadNumber { .. })
+        ));
     }
 
     #[test]
@@ -219,8 +249,14 @@ mod tests {
         assert_eq!(parse_amount("5%"), Ok(Amount::Percent(5.0)));
         assert_eq!(parse_amount("5%").unwrap().of(4 * GIB), (4 * GIB) / 20);
         assert_eq!(parse_amount("256MiB").unwrap().of(4 * GIB), 256 * MIB);
-        assert!(matches!(parse_amount("101%"), Err(UnitError::OutOfRange { .. })));
-        assert!(matches!(parse_amount("5MiB%"), Err(UnitError::BadUnit { .. })));
+        assert!(matches!(
+            parse_amount("101%"),
+            Err(UnitError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse_amount("5MiB%"),
+            Err(UnitError::BadUnit { .. })
+        ));
     }
 
     #[test]
@@ -229,7 +265,10 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert!(matches!(parse_duration("3 fortnights"), Err(UnitError::BadUnit { .. })));
+        assert!(matches!(
+            parse_duration("3 fortnights"),
+            Err(UnitError::BadUnit { .. })
+        ));
     }
 
     #[test]

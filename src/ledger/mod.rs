@@ -1,1 +1,314 @@
-//! The shared-memory ledger (under construction).
+//! The shared-memory ledger every guarded process on the machine maps: for every GPU (keyed by
+//! UUID) its budget and what each member process holds, reserves, claims and waits for.
+//!
+//! The file layout, the protocols and the crash-safety argument are specified in
+//! `docs/ledger.md`. In short:
+//! - [`layout`]: `#[repr(C)]` records of fixed-width atomics, offsets pinned at compile time.
+//! - `file`: opening, creating (atomically published) and validating the file.
+//! - `liveness`: a member is alive exactly while the kernel holds its slot's OFD byte lock.
+//! - `lock`: the per-device compare-and-swap lock, taken over from dead owners.
+//! - `futex`: sleeping and waking on a word of the mapping, always with a timeout.
+//! - `membership`: joining, leaving, and reclaiming what dead members held.
+//! - `admission`: reserve, commit, rollback, release, claims, FIFO waiting, deadlock breaking.
+//! - `snapshot`: an owned copy of the ledger for display.
+#![deny(unsafe_code)]
+
+mod admission;
+mod error;
+mod file;
+mod futex;
+pub mod layout;
+mod liveness;
+mod lock;
+mod membership;
+mod snapshot;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use error::{LedgerError, Refusal};
+pub use layout::{MAX_DEVICES, MAX_PROCESSES};
+pub use snapshot::{DeviceSnapshot, ProcessDevice, ProcessSnapshot, ProcessState, Snapshot};
+
+use layout::{DeviceRecord, LedgerLayout, SlotRecord};
+
+/// How long any one lock acquisition may take before the ledger reports an error instead of
+/// hanging (the holder is alive but not progressing).
+pub const LOCK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// An open ledger: the mapping, the descriptor it came from, and the liveness locks of the
+/// members joined through it.
+pub struct Ledger {
+    path: PathBuf,
+    file: File,
+    mapping: file::Mapping,
+    read_only: bool,
+    identity: (u64, u64),
+    /// For each slot joined through this handle, the descriptor holding its liveness lock (-1: none).
+    member_files: Box<[AtomicI32]>,
+}
+
+/// A process's membership: its slot and the slot's generation when it joined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotId {
+    index: u32,
+    generation: u32,
+}
+
+impl SlotId {
+    /// The slot's index in the ledger (as shown by `vramguard status`).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+/// A device record of the ledger (the index is checked at construction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceId {
+    index: u32,
+}
+
+impl DeviceId {
+    /// The record's index in the ledger's device table.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+/// Bytes admitted and recorded as in flight; must be committed or rolled back.
+#[must_use = "a reservation must be committed or rolled back"]
+#[derive(Debug)]
+pub struct Reservation {
+    slot: SlotId,
+    device: DeviceId,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    /// The device they are reserved on.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+    /// The member that reserved them.
+    pub fn slot(&self) -> SlotId {
+        self.slot
+    }
+}
+
+/// How a request behaves when it does not fit.
+#[derive(Clone, Copy, Default)]
+pub struct Request<'a> {
+    /// Per-process cap on this device (`VRAMGUARD_LIMIT`).
+    pub limit: Option<u64>,
+    /// `None`: refuse at once. `Some(deadline)`: queue (first come, first served) until then.
+    pub wait_until: Option<Instant>,
+    /// Called once when the request starts waiting.
+    pub on_wait: Option<&'a dyn Fn(&WaitReport)>,
+}
+
+/// What a request that starts waiting is waiting for.
+#[derive(Clone, Debug)]
+pub struct WaitReport {
+    /// The device.
+    pub device_uuid: [u8; 16],
+    /// Bytes asked for.
+    pub requested: u64,
+    /// Bytes free under the budget when the wait started.
+    pub available: u64,
+    /// The members holding memory on the device: pid, command, bytes charged.
+    pub holders: Vec<(i32, String, u64)>,
+}
+
+impl Ledger {
+    /// Opens the ledger in `dir`, creating the directory (mode 1777) and the file (mode 0666) if
+    /// missing, and validates it.
+    pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
+        Self::from_open(file::open(dir, true)?)
+    }
+
+    /// Opens an existing ledger without ever creating it; falls back to read-only when the file
+    /// is not writable here (then only [`Ledger::snapshot`] is useful).
+    pub fn open_existing(dir: &Path) -> Result<Ledger, LedgerError> {
+        Self::from_open(file::open(dir, false)?)
+    }
+
+    fn from_open(opened: file::OpenLedger) -> Result<Ledger, LedgerError> {
+        Ok(Ledger {
+            path: opened.path,
+            file: opened.file,
+            mapping: opened.mapping,
+            read_only: opened.read_only,
+            identity: opened.identity,
+            member_files: (0..MAX_PROCESSES).map(|_| AtomicI32::new(-1)).collect(),
+        })
+    }
+
+    /// The ledger file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this handle can only read.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Finds the device with `uuid`, or adds it with the given name, capacity and budget. A
+    /// device already in the ledger keeps the budget it was registered with first.
+    pub fn register_device(
+        &self,
+        uuid: [u8; 16],
+        name: &str,
+        capacity: u64,
+        budget: u64,
+    ) -> Result<DeviceId, LedgerError> {
+        if let Some(device) = self.find_device(uuid) {
+            return Ok(device);
+        }
+        if self.read_only {
+            return Err(LedgerError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        let fresh = self.reopen()?;
+        let _guard = lock::acquire_registration(
+            fresh,
+            layout::REGISTRATION_LOCK_BYTE,
+            Instant::now() + LOCK_DEADLINE,
+        )
+        .map_err(|busy| LedgerError::LockTimeout {
+            path: self.path.clone(),
+            what: "registration",
+            waited: busy.waited,
+        })?;
+        if let Some(device) = self.find_device(uuid) {
+            return Ok(device);
+        }
+        // Under the registration lock nobody else initialises a record, so a record left
+        // half-initialised by a dead registrant is free to reuse.
+        let layout = self.layout();
+        let index = layout
+            .devices
+            .iter()
+            .position(|record| record.state.load(Ordering::Acquire) != layout::DEVICE_READY)
+            .ok_or_else(|| LedgerError::DevicesFull {
+                path: self.path.clone(),
+            })?;
+        let record = &layout.devices[index];
+        record
+            .state
+            .store(layout::DEVICE_INITIALISING, Ordering::Relaxed);
+        layout::store_uuid(&record.uuid, uuid);
+        layout::store_text(&record.name, name);
+        record.capacity.store(capacity, Ordering::Relaxed);
+        record.budget.store(budget, Ordering::Relaxed);
+        for counter in [&record.charged, &record.held, &record.in_flight] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        record.lock.store(0, Ordering::Relaxed);
+        record.waiters.store(0, Ordering::Relaxed);
+        record.next_ticket.store(1, Ordering::Relaxed);
+        // Slot counters of a never-used record are zero, but a damaged file may say otherwise:
+        // recompute from them so the totals match what members hold.
+        admission::recompute_totals(layout, index);
+        record.state.store(layout::DEVICE_READY, Ordering::Release);
+        layout
+            .header
+            .device_high_water
+            .fetch_max(index as u32 + 1, Ordering::AcqRel);
+        Ok(DeviceId {
+            index: index as u32,
+        })
+    }
+
+    /// The device registered with `uuid`, if any.
+    pub fn find_device(&self, uuid: [u8; 16]) -> Option<DeviceId> {
+        // All 64 records, not just up to the high-water hint: a damaged hint must never lead to
+        // a second record (and a second budget) for the same device.
+        self.layout()
+            .devices
+            .iter()
+            .position(|record| {
+                record.state.load(Ordering::Acquire) == layout::DEVICE_READY
+                    && layout::load_uuid(&record.uuid) == uuid
+            })
+            .map(|index| DeviceId {
+                index: index as u32,
+            })
+    }
+
+    /// The budget of `dev`.
+    pub fn budget(&self, dev: DeviceId) -> u64 {
+        self.device(dev).budget.load(Ordering::Relaxed)
+    }
+
+    fn layout(&self) -> &LedgerLayout {
+        self.mapping.layout()
+    }
+
+    fn device(&self, dev: DeviceId) -> &DeviceRecord {
+        // DeviceId indices are checked when the id is made; `min` keeps even a forged one in bounds.
+        &self.layout().devices[(dev.index as usize).min(MAX_DEVICES - 1)]
+    }
+
+    fn slot(&self, index: usize) -> &SlotRecord {
+        &self.layout().slots[index.min(MAX_PROCESSES - 1)]
+    }
+
+    fn reopen(&self) -> Result<File, LedgerError> {
+        file::reopen(&self.path, self.identity)
+    }
+
+    /// Whether the member in slot `index` is alive (its liveness lock is held by someone).
+    fn slot_is_alive(&self, index: usize) -> bool {
+        use std::os::fd::AsFd;
+        liveness::is_locked(self.file.as_fd(), layout::LOCK_BASE + index as u64)
+    }
+
+    /// Whether the owner named by a device-lock token is gone.
+    fn lock_owner_is_dead(&self, token: u64) -> bool {
+        match lock::token_owner(token) {
+            Some((index, generation)) if index < MAX_PROCESSES => {
+                let slot = self.slot(index);
+                slot.generation.load(Ordering::Acquire) as u32 != generation
+                    || !self.slot_is_alive(index)
+            }
+            _ => true,
+        }
+    }
+
+    /// Takes `dev`'s lock as the holder of `token`, repairing the totals if a dead owner had it.
+    fn lock_device(&self, dev: DeviceId, token: u64) -> Result<lock::DeviceGuard<'_>, LedgerError> {
+        let record = self.device(dev);
+        let guard = lock::acquire(&record.lock, token, LOCK_DEADLINE, |owner| {
+            self.lock_owner_is_dead(owner)
+        })
+        .map_err(|busy| LedgerError::LockTimeout {
+            path: self.path.clone(),
+            what: "device",
+            waited: busy.waited,
+        })?;
+        if guard.taken_from_dead {
+            admission::recompute_totals(self.layout(), dev.index as usize);
+            record.repairs.fetch_add(1, Ordering::Relaxed);
+            admission::wake_waiters(record);
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // Closing a member descriptor drops its liveness lock (unless a forked child shares it):
+        // the member then counts as dead and its bytes are reclaimed by the next decision.
+        for fd in self.member_files.iter() {
+            membership::close_member_file(fd);
+        }
+    }
+}

@@ -1,1 +1,34 @@
-//! placeholder
+//! `libvramguard.so`: the preload library that keeps the GPU programs on one card from asking,
+//! together, for more memory than the card has.
+//!
+//! Loaded with `LD_PRELOAD` into every GPU process, it intercepts the CUDA driver's allocation,
+//! context and information entry points three ways: as exported symbols (programs linked with
+//! `-lcuda`), through an interposed `dlsym` (programs that `dlopen` the driver), and through the
+//! pointers `cuGetProcAddress` hands out (the CUDA runtime, hence PyTorch, CuPy, TensorFlow...).
+//! Every allocation is admitted against the shared ledger (`vramguard_core::ledger`) first.
+//! `docs/design.md` explains the whole design.
+//!
+//! - [`functions`]: the one list of guarded functions, and the exports and slots made from it.
+//! - [`dlsym`]: the interposed `dlsym` (a naked tail-jump trampoline).
+//! - [`procaddr`]: which guarded variant a `cuGetProcAddress` query names.
+//! - [`symbols`]: the real `dlsym`, our handle on the driver, lock-free function slots.
+//! - [`hooks`]: the body of each guarded function.
+//! - [`guard`]: admission against the ledger and the driver, device identity.
+//! - [`tables`]: what this process holds (pointers, handles, arrays, contexts, pools).
+//! - [`layouts`]: the driver structures read, and array sizes.
+//! - [`state`]: configuration, lazy attach, fork and exit.
+//! - [`boundary`]: no panic crosses into the host program.
+//! - [`log`]: stderr lines prefixed `vramguard: `.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod boundary;
+mod dlsym;
+mod functions;
+mod guard;
+mod hooks;
+mod layouts;
+mod log;
+mod procaddr;
+mod state;
+mod symbols;
+mod tables;

@@ -1,1 +1,67 @@
-//! placeholder
+//! The simulated CUDA driver: a stand-in for `libcuda.so.1` on machines without a GPU.
+//!
+//! Physical memory is shared by every process on the machine through a card-state file
+//! ([`state`]); each process keeps the tables of its own allocations, contexts, pools and
+//! virtual-memory mappings ([`driver`]); the exported entry points ([`exports`]) have the real
+//! driver's names, signatures and `cuGetProcAddress` versioning ([`procaddr`]). The `simcuda`
+//! tool creates, resets and reports the card ([`report`]). Environment: see [`config`].
+
+pub mod abi;
+pub mod config;
+pub mod driver;
+pub mod exports;
+pub mod procaddr;
+pub mod report;
+pub mod result;
+pub mod state;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::driver::{CuOutcome, Driver};
+use crate::exports::Entry;
+use crate::result::CuResult;
+
+/// This process's driver, attached on the first call (again in a forked child).
+static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
+
+/// Runs one entry point's body: attaches the process, follows a card reset, counts the call,
+/// and turns the outcome (or a panic) into a result code. Nothing unwinds into the caller.
+pub(crate) fn call(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) -> CuResult {
+    catch_unwind(AssertUnwindSafe(|| {
+        let mut slot = DRIVER.lock();
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        if slot.as_ref().is_none_or(|driver| driver.pid() != pid) {
+            match Driver::attach() {
+                Ok(driver) => {
+                    // A forked child keeps its parent's state open (its descriptor keeps the
+                    // parent's memory alive, as the real driver's device files do).
+                    if let Some(inherited) = slot.replace(driver) {
+                        std::mem::forget(inherited);
+                    }
+                }
+                Err(message) => {
+                    report_attach_failure(&message);
+                    return CuResult::UNKNOWN;
+                }
+            }
+        }
+        let Some(driver) = slot.as_mut() else {
+            return CuResult::UNKNOWN;
+        };
+        driver.follow_reset();
+        driver.count(entry as usize);
+        CuResult::from(body(driver))
+    }))
+    .unwrap_or(CuResult::UNKNOWN)
+}
+
+fn report_attach_failure(message: &str) {
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    if !REPORTED.swap(true, Ordering::Relaxed) {
+        eprintln!("simcuda: cannot attach to the simulated card: {message}");
+    }
+}

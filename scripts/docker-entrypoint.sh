@@ -1,0 +1,44 @@
+#!/bin/sh
+# Container entrypoint: puts the vramguard guard in place, then replaces itself with the
+# container's command (exec), so the command is PID 1's successor, receives `docker stop`'s
+# signals directly, and its exit status is the container's.
+#
+#   ENTRYPOINT ["/usr/local/bin/vramguard-entrypoint"]   (scripts/install.sh puts it there)
+#   CMD ["python", "train.py"]
+#
+# Mount the host's ledger directory so that containers and host share one ledger:
+#   docker run --gpus all -v /dev/shm/vramguard:/dev/shm/vramguard IMAGE
+# The library is $VRAMGUARD_LIBRARY, else <script dir>/../lib/vramguard/libvramguard.so (where
+# scripts/install.sh puts it), else /usr/local/lib/vramguard/libvramguard.so. Every VRAMGUARD_*
+# variable set on the container is passed on.
+set -eu
+
+if [ -n "${VRAMGUARD_LIBRARY:-}" ]; then
+    library=$VRAMGUARD_LIBRARY
+else
+    # Installed by scripts/install.sh as PREFIX/bin/vramguard-entrypoint: the library is in
+    # PREFIX/lib/vramguard.
+    library=$(cd "$(dirname "$0")/.." && pwd -P)/lib/vramguard/libvramguard.so
+    [ -f "$library" ] || library=/usr/local/lib/vramguard/libvramguard.so
+fi
+if [ ! -f "$library" ]; then
+    echo "docker-entrypoint: $library not found; install vramguard in the image (scripts/install.sh) or set VRAMGUARD_LIBRARY" >&2
+    exit 125
+fi
+
+# Defaults for a container: the shared ledger directory; everything else keeps the library's
+# defaults unless the container sets it.
+VRAMGUARD_DIR=${VRAMGUARD_DIR:-/dev/shm/vramguard}
+export VRAMGUARD_DIR
+
+case ":${LD_PRELOAD:-}:" in
+    *":$library:"*) ;;
+    *) LD_PRELOAD="$library${LD_PRELOAD:+:$LD_PRELOAD}" ;;
+esac
+export LD_PRELOAD
+
+if [ $# -eq 0 ]; then
+    echo "docker-entrypoint: no command given" >&2
+    exit 2
+fi
+exec "$@"

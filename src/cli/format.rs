@@ -1,0 +1,423 @@
+//! What `status` shows, and its three renderings: tables for people, one JSON object, and the
+//! Prometheus text format. The demo's live view uses the one-line summary.
+//!
+//! The report is built from a ledger snapshot by `status`; nothing here reads the ledger.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+use vramguard_core::units::{format_duration, format_size};
+
+/// Everything `status` shows.
+#[derive(Serialize, Debug, Default)]
+pub struct StatusReport {
+    /// The ledger file, or the directory where it would be.
+    pub ledger: String,
+    /// False when no guarded process has run yet (no ledger file).
+    pub ledger_exists: bool,
+    /// Every card any guarded process has used.
+    pub devices: Vec<DeviceView>,
+    /// Every guarded process, live ones first, then those found dead and reclaimed.
+    pub processes: Vec<ProcessView>,
+    /// Bytes returned to the cards from dead processes by this call.
+    pub reclaimed_bytes: u64,
+}
+
+/// One card.
+#[derive(Serialize, Debug)]
+pub struct DeviceView {
+    /// `GPU-xxxxxxxx-...`
+    pub uuid: String,
+    /// The driver's name for it.
+    pub name: String,
+    /// Its memory.
+    pub capacity_bytes: u64,
+    /// What guarded processes may use together (capacity less the reserve).
+    pub budget_bytes: u64,
+    /// Charged to processes: held + in flight + unused parts of up-front reservations.
+    pub used_bytes: u64,
+    /// Allocated and returned by the driver.
+    pub held_bytes: u64,
+    /// Admitted but not yet returned by the driver (in flight).
+    pub reserved_bytes: u64,
+    /// Processes waiting for memory on this card.
+    pub waiting: u32,
+}
+
+/// One guarded process.
+#[derive(Serialize, Debug)]
+pub struct ProcessView {
+    /// Its pid (in the namespace of the process that wrote it).
+    pub pid: i32,
+    /// Its command line, as recorded when it joined.
+    pub command: String,
+    /// `running`, `waiting`, or `reclaimed` (found dead; its memory given back).
+    pub state: &'static str,
+    /// When it joined the ledger.
+    pub started_unix_ms: u64,
+    /// Its charge on each card.
+    pub devices: Vec<ProcessDeviceView>,
+    /// What it waits for, when waiting.
+    pub waiting_for: Option<WaitView>,
+}
+
+/// A process's charge on one card.
+#[derive(Serialize, Debug)]
+pub struct ProcessDeviceView {
+    /// The card.
+    pub uuid: String,
+    /// Charged: held + in flight + unused claim.
+    pub used_bytes: u64,
+    /// Allocated.
+    pub held_bytes: u64,
+    /// In flight.
+    pub reserved_bytes: u64,
+    /// Its up-front reservation (`VRAMGUARD_EXPECT`), 0 when none.
+    pub claim_bytes: u64,
+}
+
+/// What a waiting process waits for.
+#[derive(Serialize, Debug)]
+pub struct WaitView {
+    /// The card.
+    pub uuid: String,
+    /// The request.
+    pub bytes: u64,
+    /// Since when.
+    pub since_unix_ms: u64,
+    /// How long so far.
+    pub waited_ms: u64,
+}
+
+/// Left-aligned columns, each as wide as its widest cell.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The short form of a UUID for narrow tables (`GPU-1a2b3c4d`).
+fn short_uuid(uuid: &str) -> &str {
+    uuid.get(..12).unwrap_or(uuid)
+}
+
+/// The tables for people.
+pub fn human(report: &StatusReport) -> String {
+    let mut out = String::new();
+    if !report.ledger_exists {
+        let _ = writeln!(
+            out,
+            "no guarded process has run yet (no ledger in {})",
+            report.ledger
+        );
+        return out;
+    }
+    let _ = writeln!(out, "ledger: {}", report.ledger);
+    if report.devices.is_empty() {
+        out.push_str("\nno card has been used by a guarded process yet\n");
+    } else {
+        let mut rows = vec![
+            [
+                "DEVICE",
+                "NAME",
+                "CAPACITY",
+                "BUDGET",
+                "USED",
+                "HELD",
+                "IN FLIGHT",
+                "WAITING",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for d in &report.devices {
+            rows.push(vec![
+                d.uuid.clone(),
+                d.name.clone(),
+                format_size(d.capacity_bytes),
+                format_size(d.budget_bytes),
+                format_size(d.used_bytes),
+                format_size(d.held_bytes),
+                format_size(d.reserved_bytes),
+                d.waiting.to_string(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&table(&rows));
+    }
+    if report.processes.is_empty() {
+        out.push_str("\nno guarded process is running\n");
+    } else {
+        let mut rows = vec![
+            [
+                "PID",
+                "STATE",
+                "DEVICE",
+                "USED",
+                "CLAIM",
+                "WAITS FOR",
+                "COMMAND",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for p in &report.processes {
+            let waits = p.waiting_for.as_ref().map_or(String::new(), |w| {
+                format!(
+                    "{} on {} for {}",
+                    format_size(w.bytes),
+                    short_uuid(&w.uuid),
+                    format_duration(std::time::Duration::from_millis(w.waited_ms))
+                )
+            });
+            let command = p.command.clone();
+            if p.devices.is_empty() {
+                rows.push(vec![
+                    p.pid.to_string(),
+                    p.state.to_string(),
+                    "-".into(),
+                    "0 B".into(),
+                    "".into(),
+                    waits,
+                    command,
+                ]);
+                continue;
+            }
+            for (i, d) in p.devices.iter().enumerate() {
+                let first = i == 0;
+                rows.push(vec![
+                    if first {
+                        p.pid.to_string()
+                    } else {
+                        String::new()
+                    },
+                    if first {
+                        p.state.to_string()
+                    } else {
+                        String::new()
+                    },
+                    short_uuid(&d.uuid).to_string(),
+                    format_size(d.used_bytes),
+                    if d.claim_bytes > 0 {
+                        format_size(d.claim_bytes)
+                    } else {
+                        String::new()
+                    },
+                    if first { waits.clone() } else { String::new() },
+                    if first {
+                        command.clone()
+                    } else {
+                        String::new()
+                    },
+                ]);
+            }
+        }
+        out.push('\n');
+        out.push_str(&table(&rows));
+    }
+    if report.reclaimed_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "\nreclaimed {} from processes that died without freeing it",
+            format_size(report.reclaimed_bytes)
+        );
+    }
+    out
+}
+
+/// One line per card for the demo's live view: `GPU-1a2b3c4d: 3.00 GiB of 3.75 GiB used, 2 waiting
+/// (script 1 holds 3.00 GiB, ...)`; `name` names a process for the reader (`pid 1234` by default).
+pub fn summary_lines(report: &StatusReport, name: impl Fn(i32) -> Option<String>) -> Vec<String> {
+    let name = |pid: i32| name(pid).unwrap_or_else(|| format!("pid {pid}"));
+    report
+        .devices
+        .iter()
+        .map(|d| {
+            let holders: Vec<String> = report
+                .processes
+                .iter()
+                .filter(|p| p.state != "reclaimed")
+                .filter_map(|p| {
+                    let used = p
+                        .devices
+                        .iter()
+                        .find(|pd| pd.uuid == d.uuid)
+                        .map_or(0, |pd| pd.used_bytes);
+                    match &p.waiting_for {
+                        Some(w) if w.uuid == d.uuid => Some(format!(
+                            "{} waits for {}",
+                            name(p.pid),
+                            format_size(w.bytes)
+                        )),
+                        _ if used > 0 => {
+                            Some(format!("{} holds {}", name(p.pid), format_size(used)))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+            let mut line = format!(
+                "{}: {} of {} used, {} waiting",
+                short_uuid(&d.uuid),
+                format_size(d.used_bytes),
+                format_size(d.budget_bytes),
+                d.waiting
+            );
+            if !holders.is_empty() {
+                let _ = write!(line, " ({})", holders.join(", "));
+            }
+            line
+        })
+        .collect()
+}
+
+/// One JSON object.
+pub fn json(report: &StatusReport) -> String {
+    serde_json::to_string_pretty(report).expect("the report serialises")
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+/// The Prometheus text exposition format (version 0.0.4).
+pub fn prometheus(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let device_labels = |d: &DeviceView| {
+        format!(
+            "{{uuid=\"{}\",name=\"{}\"}}",
+            label(&d.uuid),
+            label(&d.name)
+        )
+    };
+    let device_family = |f: fn(&DeviceView) -> u64| {
+        report
+            .devices
+            .iter()
+            .map(|d| (device_labels(d), f(d)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "vramguard_device_capacity_bytes",
+        "Memory of the card.",
+        device_family(|d| d.capacity_bytes),
+    );
+    family(
+        "vramguard_device_budget_bytes",
+        "What guarded processes may use together on the card (capacity less the reserve).",
+        device_family(|d| d.budget_bytes),
+    );
+    family(
+        "vramguard_device_used_bytes",
+        "Charged to guarded processes: held, in flight and unused up-front reservations.",
+        device_family(|d| d.used_bytes),
+    );
+    family(
+        "vramguard_device_held_bytes",
+        "Allocated by guarded processes.",
+        device_family(|d| d.held_bytes),
+    );
+    family(
+        "vramguard_device_reserved_bytes",
+        "Admitted but not yet returned by the driver (in flight).",
+        device_family(|d| d.reserved_bytes),
+    );
+    family(
+        "vramguard_device_waiting",
+        "Guarded processes waiting for memory on the card.",
+        device_family(|d| u64::from(d.waiting)),
+    );
+    let live: Vec<&ProcessView> = report
+        .processes
+        .iter()
+        .filter(|p| p.state != "reclaimed")
+        .collect();
+    let process_samples = live
+        .iter()
+        .flat_map(|p| {
+            p.devices.iter().map(move |d| {
+                (
+                    format!(
+                        "{{pid=\"{}\",command=\"{}\",uuid=\"{}\"}}",
+                        p.pid,
+                        label(&p.command),
+                        label(&d.uuid)
+                    ),
+                    d.used_bytes,
+                )
+            })
+        })
+        .collect();
+    family(
+        "vramguard_process_used_bytes",
+        "Charged to a guarded process on a card.",
+        process_samples,
+    );
+    let waiting_samples = live
+        .iter()
+        .map(|p| {
+            (
+                format!("{{pid=\"{}\",command=\"{}\"}}", p.pid, label(&p.command)),
+                p.waiting_for.as_ref().map_or(0, |w| w.bytes),
+            )
+        })
+        .collect();
+    family(
+        "vramguard_process_waiting_bytes",
+        "The request a guarded process waits for (0 when it does not wait).",
+        waiting_samples,
+    );
+    family(
+        "vramguard_processes",
+        "Live guarded processes.",
+        vec![(String::new(), live.len() as u64)],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn columns_line_up() {
+        let rows = vec![
+            vec!["A".to_string(), "BB".to_string()],
+            vec!["CCC".to_string(), "D".to_string()],
+        ];
+        assert_eq!(table(&rows), "A    BB\nCCC  D\n");
+    }
+}

@@ -1,0 +1,257 @@
+//! The command line's grammar (clap) and the dispatch to one module per subcommand.
+//!
+//! Exit codes are part of the interface; they are listed in `--help` ([`EXIT_CODES`]) and in
+//! `docs/usage.md`.
+
+mod demo;
+mod demo_load;
+mod doctor;
+mod driver;
+mod env;
+mod format;
+mod library;
+mod run;
+mod status;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The exit codes, as `--help` prints them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  run     the command's own status (128+N when a signal N ended it);
+          125 vramguard could not set up the guard (library not found),
+          126 the command cannot be executed, 127 the command was not found
+  status  0 shown (also when no guarded process has run yet), 1 the ledger cannot be read
+  env     0 printed or installed, 1 the library or the virtualenv was not found
+  doctor  0 every check passed, 1 a check warned or failed
+  demo    0 every act showed what it should, 1 otherwise
+  any     2 the command line itself is wrong";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vramguard",
+    version,
+    about = "Keeps the GPU programs on one card from asking, together, for more VRAM than it has",
+    long_about = "Keeps the GPU programs on one card from asking, together, for more VRAM than it \
+                  has.\n\nEvery program that loads libvramguard.so (through `vramguard run`, a \
+                  virtualenv hook, or a container entrypoint) shares one ledger per machine: an \
+                  allocation that would push a card past its budget fails with a clean \
+                  CUDA_ERROR_OUT_OF_MEMORY (policy `deny`) or waits for memory (policy `wait`).",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The guard's options, shared by `run` and `env`: each becomes a `VRAMGUARD_*` variable.
+#[derive(Args, Debug, Default, Clone)]
+pub struct GuardOptions {
+    /// What an allocation that does not fit does: fail at once, or wait for memory
+    /// [VRAMGUARD_POLICY]
+    #[arg(long, value_enum)]
+    pub policy: Option<PolicyArg>,
+    /// How long a request may wait under `--policy wait` (`30s`, `10m`; `0` forever)
+    /// [VRAMGUARD_WAIT_TIMEOUT]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub timeout: Option<String>,
+    /// Reserve this much up front at first use of a card, waiting for it as a whole
+    /// [VRAMGUARD_EXPECT]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub expect: Option<String>,
+    /// Cap on what the command may hold on each card, context included [VRAMGUARD_LIMIT]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub limit: Option<String>,
+    /// Memory kept free on every card for the display and unguarded programs (`256MiB`, `5%`)
+    /// [VRAMGUARD_RESERVE]
+    #[arg(long, value_name = "SIZE", value_parser = parse_amount_arg)]
+    pub reserve: Option<String>,
+}
+
+impl GuardOptions {
+    /// The options as `VRAMGUARD_*` variables, in a fixed order.
+    pub fn variables(&self) -> Vec<(&'static str, String)> {
+        let mut vars = Vec::new();
+        if let Some(policy) = self.policy {
+            vars.push(("VRAMGUARD_POLICY", policy.as_str().to_string()));
+        }
+        let optional = [
+            ("VRAMGUARD_WAIT_TIMEOUT", &self.timeout),
+            ("VRAMGUARD_EXPECT", &self.expect),
+            ("VRAMGUARD_LIMIT", &self.limit),
+            ("VRAMGUARD_RESERVE", &self.reserve),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                vars.push((name, value.clone()));
+            }
+        }
+        vars
+    }
+}
+
+/// `--policy` values.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyArg {
+    /// Fail an allocation that does not fit with CUDA_ERROR_OUT_OF_MEMORY at once
+    Deny,
+    /// Queue it until memory is freed or the timeout passes
+    Wait,
+}
+
+impl PolicyArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            PolicyArg::Deny => "deny",
+            PolicyArg::Wait => "wait",
+        }
+    }
+}
+
+/// `--shell` values.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShellArg {
+    /// POSIX sh, bash, zsh
+    #[default]
+    Sh,
+    /// fish
+    Fish,
+}
+
+fn parse_size_arg(text: &str) -> Result<String, String> {
+    vramguard_core::units::parse_size(text)
+        .map(|_| text.trim().to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_amount_arg(text: &str) -> Result<String, String> {
+    vramguard_core::units::parse_amount(text)
+        .map(|_| text.trim().to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_duration_arg(text: &str) -> Result<String, String> {
+    vramguard_core::units::parse_duration(text)
+        .map(|_| text.trim().to_string())
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a command with the guard preloaded; exits with the command's status
+    #[command(
+        after_help = "Example:\n  vramguard run --policy wait --expect 3GiB -- python extract.py"
+    )]
+    Run {
+        #[command(flatten)]
+        guard: GuardOptions,
+        /// The command and its arguments (after `--`)
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<OsString>,
+    },
+    /// Show every card and every guarded process from the ledger (never touches the GPU)
+    Status {
+        /// Print one JSON object instead of tables
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// Print the Prometheus text format (for a node exporter's textfile collector)
+        #[arg(long)]
+        prometheus: bool,
+        /// Redraw every SECS seconds (default 2) until interrupted
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
+    },
+    /// Print the shell lines that put the guard in place, or install them into a virtualenv
+    Env {
+        /// The shell the lines are for
+        #[arg(long, value_enum, default_value_t = ShellArg::Sh)]
+        shell: ShellArg,
+        /// Install the guard into this virtualenv's activate scripts (undone by `deactivate`);
+        /// set other VRAMGUARD_* variables in your environment as usual
+        #[arg(
+            long,
+            value_name = "PATH",
+            conflicts_with_all = ["list", "markdown", "policy", "timeout", "expect", "limit", "reserve"]
+        )]
+        venv: Option<PathBuf>,
+        /// List every VRAMGUARD_* setting with its default
+        #[arg(long, conflicts_with = "markdown")]
+        list: bool,
+        /// Print the settings section of docs/usage.md (it is generated from this output)
+        #[arg(long)]
+        markdown: bool,
+        #[command(flatten)]
+        guard: GuardOptions,
+    },
+    /// Check the library, the ledger directory and the driver; explain "CUDA unknown error"
+    Doctor,
+    /// Tell the three-scripts-on-one-card story on a simulated 4 GiB card (no GPU needed)
+    Demo,
+    /// One "model load" of the demo: allocates CHUNKS x CHUNK through libcuda.so.1
+    #[command(name = "__demo-load", hide = true)]
+    DemoLoad(demo_load::LoadArgs),
+    /// Doctor's child: opens the driver and reports what it sees
+    #[command(name = "__probe-driver", hide = true)]
+    ProbeDriver {
+        /// The driver library to open
+        driver: PathBuf,
+    },
+    /// Doctor's child: opens a shared library
+    #[command(name = "__probe-library", hide = true)]
+    ProbeLibrary {
+        /// The library to open
+        library: PathBuf,
+    },
+}
+
+/// Parses the command line, runs the subcommand and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { guard, command } => run::run(&guard, &command),
+        Command::Status {
+            json,
+            prometheus,
+            watch,
+        } => {
+            let format = if json {
+                status::Format::Json
+            } else if prometheus {
+                status::Format::Prometheus
+            } else {
+                status::Format::Human
+            };
+            status::status(format, watch)
+        }
+        Command::Env {
+            shell,
+            venv,
+            list,
+            markdown,
+            guard,
+        } => {
+            if list {
+                env::print_settings()
+            } else if markdown {
+                env::print_settings_markdown()
+            } else if let Some(venv) = venv {
+                env::install_venv(&venv)
+            } else {
+                env::print_lines(shell, &guard)
+            }
+        }
+        Command::Doctor => doctor::doctor(),
+        Command::Demo => demo::demo(),
+        Command::DemoLoad(args) => demo_load::load(&args),
+        Command::ProbeDriver { driver } => doctor::probe_driver(&driver),
+        Command::ProbeLibrary { library } => doctor::probe_library(&library),
+    }
+}

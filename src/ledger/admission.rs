@@ -1,0 +1,590 @@
+//! Admission: reserve, commit, rollback, release and claims, FIFO waiting and deadlock breaking.
+//!
+//! Every change of a device's totals and of a member's counters on it happens under the device's
+//! lock, so the check "charged + delta <= budget" and the update are one atomic step across all
+//! processes. A member's charge on a device is `max(held + in_flight, claim)`; the device's
+//! `charged` is the sum of the charges and is written in a single store, never above the budget.
+//!
+//! Members' counters are single atomic words, always written before the totals. A lock taken
+//! over from a dead owner triggers [`recompute_totals`], which rebuilds the totals from the
+//! counters, so a half-done update is never trusted.
+//!
+//! Waiting: a request that does not fit (or finds others queued) takes a ticket and sleeps on the
+//! device's futex word. Only the live waiter with the smallest ticket may be admitted; every
+//! change that frees room bumps the word and wakes all sleepers, who re-check. When every member
+//! with a charge on the device waits on it, the waiter with the largest ticket is refused.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::layout::{self, DeviceRecord, LedgerLayout, SLOT_FREE, SlotDevice};
+use super::{
+    DeviceId, Ledger, LedgerError, Refusal, Request, Reservation, SlotId, WaitReport, futex,
+    liveness, lock,
+};
+
+/// Longest single sleep of a waiter: it then re-checks for dead members even if nobody woke it.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// A member's charge from its counters: `max(held + in_flight, claim)`.
+fn charge_of(held: u64, in_flight: u64, claim: u64) -> u64 {
+    held.saturating_add(in_flight).max(claim)
+}
+
+fn share_charge(share: &SlotDevice) -> u64 {
+    charge_of(
+        share.held.load(Ordering::Relaxed),
+        share.in_flight.load(Ordering::Relaxed),
+        share.claim.load(Ordering::Relaxed),
+    )
+}
+
+/// Whether a member has anything on a device (bytes, a claim, or a place in its queue).
+pub(super) fn has_stake(share: &SlotDevice) -> bool {
+    share.held.load(Ordering::Relaxed) != 0
+        || share.in_flight.load(Ordering::Relaxed) != 0
+        || share.claim.load(Ordering::Relaxed) != 0
+        || share.wait_ticket.load(Ordering::Relaxed) != 0
+}
+
+fn subtract(counter: &AtomicU64, amount: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).saturating_sub(amount),
+        Ordering::Relaxed,
+    );
+}
+
+fn add(counter: &AtomicU64, amount: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).saturating_add(amount),
+        Ordering::Relaxed,
+    );
+}
+
+/// Under the device lock: removes a member's share from the device totals and zeroes it.
+/// Returns the charge removed.
+pub(super) fn remove_share(device: &DeviceRecord, share: &SlotDevice) -> u64 {
+    let held = share.held.load(Ordering::Relaxed);
+    let in_flight = share.in_flight.load(Ordering::Relaxed);
+    let charge = share_charge(share);
+    if share.wait_ticket.load(Ordering::Relaxed) != 0 {
+        share.wait_ticket.store(0, Ordering::Relaxed);
+        decrement_waiters(device);
+    }
+    for counter in [
+        &share.held,
+        &share.in_flight,
+        &share.claim,
+        &share.wait_bytes,
+    ] {
+        counter.store(0, Ordering::Relaxed);
+    }
+    subtract(&device.held, held);
+    subtract(&device.in_flight, in_flight);
+    subtract(&device.charged, charge);
+    charge
+}
+
+fn decrement_waiters(device: &DeviceRecord) {
+    let waiters = device.waiters.load(Ordering::Relaxed);
+    device
+        .waiters
+        .store(waiters.saturating_sub(1), Ordering::Relaxed);
+}
+
+/// Under the device lock: rebuilds the device's totals (and waiter count) from the members'
+/// counters. Used after taking the lock over from a dead owner.
+pub(super) fn recompute_totals(layout: &LedgerLayout, device: usize) {
+    let Some(record) = layout.devices.get(device) else {
+        return;
+    };
+    let (mut held, mut in_flight, mut charged, mut waiters) = (0u64, 0u64, 0u64, 0u32);
+    for slot in &layout.slots {
+        let share = &slot.devices[device];
+        held = held.saturating_add(share.held.load(Ordering::Relaxed));
+        in_flight = in_flight.saturating_add(share.in_flight.load(Ordering::Relaxed));
+        charged = charged.saturating_add(share_charge(share));
+        if share.wait_ticket.load(Ordering::Relaxed) != 0 {
+            waiters = waiters.saturating_add(1);
+        }
+    }
+    record.held.store(held, Ordering::Relaxed);
+    record.in_flight.store(in_flight, Ordering::Relaxed);
+    record.charged.store(charged, Ordering::Relaxed);
+    record.waiters.store(waiters, Ordering::Relaxed);
+}
+
+/// Tells sleepers that room may have appeared (only costs a system call when someone waits).
+pub(super) fn wake_waiters(device: &DeviceRecord) {
+    if device.waiters.load(Ordering::Acquire) != 0 {
+        device.wake_seq.fetch_add(1, Ordering::AcqRel);
+        futex::wake_all(&device.wake_seq);
+    }
+}
+
+/// What a request asks for.
+#[derive(Clone, Copy)]
+enum Ask {
+    /// `bytes` more in flight.
+    Reserve(u64),
+    /// The claim becomes this.
+    Claim(u64),
+}
+
+impl Ask {
+    fn requested(self) -> u64 {
+        match self {
+            Ask::Reserve(bytes) | Ask::Claim(bytes) => bytes,
+        }
+    }
+}
+
+/// The member's charge before and after granting `ask`.
+struct Change {
+    before: u64,
+    after: u64,
+}
+
+fn change_for(share: &SlotDevice, ask: Ask) -> Change {
+    let held = share.held.load(Ordering::Relaxed);
+    let in_flight = share.in_flight.load(Ordering::Relaxed);
+    let claim = share.claim.load(Ordering::Relaxed);
+    let before = charge_of(held, in_flight, claim);
+    let after = match ask {
+        Ask::Reserve(bytes) => charge_of(held, in_flight.saturating_add(bytes), claim),
+        Ask::Claim(bytes) => charge_of(held, in_flight, bytes),
+    };
+    Change { before, after }
+}
+
+/// Under the device lock: whether granting `ask` keeps the device within its budget.
+fn fits(device: &DeviceRecord, share: &SlotDevice, ask: Ask) -> bool {
+    let change = change_for(share, ask);
+    let growth = change.after.saturating_sub(change.before);
+    let charged = device.charged.load(Ordering::Relaxed);
+    growth == 0
+        || charged
+            .checked_add(growth)
+            .is_some_and(|total| total <= device.budget.load(Ordering::Relaxed))
+}
+
+/// Under the device lock: records a granted `ask` (member counters first, then totals).
+fn apply(device: &DeviceRecord, share: &SlotDevice, ask: Ask) {
+    let change = change_for(share, ask);
+    match ask {
+        Ask::Reserve(bytes) => {
+            add(&share.in_flight, bytes);
+            add(&device.in_flight, bytes);
+        }
+        Ask::Claim(bytes) => share.claim.store(bytes, Ordering::Relaxed),
+    }
+    let charged = device.charged.load(Ordering::Relaxed);
+    let charged = charged.saturating_sub(change.before.saturating_sub(change.after));
+    device.charged.store(
+        charged.saturating_add(change.after.saturating_sub(change.before)),
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether granting `ask` needs no new room (for example, inside the member's claim): such a
+/// request never queues.
+fn needs_no_room(share: &SlotDevice, ask: Ask) -> bool {
+    let change = change_for(share, ask);
+    change.after <= change.before
+}
+
+/// Under the device lock: whether `ask` may be granted right now without queueing.
+fn admissible_now(device: &DeviceRecord, share: &SlotDevice, ask: Ask) -> bool {
+    needs_no_room(share, ask)
+        || (device.waiters.load(Ordering::Relaxed) == 0 && fits(device, share, ask))
+}
+
+/// Bytes free under the budget.
+fn room(device: &DeviceRecord) -> u64 {
+    device
+        .budget
+        .load(Ordering::Relaxed)
+        .saturating_sub(device.charged.load(Ordering::Relaxed))
+}
+
+/// What a waiter found when it looked at the queue.
+struct QueueView {
+    /// The smallest ticket of a live waiter.
+    head: u64,
+    /// The largest ticket of a live waiter.
+    latest: u64,
+    /// Some member has a charge on the device, and every such member waits on it.
+    all_holders_wait: bool,
+}
+
+impl Ledger {
+    /// Admits `bytes` more for `slot` on `dev` if they fit under the budget (and `req.limit`),
+    /// recording them as in flight; otherwise refuses or, with `req.wait_until`, waits in line.
+    pub fn reserve(
+        &self,
+        slot: SlotId,
+        dev: DeviceId,
+        bytes: u64,
+        req: &Request,
+    ) -> Result<Reservation, Refusal> {
+        self.admit(slot, dev, Ask::Reserve(bytes), req)?;
+        Ok(Reservation {
+            slot,
+            device: dev,
+            bytes,
+        })
+    }
+
+    /// Moves a reservation from in flight to held (the driver granted the memory).
+    pub fn commit(&self, r: Reservation) {
+        self.adjust(r.slot, r.device, false, |device, share| {
+            let bytes = r.bytes.min(share.in_flight.load(Ordering::Relaxed));
+            subtract(&share.in_flight, bytes);
+            add(&share.held, bytes);
+            subtract(&device.in_flight, bytes);
+            add(&device.held, bytes);
+        });
+    }
+
+    /// Drops a reservation (the driver refused, or the caller gave up); wakes waiters.
+    pub fn rollback(&self, r: Reservation) {
+        self.adjust(r.slot, r.device, true, |device, share| {
+            let bytes = r.bytes.min(share.in_flight.load(Ordering::Relaxed));
+            let before = share_charge(share);
+            subtract(&share.in_flight, bytes);
+            subtract(&device.in_flight, bytes);
+            subtract(&device.charged, before.saturating_sub(share_charge(share)));
+        });
+    }
+
+    /// Returns `bytes` held by `slot` on `dev` (saturating at what it holds); wakes waiters.
+    pub fn release(&self, slot: SlotId, dev: DeviceId, bytes: u64) {
+        self.adjust(slot, dev, true, |device, share| {
+            let bytes = bytes.min(share.held.load(Ordering::Relaxed));
+            let before = share_charge(share);
+            subtract(&share.held, bytes);
+            subtract(&device.held, bytes);
+            subtract(&device.charged, before.saturating_sub(share_charge(share)));
+        });
+    }
+
+    /// Sets the member's up-front claim on `dev` (`VRAMGUARD_EXPECT`): its charge becomes
+    /// `max(held + in flight, claim)`. Growing the claim is admitted like a reservation (and may
+    /// wait); shrinking it (`0` drops it) always succeeds and wakes waiters.
+    pub fn set_claim(
+        &self,
+        slot: SlotId,
+        dev: DeviceId,
+        bytes: u64,
+        req: &Request,
+    ) -> Result<(), Refusal> {
+        self.admit(slot, dev, Ask::Claim(bytes), req)
+    }
+
+    /// Bytes admitted to other members but not yet taken from the driver: their reservations in
+    /// flight plus the unused parts of their claims.
+    pub fn unbacked_by_others(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        let device = self.device(dev);
+        let all = device
+            .charged
+            .load(Ordering::Relaxed)
+            .saturating_sub(device.held.load(Ordering::Relaxed));
+        let Some(share) = self.own_share(slot, dev) else {
+            return all;
+        };
+        let mine = share_charge(share).saturating_sub(share.held.load(Ordering::Relaxed));
+        all.saturating_sub(mine)
+    }
+
+    /// What this member could still reserve on `dev` now (ignoring the queue), within `limit`.
+    pub fn available(&self, slot: SlotId, dev: DeviceId, limit: Option<u64>) -> u64 {
+        let device = self.device(dev);
+        let room = room(device);
+        let Some(share) = self.own_share(slot, dev) else {
+            return room;
+        };
+        let used = share
+            .held
+            .load(Ordering::Relaxed)
+            .saturating_add(share.in_flight.load(Ordering::Relaxed));
+        let unused_claim = share.claim.load(Ordering::Relaxed).saturating_sub(used);
+        let available = room.saturating_add(unused_claim);
+        match limit {
+            Some(limit) => available.min(limit.saturating_sub(used)),
+            None => available,
+        }
+    }
+
+    /// This member's charge on `dev`.
+    pub fn charge(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        self.own_share(slot, dev).map(share_charge).unwrap_or(0)
+    }
+
+    fn own_share(&self, slot: SlotId, dev: DeviceId) -> Option<&SlotDevice> {
+        let index = slot.index as usize;
+        (index < layout::MAX_PROCESSES)
+            .then(|| &self.slot(index).devices[(dev.index as usize).min(layout::MAX_DEVICES - 1)])
+    }
+
+    /// Runs `change` under `dev`'s lock for a valid member, then (if it frees room) wakes
+    /// waiters. A change that cannot get the lock before its deadline is dropped (the holder is
+    /// stuck; see docs/ledger.md).
+    fn adjust(
+        &self,
+        slot: SlotId,
+        dev: DeviceId,
+        frees_room: bool,
+        change: impl FnOnce(&DeviceRecord, &SlotDevice),
+    ) {
+        if self.check_slot(slot).is_err() {
+            return;
+        }
+        let device = self.device(dev);
+        let Some(share) = self.own_share(slot, dev) else {
+            return;
+        };
+        let Ok(guard) = self.lock_device(dev, lock::token(slot.index, slot.generation.into()))
+        else {
+            return;
+        };
+        change(device, share);
+        drop(guard);
+        if frees_room {
+            wake_waiters(device);
+        }
+    }
+
+    fn admit(&self, slot: SlotId, dev: DeviceId, ask: Ask, req: &Request) -> Result<(), Refusal> {
+        self.check_slot(slot)?;
+        let device = self.device(dev);
+        if device.state.load(Ordering::Acquire) != layout::DEVICE_READY {
+            return Err(LedgerError::UnknownHandle {
+                path: self.path.clone(),
+            }
+            .into());
+        }
+        let share = self
+            .own_share(slot, dev)
+            .ok_or_else(|| LedgerError::UnknownHandle {
+                path: self.path.clone(),
+            })?;
+        let token = lock::token(slot.index, slot.generation.into());
+        let requested = ask.requested();
+        let budget = device.budget.load(Ordering::Relaxed);
+        let over_limit = |share: &SlotDevice| {
+            req.limit.is_some_and(|limit| match ask {
+                Ask::Reserve(bytes) => {
+                    share
+                        .held
+                        .load(Ordering::Relaxed)
+                        .saturating_add(share.in_flight.load(Ordering::Relaxed))
+                        .saturating_add(bytes)
+                        > limit
+                }
+                Ask::Claim(bytes) => bytes > limit,
+            })
+        };
+        let never_fits = || Refusal::NeverFits {
+            requested,
+            budget,
+            limit: req.limit,
+        };
+        if requested > budget || over_limit(share) {
+            return Err(never_fits());
+        }
+
+        // Fast path: nobody waits and it fits. (The limit is checked again under the lock, as
+        // other threads of this process may have reserved meanwhile.)
+        let guard = self.lock_device(dev, token)?;
+        if over_limit(share) {
+            return Err(never_fits());
+        }
+        if admissible_now(device, share, ask) {
+            apply(device, share, ask);
+            drop(guard);
+            if matches!(ask, Ask::Claim(_)) {
+                wake_waiters(device); // a shrunk claim frees room
+            }
+            return Ok(());
+        }
+        drop(guard);
+
+        // Before refusing or waiting, give back what dead members hold, then decide again.
+        self.reclaim_dead_on(dev);
+        let guard = self.lock_device(dev, token)?;
+        if admissible_now(device, share, ask) {
+            apply(device, share, ask);
+            return Ok(());
+        }
+        let Some(deadline) = req.wait_until else {
+            return Err(Refusal::NoRoom {
+                requested,
+                available: room(device),
+            });
+        };
+        drop(guard);
+        self.wait_in_line(slot, dev, ask, deadline, req)
+    }
+
+    /// Queues the request and sleeps until it is first in line and fits, the deadline passes, or
+    /// it is the latest waiter of a deadlock.
+    fn wait_in_line(
+        &self,
+        slot: SlotId,
+        dev: DeviceId,
+        ask: Ask,
+        deadline: Instant,
+        req: &Request,
+    ) -> Result<(), Refusal> {
+        let device = self.device(dev);
+        let share = self
+            .own_share(slot, dev)
+            .ok_or_else(|| LedgerError::UnknownHandle {
+                path: self.path.clone(),
+            })?;
+        let token = lock::token(slot.index, slot.generation.into());
+        let requested = ask.requested();
+        let started = Instant::now();
+        let mut ticket = 0u64;
+        let mut reported = false;
+        loop {
+            let seen = device.wake_seq.load(Ordering::Acquire);
+            let guard = self.lock_device(dev, token).map_err(|error| {
+                self.leave_queue(dev, share, ticket, token);
+                Refusal::Ledger(error)
+            })?;
+            if ticket == 0 && share.wait_ticket.load(Ordering::Relaxed) == 0 {
+                // Join the queue (if another thread of this process is queued here already, wait
+                // for it to be served first).
+                ticket = device.next_ticket.load(Ordering::Relaxed).max(1);
+                device
+                    .next_ticket
+                    .store(ticket.saturating_add(1), Ordering::Relaxed);
+                share.wait_bytes.store(requested, Ordering::Relaxed);
+                share
+                    .wait_since_unix_ms
+                    .store(liveness::unix_ms(), Ordering::Relaxed);
+                share.wait_ticket.store(ticket, Ordering::Relaxed);
+                device.waiters.store(
+                    device.waiters.load(Ordering::Relaxed).saturating_add(1),
+                    Ordering::Relaxed,
+                );
+            }
+            let view = self.queue_view(dev);
+            let now = Instant::now();
+            if ticket != 0 {
+                if view.head == ticket && fits(device, share, ask) {
+                    apply(device, share, ask);
+                    share.wait_ticket.store(0, Ordering::Relaxed);
+                    decrement_waiters(device);
+                    drop(guard);
+                    wake_waiters(device); // the next in line may fit too
+                    return Ok(());
+                }
+                let outcome = if view.all_holders_wait && view.latest == ticket {
+                    Some(Refusal::Deadlock { requested })
+                } else if now >= deadline {
+                    Some(Refusal::TimedOut {
+                        requested,
+                        waited: now.saturating_duration_since(started),
+                    })
+                } else {
+                    None
+                };
+                if let Some(refusal) = outcome {
+                    share.wait_ticket.store(0, Ordering::Relaxed);
+                    decrement_waiters(device);
+                    drop(guard);
+                    // Our leaving may make someone else head, or the latest of a deadlock.
+                    device.wake_seq.fetch_add(1, Ordering::AcqRel);
+                    futex::wake_all(&device.wake_seq);
+                    return Err(refusal);
+                }
+            } else if now >= deadline {
+                return Err(Refusal::TimedOut {
+                    requested,
+                    waited: now.saturating_duration_since(started),
+                });
+            }
+            let available = room(device);
+            drop(guard);
+            if view.all_holders_wait && view.latest != ticket {
+                // Make sure the latest waiter notices the deadlock now.
+                device.wake_seq.fetch_add(1, Ordering::AcqRel);
+                futex::wake_all(&device.wake_seq);
+            }
+            if !reported && ticket != 0 {
+                reported = true;
+                if let Some(on_wait) = req.on_wait {
+                    on_wait(&self.wait_report(dev, requested, available));
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            futex::wait(&device.wake_seq, seen, remaining.min(WAIT_SLICE));
+            self.reclaim_dead_on(dev);
+        }
+    }
+
+    fn leave_queue(&self, dev: DeviceId, share: &SlotDevice, ticket: u64, token: u64) {
+        if ticket == 0 {
+            return;
+        }
+        if let Ok(_guard) = self.lock_device(dev, token)
+            && share.wait_ticket.load(Ordering::Relaxed) == ticket
+        {
+            share.wait_ticket.store(0, Ordering::Relaxed);
+            decrement_waiters(self.device(dev));
+        }
+    }
+
+    /// Under the device lock: the queue's head and tail and whether all holders wait.
+    fn queue_view(&self, dev: DeviceId) -> QueueView {
+        let device = dev.index as usize;
+        let mut view = QueueView {
+            head: u64::MAX,
+            latest: 0,
+            all_holders_wait: true,
+        };
+        let mut holders = 0usize;
+        for index in 0..self.slot_count() {
+            let slot = self.slot(index);
+            let share = &slot.devices[device];
+            let ticket = share.wait_ticket.load(Ordering::Relaxed);
+            if ticket != 0 {
+                view.head = view.head.min(ticket);
+                view.latest = view.latest.max(ticket);
+            }
+            if share_charge(share) != 0 {
+                holders += 1;
+                if ticket == 0 {
+                    view.all_holders_wait = false;
+                }
+            }
+        }
+        view.all_holders_wait &= holders > 0;
+        view
+    }
+
+    fn wait_report(&self, dev: DeviceId, requested: u64, available: u64) -> WaitReport {
+        let device = dev.index as usize;
+        let holders = (0..self.slot_count())
+            .filter_map(|index| {
+                let slot = self.slot(index);
+                let charge = share_charge(&slot.devices[device]);
+                (charge != 0 && slot.state.load(Ordering::Relaxed) != SLOT_FREE).then(|| {
+                    (
+                        slot.pid.load(Ordering::Relaxed) as i32,
+                        layout::load_text(&slot.command),
+                        charge,
+                    )
+                })
+            })
+            .collect();
+        WaitReport {
+            device_uuid: layout::load_uuid(&self.device(dev).uuid),
+            requested,
+            available,
+            holders,
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Why the ledger could not be used, and why a request was refused.
+//!
+//! Every [`LedgerError`] names the file or directory involved and says what to do about it, since
+//! the message usually ends up in front of a user who never heard of the ledger.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the user can do when the ledger file itself is unusable.
+const REMOVE_FIX: &str = "stop every guarded program and remove the file (it is recreated on the \
+                          next start), or point VRAMGUARD_DIR at another directory";
+
+/// The ledger could not be opened, created or trusted.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The ledger directory could not be created or is not a directory.
+    Directory {
+        /// the directory
+        dir: PathBuf,
+        /// what went wrong
+        source: io::Error,
+    },
+    /// A system call on the ledger file failed.
+    Io {
+        /// the ledger file
+        path: PathBuf,
+        /// the operation that failed
+        op: &'static str,
+        /// the error
+        source: io::Error,
+    },
+    /// The file (or directory) exists but this user may not open it for writing.
+    PermissionDenied {
+        /// the ledger file
+        path: PathBuf,
+    },
+    /// The ledger exists but is not writable here; only reading is possible.
+    ReadOnly {
+        /// the ledger file
+        path: PathBuf,
+    },
+    /// The ledger does not exist (and this call does not create it).
+    Missing {
+        /// the ledger file
+        path: PathBuf,
+    },
+    /// The path is a symbolic link (never followed).
+    Symlink {
+        /// the ledger file
+        path: PathBuf,
+    },
+    /// The path is not a regular file.
+    NotRegularFile {
+        /// the ledger file
+        path: PathBuf,
+        /// what it is instead
+        kind: &'static str,
+    },
+    /// The file has the wrong size for this layout.
+    WrongSize {
+        /// the ledger file
+        path: PathBuf,
+        /// its size
+        actual: u64,
+        /// the size of this layout
+        expected: u64,
+    },
+    /// The file does not start with the ledger's magic number.
+    BadMagic {
+        /// the ledger file
+        path: PathBuf,
+    },
+    /// The file is a ledger of another layout version.
+    LayoutVersion {
+        /// the ledger file
+        path: PathBuf,
+        /// the version in the file
+        found: u32,
+        /// the version this build uses
+        expected: u32,
+    },
+    /// A header field disagrees with this layout.
+    BadHeader {
+        /// the ledger file
+        path: PathBuf,
+        /// the field
+        field: &'static str,
+        /// its value
+        found: u64,
+        /// the expected value
+        expected: u64,
+    },
+    /// Every process slot is taken by a live process.
+    SlotsFull {
+        /// the ledger file
+        path: PathBuf,
+    },
+    /// Every device record is taken.
+    DevicesFull {
+        /// the ledger file
+        path: PathBuf,
+    },
+    /// A lock of the ledger could not be taken before its deadline (its holder is alive but not
+    /// progressing, for example stopped with SIGSTOP).
+    LockTimeout {
+        /// the ledger file
+        path: PathBuf,
+        /// which lock
+        what: &'static str,
+        /// how long we tried
+        waited: Duration,
+    },
+    /// This process's membership is no longer valid (its slot changed hands).
+    SlotLost {
+        /// the ledger file
+        path: PathBuf,
+    },
+    /// A device or slot handle does not belong to this ledger.
+    UnknownHandle {
+        /// the ledger file
+        path: PathBuf,
+    },
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Directory { dir, source } => write!(
+                f,
+                "ledger directory {}: {source}; create it with `mkdir -p -m 1777 {}` or set \
+                 VRAMGUARD_DIR to a directory every GPU user can write",
+                dir.display(),
+                dir.display()
+            ),
+            Self::Io { path, op, source } => {
+                write!(
+                    f,
+                    "ledger {}: {op} failed: {source}; {REMOVE_FIX}",
+                    path.display()
+                )
+            }
+            Self::PermissionDenied { path } => write!(
+                f,
+                "ledger {}: permission denied; its owner (or root) can run `chmod 0666 {}`, or set \
+                 VRAMGUARD_DIR to a directory of your own (budgets are then not shared with others)",
+                path.display(),
+                path.display()
+            ),
+            Self::ReadOnly { path } => write!(
+                f,
+                "ledger {}: opened read-only, so this process cannot take part; `chmod 0666 {}` \
+                 (by its owner) lets it join",
+                path.display(),
+                path.display()
+            ),
+            Self::Missing { path } => write!(
+                f,
+                "ledger {} does not exist: no guarded program has run with this VRAMGUARD_DIR yet",
+                path.display()
+            ),
+            Self::Symlink { path } => write!(
+                f,
+                "ledger {} is a symbolic link, which is never followed; remove it (`rm {}`) and \
+                 let vramguard create the file, or set VRAMGUARD_DIR to the link's target directory",
+                path.display(),
+                path.display()
+            ),
+            Self::NotRegularFile { path, kind } => write!(
+                f,
+                "ledger {} is a {kind}, not a regular file; remove it and let vramguard create the \
+                 file, or set VRAMGUARD_DIR to another directory",
+                path.display()
+            ),
+            Self::WrongSize {
+                path,
+                actual,
+                expected,
+            } => write!(
+                f,
+                "ledger {} has {actual} bytes instead of {expected} (truncated, damaged or of \
+                 another vramguard version); {REMOVE_FIX}",
+                path.display()
+            ),
+            Self::BadMagic { path } => write!(
+                f,
+                "ledger {} is not a vramguard ledger (wrong magic number); {REMOVE_FIX}",
+                path.display()
+            ),
+            Self::LayoutVersion {
+                path,
+                found,
+                expected,
+            } => write!(
+                f,
+                "ledger {} has layout version {found}, this vramguard uses {expected}; run the same \
+                 vramguard version everywhere, or {REMOVE_FIX}",
+                path.display()
+            ),
+            Self::BadHeader {
+                path,
+                field,
+                found,
+                expected,
+            } => write!(
+                f,
+                "ledger {}: header field {field} is {found}, expected {expected} (damaged file); \
+                 {REMOVE_FIX}",
+                path.display()
+            ),
+            Self::SlotsFull { path } => write!(
+                f,
+                "ledger {}: all {} process slots are taken by live processes; wait for some to exit",
+                path.display(),
+                super::MAX_PROCESSES
+            ),
+            Self::DevicesFull { path } => write!(
+                f,
+                "ledger {}: all {} device records are taken; {REMOVE_FIX}",
+                path.display(),
+                super::MAX_DEVICES
+            ),
+            Self::LockTimeout { path, what, waited } => write!(
+                f,
+                "ledger {}: the {what} lock stayed busy for {waited:?}: a live process holds it \
+                 without progressing (stopped or traced?); resume or kill it (`vramguard status` \
+                 lists the members)",
+                path.display()
+            ),
+            Self::SlotLost { path } => write!(
+                f,
+                "ledger {}: this process's slot was taken over (its liveness lock was lost); \
+                 restart the program",
+                path.display()
+            ),
+            Self::UnknownHandle { path } => write!(
+                f,
+                "ledger {}: a device or slot handle that does not belong to this ledger was used",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LedgerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Directory { source, .. } | Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Why a reservation (or claim) was not granted.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The request is larger than the budget or the per-process limit: refused at once, under any
+    /// policy.
+    NeverFits {
+        /// bytes asked for
+        requested: u64,
+        /// the device's budget
+        budget: u64,
+        /// the per-process limit, if one applied
+        limit: Option<u64>,
+    },
+    /// Deny policy: the request does not fit now (or others are queued ahead of it).
+    NoRoom {
+        /// bytes asked for
+        requested: u64,
+        /// bytes that were free under the budget
+        available: u64,
+    },
+    /// Wait policy: the deadline passed before room appeared.
+    TimedOut {
+        /// bytes asked for
+        requested: u64,
+        /// how long the request waited
+        waited: Duration,
+    },
+    /// Every process holding memory on the device was waiting, and this was the latest waiter.
+    Deadlock {
+        /// bytes asked for
+        requested: u64,
+    },
+    /// The ledger could not decide (lock deadline passed, damaged file, lost membership).
+    Ledger(LedgerError),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NeverFits {
+                requested,
+                budget,
+                limit: Some(limit),
+            } => write!(
+                f,
+                "{requested} bytes can never fit (budget {budget} bytes, per-process limit {limit} bytes)"
+            ),
+            Self::NeverFits {
+                requested,
+                budget,
+                limit: None,
+            } => {
+                write!(f, "{requested} bytes can never fit (budget {budget} bytes)")
+            }
+            Self::NoRoom {
+                requested,
+                available,
+            } => {
+                write!(
+                    f,
+                    "{requested} bytes do not fit now ({available} bytes available)"
+                )
+            }
+            Self::TimedOut { requested, waited } => {
+                write!(
+                    f,
+                    "waited {waited:?} for {requested} bytes without room appearing"
+                )
+            }
+            Self::Deadlock { requested } => write!(
+                f,
+                "{requested} bytes refused: every process holding memory on the device is waiting"
+            ),
+            Self::Ledger(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Ledger(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<LedgerError> for Refusal {
+    fn from(error: LedgerError) -> Self {
+        Self::Ledger(error)
+    }
+}

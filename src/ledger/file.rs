@@ -1,0 +1,352 @@
+//! Finding, creating, checking and mapping the ledger file.
+//!
+//! The file is opened without following symbolic links and accepted only if it is a regular file
+//! of exactly the layout's size whose header carries the magic number, this layout version and
+//! this layout's sizes and offsets. A new file is built under a temporary name, initialised, and
+//! then hard-linked into place, which fails if another process published one first: nobody ever
+//! maps a half-initialised ledger, and two processes racing to create it end up sharing one.
+#![allow(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::error::LedgerError;
+use super::layout::{self, FILE_NAME, FILE_SIZE, LAYOUT_VERSION, LedgerLayout, MAGIC};
+use super::liveness;
+
+/// Mode of the ledger directory: everybody may create files in it, only owners may remove them.
+const DIR_MODE: u32 = 0o1777;
+/// Mode of the ledger file: every user who may use the GPU must be able to join.
+const FILE_MODE: u32 = 0o666;
+
+/// A shared mapping of a validated ledger file.
+pub struct Mapping {
+    base: NonNull<LedgerLayout>,
+}
+
+// SAFETY: the mapping holds only atomics (interior mutability made for sharing between threads
+// and processes), and `Mapping` never hands out anything but shared references to them.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; concurrent access goes through atomic operations only.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(fd: BorrowedFd<'_>, writable: bool, path: &Path) -> Result<Mapping, LedgerError> {
+        use std::os::fd::AsRawFd;
+        let protection = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a fresh shared mapping of `FILE_SIZE` bytes of an open file, at an address the
+        // kernel picks; no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                FILE_SIZE,
+                protection,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(LedgerError::Io {
+                path: path.to_owned(),
+                op: "mmap",
+                source: io::Error::last_os_error(),
+            });
+        }
+        let base = NonNull::new(base.cast::<LedgerLayout>()).ok_or_else(|| LedgerError::Io {
+            path: path.to_owned(),
+            op: "mmap",
+            source: io::Error::other("null mapping"),
+        })?;
+        Ok(Mapping { base })
+    }
+
+    /// The ledger's records.
+    pub fn layout(&self) -> &LedgerLayout {
+        // SAFETY: `base` points to a live, page-aligned mapping of exactly
+        // `size_of::<LedgerLayout>()` bytes (checked against the file size before mapping) that
+        // stays mapped until `self` drops. Every field is an atomic, and all bit patterns are valid
+        // for atomics, so whatever other processes wrote is a valid `LedgerLayout`. A read-only
+        // mapping is only ever loaded from (callers refuse writes when the ledger is read-only).
+        unsafe { self.base.as_ref() }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the region mapped in `new`; no reference into it outlives `self`.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), FILE_SIZE);
+        }
+    }
+}
+
+/// An open, validated ledger.
+pub struct OpenLedger {
+    /// The ledger file's path.
+    pub path: PathBuf,
+    /// The descriptor the mapping came from. It never holds a lock, so liveness questions asked
+    /// through it see every holder.
+    pub file: File,
+    /// The mapping.
+    pub mapping: Mapping,
+    /// Whether only reading is possible.
+    pub read_only: bool,
+    /// Device and inode of the file (to recognise it when reopening).
+    pub identity: (u64, u64),
+}
+
+/// The ledger file inside `dir`.
+pub fn ledger_path(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// Opens (and with `create`, first creates) the ledger in `dir`.
+pub fn open(dir: &Path, create: bool) -> Result<OpenLedger, LedgerError> {
+    let path = ledger_path(dir);
+    if create {
+        ensure_directory(dir)?;
+    }
+    // Creation races resolve themselves within a round or two: link() lets exactly one publisher
+    // win, and everybody else opens the winner's file.
+    for _ in 0..8 {
+        match open_file(&path, true) {
+            Err(LedgerError::Missing { .. }) if create => create_and_publish(dir, &path)?,
+            Err(LedgerError::PermissionDenied { .. }) if !create => return open_file(&path, false),
+            Err(LedgerError::ReadOnly { .. }) if !create => return open_file(&path, false),
+            other => return other,
+        }
+    }
+    Err(LedgerError::Io {
+        path,
+        op: "create",
+        source: io::Error::other("the file kept disappearing while it was being opened"),
+    })
+}
+
+fn ensure_directory(dir: &Path) -> Result<(), LedgerError> {
+    let directory_error = |source| LedgerError::Directory {
+        dir: dir.to_owned(),
+        source,
+    };
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(directory_error(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "not a directory",
+            )));
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(directory_error(error)),
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(directory_error)?;
+    }
+    match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        // The umask trimmed the mode: set it explicitly (only on a directory we created).
+        Ok(()) => {
+            fs::set_permissions(dir, Permissions::from_mode(DIR_MODE)).map_err(directory_error)
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(error) => Err(directory_error(error)),
+    }
+}
+
+fn io_error<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> LedgerError + 'a {
+    move |source| LedgerError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    }
+}
+
+fn create_and_publish(dir: &Path, path: &Path) -> Result<(), LedgerError> {
+    // Unique per process (pid), per call (counter) and per pid namespace sharing the directory
+    // (clock): O_EXCL below refuses a name that exists anyway.
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let temporary = dir.join(format!(
+        ".{FILE_NAME}.{}.{}.{}.tmp",
+        liveness::current_pid(),
+        CALLS.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temporary)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::PermissionDenied => LedgerError::Directory {
+                dir: dir.to_owned(),
+                source,
+            },
+            _ => LedgerError::Io {
+                path: temporary.clone(),
+                op: "create",
+                source,
+            },
+        })?;
+    let result = (|| {
+        file.set_permissions(Permissions::from_mode(FILE_MODE))
+            .map_err(io_error(path, "chmod"))?;
+        file.set_len(FILE_SIZE as u64)
+            .map_err(io_error(path, "set size"))?;
+        let mapping = Mapping::new(file.as_fd(), true, path)?;
+        layout::initialise_header(&mapping.layout().header, liveness::unix_ms());
+        drop(mapping);
+        match fs::hard_link(&temporary, path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(error) => Err(LedgerError::Io {
+                path: path.to_owned(),
+                op: "publish (link)",
+                source: error,
+            }),
+        }
+    })();
+    let _ = fs::remove_file(&temporary);
+    result
+}
+
+fn file_kind(file_type: fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "directory"
+    } else if file_type.is_fifo() {
+        "named pipe (FIFO)"
+    } else if file_type.is_socket() {
+        "socket"
+    } else if file_type.is_block_device() {
+        "block device"
+    } else if file_type.is_char_device() {
+        "character device"
+    } else if file_type.is_symlink() {
+        "symbolic link"
+    } else {
+        "special file"
+    }
+}
+
+/// Opens the file at `path` without following links, checks that it is a regular file of the
+/// right size, maps it and validates its header.
+pub fn open_file(path: &Path, writable: bool) -> Result<OpenLedger, LedgerError> {
+    let file = open_descriptor(path, writable)?;
+    let meta = file.metadata().map_err(io_error(path, "stat"))?;
+    if !meta.file_type().is_file() {
+        return Err(LedgerError::NotRegularFile {
+            path: path.to_owned(),
+            kind: file_kind(meta.file_type()),
+        });
+    }
+    if meta.len() != FILE_SIZE as u64 {
+        return Err(LedgerError::WrongSize {
+            path: path.to_owned(),
+            actual: meta.len(),
+            expected: FILE_SIZE as u64,
+        });
+    }
+    let mapping = Mapping::new(file.as_fd(), writable, path)?;
+    validate(&mapping, path)?;
+    Ok(OpenLedger {
+        path: path.to_owned(),
+        file,
+        mapping,
+        read_only: !writable,
+        identity: (meta.dev(), meta.ino()),
+    })
+}
+
+/// Opens `path` (never following a link, never blocking on a FIFO, never creating).
+fn open_descriptor(path: &Path, writable: bool) -> Result<File, LedgerError> {
+    OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| classify_open_error(path, source))
+}
+
+fn classify_open_error(path: &Path, source: io::Error) -> LedgerError {
+    let path_buf = path.to_owned();
+    match source.raw_os_error() {
+        Some(libc::ENOENT) => LedgerError::Missing { path: path_buf },
+        Some(libc::ELOOP) => match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => LedgerError::Symlink { path: path_buf },
+            _ => LedgerError::Io {
+                path: path_buf,
+                op: "open",
+                source,
+            },
+        },
+        Some(libc::EISDIR) => LedgerError::NotRegularFile {
+            path: path_buf,
+            kind: "directory",
+        },
+        Some(libc::ENXIO) | Some(libc::ENODEV) => LedgerError::NotRegularFile {
+            path: path_buf,
+            kind: "special file",
+        },
+        Some(libc::EACCES) | Some(libc::EPERM) => LedgerError::PermissionDenied { path: path_buf },
+        Some(libc::EROFS) | Some(libc::ETXTBSY) => LedgerError::ReadOnly { path: path_buf },
+        _ => LedgerError::Io {
+            path: path_buf,
+            op: "open",
+            source,
+        },
+    }
+}
+
+fn validate(mapping: &Mapping, path: &Path) -> Result<(), LedgerError> {
+    let header = &mapping.layout().header;
+    if header.magic.load(Ordering::Acquire) != MAGIC {
+        return Err(LedgerError::BadMagic {
+            path: path.to_owned(),
+        });
+    }
+    let version = header.layout_version.load(Ordering::Relaxed);
+    if version != LAYOUT_VERSION {
+        return Err(LedgerError::LayoutVersion {
+            path: path.to_owned(),
+            found: version,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    if let Some((field, found, expected)) = layout::header_mismatch(header) {
+        return Err(LedgerError::BadHeader {
+            path: path.to_owned(),
+            field,
+            found,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// A new open file description of the same ledger file (for locks that must be this call's
+/// own: a forked child shares the parent's descriptions, and OFD locks never conflict within one).
+pub fn reopen(ledger_path: &Path, identity: (u64, u64)) -> Result<File, LedgerError> {
+    let file = open_descriptor(ledger_path, true)?;
+    let meta = file.metadata().map_err(io_error(ledger_path, "stat"))?;
+    if (meta.dev(), meta.ino()) != identity {
+        return Err(LedgerError::Io {
+            path: ledger_path.to_owned(),
+            op: "reopen",
+            source: io::Error::other("the ledger file was replaced by another file while in use"),
+        });
+    }
+    Ok(file)
+}

@@ -1,0 +1,163 @@
+//! An owned copy of the ledger for display (`vramguard status`), with liveness evaluated.
+//!
+//! Taken without locks: each value is one atomic load, so the copy is made of real values but
+//! not of one instant (a total may be read just before a member's counter changes).
+
+use std::sync::atomic::Ordering;
+
+use super::layout::{self, DEVICE_READY, SLOT_FREE};
+use super::{Ledger, MAX_DEVICES};
+
+/// The whole ledger at (about) one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Registered devices.
+    pub devices: Vec<DeviceSnapshot>,
+    /// Member processes, including dead ones whose bytes were not yet reclaimed (`alive: false`).
+    pub processes: Vec<ProcessSnapshot>,
+}
+
+/// One device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSnapshot {
+    /// Its UUID.
+    pub uuid: [u8; 16],
+    /// Its name.
+    pub name: String,
+    /// Total memory in bytes.
+    pub capacity: u64,
+    /// Bytes that may be handed out.
+    pub budget: u64,
+    /// Charged: held + in flight + unused claims.
+    pub used: u64,
+    /// Held by members.
+    pub held: u64,
+    /// Reserved by requests in flight.
+    pub reserved: u64,
+    /// Requests waiting.
+    pub waiting: u32,
+}
+
+/// One member process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessSnapshot {
+    /// Its slot index.
+    pub slot: u32,
+    /// Its pid (as its own pid namespace sees it).
+    pub pid: i32,
+    /// Its command line (cut to 64 bytes).
+    pub command: String,
+    /// Whether it is alive (holds its liveness lock).
+    pub alive: bool,
+    /// Running or waiting.
+    pub state: ProcessState,
+    /// Devices it has anything on.
+    pub devices: Vec<ProcessDevice>,
+    /// When it joined, in Unix milliseconds.
+    pub started_unix_ms: u64,
+}
+
+/// What a member is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Not waiting.
+    Running,
+    /// Waiting for room on a device.
+    Waiting {
+        /// the device
+        device_uuid: [u8; 16],
+        /// bytes asked for
+        bytes: u64,
+        /// when the wait started, in Unix milliseconds
+        since_unix_ms: u64,
+    },
+}
+
+/// A member's standing on one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessDevice {
+    /// The device.
+    pub uuid: [u8; 16],
+    /// Bytes held.
+    pub held: u64,
+    /// Bytes reserved in flight.
+    pub reserved: u64,
+    /// Its up-front claim.
+    pub claim: u64,
+    /// Its charge: `max(held + reserved, claim)`.
+    pub charged: u64,
+}
+
+impl Ledger {
+    /// An owned copy of the ledger, each member's liveness checked.
+    pub fn snapshot(&self) -> Snapshot {
+        let layout = self.layout();
+        let device_count = self.device_count().min(MAX_DEVICES);
+        let uuids: Vec<Option<[u8; 16]>> = layout.devices[..device_count]
+            .iter()
+            .map(|record| {
+                (record.state.load(Ordering::Acquire) == DEVICE_READY)
+                    .then(|| layout::load_uuid(&record.uuid))
+            })
+            .collect();
+        let devices = layout.devices[..device_count]
+            .iter()
+            .zip(&uuids)
+            .filter_map(|(record, uuid)| {
+                uuid.map(|uuid| DeviceSnapshot {
+                    uuid,
+                    name: layout::load_text(&record.name),
+                    capacity: record.capacity.load(Ordering::Relaxed),
+                    budget: record.budget.load(Ordering::Relaxed),
+                    used: record.charged.load(Ordering::Relaxed),
+                    held: record.held.load(Ordering::Relaxed),
+                    reserved: record.in_flight.load(Ordering::Relaxed),
+                    waiting: record.waiters.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        let mut processes = Vec::new();
+        for index in 0..self.slot_count() {
+            let slot = self.slot(index);
+            let mut state = ProcessState::Running;
+            let mut member_devices = Vec::new();
+            for (share, uuid) in slot.devices.iter().zip(&uuids) {
+                let Some(uuid) = *uuid else { continue };
+                let held = share.held.load(Ordering::Relaxed);
+                let reserved = share.in_flight.load(Ordering::Relaxed);
+                let claim = share.claim.load(Ordering::Relaxed);
+                if share.wait_ticket.load(Ordering::Relaxed) != 0 && state == ProcessState::Running
+                {
+                    state = ProcessState::Waiting {
+                        device_uuid: uuid,
+                        bytes: share.wait_bytes.load(Ordering::Relaxed),
+                        since_unix_ms: share.wait_since_unix_ms.load(Ordering::Relaxed),
+                    };
+                }
+                if held != 0 || reserved != 0 || claim != 0 {
+                    let charged = held.saturating_add(reserved).max(claim);
+                    member_devices.push(ProcessDevice {
+                        uuid,
+                        held,
+                        reserved,
+                        claim,
+                        charged,
+                    });
+                }
+            }
+            if slot.state.load(Ordering::Acquire) == SLOT_FREE && member_devices.is_empty() {
+                continue;
+            }
+            processes.push(ProcessSnapshot {
+                slot: index as u32,
+                pid: slot.pid.load(Ordering::Relaxed) as i32,
+                command: layout::load_text(&slot.command),
+                alive: self.slot_is_alive(index),
+                state,
+                devices: member_devices,
+                started_unix_ms: slot.started_unix_ms.load(Ordering::Relaxed),
+            });
+        }
+        Snapshot { devices, processes }
+    }
+}

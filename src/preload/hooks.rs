@@ -1,0 +1,914 @@
+//! The bodies of the guarded functions, one per entry of the list in [`crate::functions`].
+//!
+//! Each turns the raw C arguments into plain values, then follows one of a few patterns:
+//! [`allocate`] (admit, call, commit or roll back, record), [`free`] (forget, call, release or
+//! restore), or a lookup/information call that adjusts the driver's answer. The driver is always
+//! called with the caller's exact arguments.
+#![allow(non_snake_case, clippy::missing_safety_doc, clippy::too_many_arguments)]
+
+use std::ffi::{c_char, c_int, c_uint, c_void};
+
+use vramguard_core::cuda::{CuDevice, CuDevicePtr, CuMemHandle, CuResult};
+use vramguard_core::settings::ManagedPolicy;
+
+use crate::functions::{Handle, real};
+use crate::guard::{self, Device, Process};
+use crate::layouts::{self, Array3dDescriptor, ArrayDescriptor, PropsHead};
+use crate::state::{Session, session};
+use crate::tables::{Charge, Entry, Key, PoolKey};
+
+/// Where an allocation lands.
+#[derive(Clone, Copy)]
+enum On {
+    /// The current context's device.
+    Current,
+    /// A given device ordinal.
+    Ordinal(CuDevice),
+}
+
+/// The attached process, or `Err(code)` with the answer for a call that is not guarded
+/// (`None`: pass it through).
+fn guarded_process() -> Result<&'static Process, Option<CuResult>> {
+    match session() {
+        Session::Guarded(process) => Ok(process),
+        Session::PassThrough => Err(None),
+        Session::Refuse => Err(Some(CuResult::OUT_OF_MEMORY)),
+    }
+}
+
+fn resolve(process: &Process, on: On) -> Result<Device, guard::NoDevice> {
+    match on {
+        On::Current => process.current_device(),
+        On::Ordinal(ordinal) => process.device(ordinal),
+    }
+}
+
+/// Admits `bytes`, runs the driver call, and on success records what `key` names.
+fn allocate(
+    what: &str,
+    bytes: u64,
+    on: On,
+    call: impl FnOnce() -> CuResult,
+    key: impl FnOnce() -> Option<Key>,
+) -> CuResult {
+    let process = match guarded_process() {
+        Ok(process) => process,
+        Err(Some(code)) => return code,
+        Err(None) => return call(),
+    };
+    if bytes == 0 {
+        return call();
+    }
+    let device = match resolve(process, on) {
+        Ok(device) => device,
+        Err(why) => return process.unaccounted(why, call),
+    };
+    let reservation = match process.admit(&device, bytes, what) {
+        Ok(reservation) => reservation,
+        Err(code) => return code,
+    };
+    let result = call();
+    if !result.is_success() {
+        process.rollback(reservation);
+        return result;
+    }
+    let charge = Charge {
+        device: device.id,
+        bytes: process.commit(reservation),
+    };
+    record(process, key(), charge, None);
+    result
+}
+
+/// Records a held thing; a stale entry under the same key (freed behind our back, e.g. with its
+/// context) is released.
+fn record(process: &Process, key: Option<Key>, charge: Charge, pool: Option<PoolKey>) {
+    match key {
+        Some(key) => {
+            let stale = process.tables().insert(key, Entry { charge, pool });
+            process.release(stale.map(|e| e.charge));
+        }
+        // The driver reported success without a handle: nothing to free later, so no charge.
+        None => process.release(Some(charge)),
+    }
+}
+
+/// Forgets `key`, runs the driver's free, and releases (or, if the driver refused, restores).
+/// `settle` says whether pool memory returned by this free is released at once (a synchronous
+/// free is a synchronisation point for the pools).
+fn free(key: Key, settle: bool, call: impl FnOnce() -> CuResult) -> CuResult {
+    let Ok(process) = guarded_process() else {
+        return call();
+    };
+    let entry = process.tables().remove(key);
+    let result = call();
+    let Some(entry) = entry else { return result };
+    if !result.is_success() {
+        process.tables().restore(key, entry);
+        return result;
+    }
+    match entry.pool {
+        None => process.release(Some(entry.charge)),
+        Some(pool) => {
+            let gone = process.tables().return_to_pool(pool, entry.charge);
+            process.release(gone);
+            if settle {
+                settle_pools(process, guard::current_ordinal());
+            }
+        }
+    }
+    result
+}
+
+/// At a synchronisation point the driver releases what each pool caches beyond its release
+/// threshold; the guard does the same for the pools whose threshold the driver tells.
+fn settle_pools(process: &Process, ordinal: Option<CuDevice>) {
+    let pools = process.tables().pools_with_cache(ordinal);
+    for (key, handle) in pools {
+        let handle = match (key, handle) {
+            (_, Some(handle)) => handle as Handle,
+            (PoolKey::Default(device), None) => {
+                let mut handle: Handle = std::ptr::null_mut();
+                // SAFETY: `handle` is a live pointer-sized slot the driver writes.
+                if !unsafe { real::cuDeviceGetDefaultMemPool(&mut handle, device) }.is_success() {
+                    continue;
+                }
+                handle
+            }
+            (PoolKey::Handle(handle), None) => handle as Handle,
+        };
+        if let Some(threshold) = guard::pool_release_threshold(handle) {
+            let released = process.tables().trim_pool(key, threshold);
+            process.release(released);
+        }
+    }
+}
+
+/// Reads `*pointer` if non-null.
+///
+/// # Safety
+/// `pointer` is null or valid for reads.
+unsafe fn read<T: Copy>(pointer: *const T) -> Option<T> {
+    // SAFETY: the caller guarantees validity when non-null.
+    (!pointer.is_null()).then(|| unsafe { *pointer })
+}
+
+// ----- initialisation and lookups --------------------------------------------------------------
+
+pub unsafe fn cuInit(flags: c_uint) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuInit(flags) };
+    if result.is_success() {
+        // Attach now, so that a ledger problem is reported at start-up.
+        let _ = session();
+    }
+    result
+}
+
+pub unsafe fn cuGetProcAddress(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    cuda_version: c_int,
+    flags: u64,
+) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuGetProcAddress(symbol, pfn, cuda_version, flags) };
+    if result.is_success() {
+        // SAFETY: the real lookup succeeded with these pointers.
+        unsafe { crate::procaddr::substitute(symbol, pfn, cuda_version, flags) };
+    }
+    result
+}
+
+pub unsafe fn cuGetProcAddress_v2(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    cuda_version: c_int,
+    flags: u64,
+    status: *mut c_int,
+) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuGetProcAddress_v2(symbol, pfn, cuda_version, flags, status) };
+    if result.is_success() {
+        // SAFETY: the real lookup succeeded with these pointers.
+        unsafe { crate::procaddr::substitute(symbol, pfn, cuda_version, flags) };
+    }
+    result
+}
+
+// ----- linear memory ---------------------------------------------------------------------------
+
+pub unsafe fn cuMemAlloc(dptr: *mut c_uint, bytesize: c_uint) -> CuResult {
+    allocate(
+        "cuMemAlloc",
+        u64::from(bytesize),
+        On::Current,
+        // SAFETY: arguments passed unchanged.
+        || unsafe { real::cuMemAlloc(dptr, bytesize) },
+        // SAFETY: written by the driver on success.
+        || unsafe { read(dptr) }.map(|p| Key::Pointer(u64::from(p))),
+    )
+}
+
+pub unsafe fn cuMemAlloc_v2(dptr: *mut CuDevicePtr, bytesize: usize) -> CuResult {
+    allocate(
+        "cuMemAlloc_v2",
+        bytesize as u64,
+        On::Current,
+        // SAFETY: arguments passed unchanged.
+        || unsafe { real::cuMemAlloc_v2(dptr, bytesize) },
+        // SAFETY: written by the driver on success.
+        || unsafe { read(dptr) }.map(Key::Pointer),
+    )
+}
+
+pub unsafe fn cuMemFree(dptr: c_uint) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    free(Key::Pointer(u64::from(dptr)), true, || unsafe {
+        real::cuMemFree(dptr)
+    })
+}
+
+pub unsafe fn cuMemFree_v2(dptr: CuDevicePtr) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    free(Key::Pointer(dptr), true, || unsafe {
+        real::cuMemFree_v2(dptr)
+    })
+}
+
+/// The pitch the guard admits before the driver answers: the width rounded up to 512 bytes (the
+/// usual pitch alignment); the charge is then corrected to the pitch actually returned.
+fn pitch_estimate(width: u64, height: u64) -> u64 {
+    width
+        .div_ceil(512)
+        .saturating_mul(512)
+        .saturating_mul(height)
+}
+
+/// Shared body of both pitched forms: `call` allocates, `result` reads (pointer, pitch).
+fn allocate_pitched(
+    what: &str,
+    width: u64,
+    height: u64,
+    call: impl FnOnce() -> CuResult,
+    result: impl Fn() -> Option<(u64, u64)>,
+    undo: impl FnOnce(u64),
+) -> CuResult {
+    let process = match guarded_process() {
+        Ok(process) => process,
+        Err(Some(code)) => return code,
+        Err(None) => return call(),
+    };
+    let estimate = pitch_estimate(width, height);
+    if estimate == 0 {
+        return call();
+    }
+    let device = match process.current_device() {
+        Ok(device) => device,
+        Err(why) => return process.unaccounted(why, call),
+    };
+    let reservation = match process.admit(&device, estimate, what) {
+        Ok(reservation) => reservation,
+        Err(code) => return code,
+    };
+    let outcome = call();
+    if !outcome.is_success() {
+        process.rollback(reservation);
+        return outcome;
+    }
+    let Some((pointer, pitch)) = result() else {
+        process.rollback(reservation);
+        return outcome;
+    };
+    match process.commit_actual(&device, reservation, pitch.saturating_mul(height)) {
+        Some(bytes) => {
+            record(
+                process,
+                Some(Key::Pointer(pointer)),
+                Charge {
+                    device: device.id,
+                    bytes,
+                },
+                None,
+            );
+            outcome
+        }
+        None => {
+            crate::log::warn(&format!(
+                "{what}: the driver's pitch {pitch} takes more than fits; allocation undone"
+            ));
+            undo(pointer);
+            CuResult::OUT_OF_MEMORY
+        }
+    }
+}
+
+pub unsafe fn cuMemAllocPitch(
+    dptr: *mut c_uint,
+    pitch: *mut c_uint,
+    width: c_uint,
+    height: c_uint,
+    element_size: c_uint,
+) -> CuResult {
+    allocate_pitched(
+        "cuMemAllocPitch",
+        u64::from(width),
+        u64::from(height),
+        // SAFETY: arguments passed unchanged.
+        || unsafe { real::cuMemAllocPitch(dptr, pitch, width, height, element_size) },
+        // SAFETY: written by the driver on success.
+        || unsafe { Some((u64::from(read(dptr)?), u64::from(read(pitch)?))) },
+        // SAFETY: the pointer was just returned by the driver's legacy allocator.
+        |pointer| {
+            let _ = unsafe { real::cuMemFree(pointer as c_uint) };
+        },
+    )
+}
+
+pub unsafe fn cuMemAllocPitch_v2(
+    dptr: *mut CuDevicePtr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    element_size: c_uint,
+) -> CuResult {
+    allocate_pitched(
+        "cuMemAllocPitch_v2",
+        width as u64,
+        height as u64,
+        // SAFETY: arguments passed unchanged.
+        || unsafe { real::cuMemAllocPitch_v2(dptr, pitch, width, height, element_size) },
+        // SAFETY: written by the driver on success.
+        || unsafe { Some((read(dptr)?, read(pitch)? as u64)) },
+        // SAFETY: the pointer was just returned by the driver.
+        |pointer| {
+            let _ = unsafe { real::cuMemFree_v2(pointer) };
+        },
+    )
+}
+
+pub unsafe fn cuMemAllocManaged(
+    dptr: *mut CuDevicePtr,
+    bytesize: usize,
+    flags: c_uint,
+) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let call = || unsafe { real::cuMemAllocManaged(dptr, bytesize, flags) };
+    if crate::state::config().managed == ManagedPolicy::Ignore {
+        return call();
+    }
+    // SAFETY: written by the driver on success.
+    allocate(
+        "cuMemAllocManaged",
+        bytesize as u64,
+        On::Current,
+        call,
+        || unsafe { read(dptr) }.map(Key::Pointer),
+    )
+}
+
+// ----- what the process is told ----------------------------------------------------------------
+
+/// The guard's (free, total) for the current device, given the driver's free figure.
+fn guarded_info(driver_free: u64) -> Option<(u64, u64)> {
+    let process = guarded_process().ok()?;
+    let device = process.current_device().ok()?;
+    Some(process.memory_info(&device, driver_free))
+}
+
+pub unsafe fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuMemGetInfo(free, total) };
+    if !result.is_success() || free.is_null() || total.is_null() {
+        return result;
+    }
+    // SAFETY: both non-null and just written by the driver.
+    if let Some((f, t)) = guarded_info(u64::from(unsafe { *free })) {
+        // SAFETY: as above.
+        unsafe {
+            *free = f.min(u64::from(c_uint::MAX)) as c_uint;
+            *total = t.min(u64::from(c_uint::MAX)) as c_uint;
+        }
+    }
+    result
+}
+
+pub unsafe fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuMemGetInfo_v2(free, total) };
+    if !result.is_success() || free.is_null() || total.is_null() {
+        return result;
+    }
+    // SAFETY: both non-null and just written by the driver.
+    if let Some((f, t)) = guarded_info(unsafe { *free } as u64) {
+        // SAFETY: as above.
+        unsafe {
+            *free = f as usize;
+            *total = t as usize;
+        }
+    }
+    result
+}
+
+/// The guard's total for device `dev`.
+fn guarded_total(dev: CuDevice) -> Option<u64> {
+    let process = guarded_process().ok()?;
+    let device = process.device(dev).ok()?;
+    Some(process.total_memory(&device))
+}
+
+pub unsafe fn cuDeviceTotalMem(bytes: *mut c_uint, dev: CuDevice) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuDeviceTotalMem(bytes, dev) };
+    if result.is_success()
+        && !bytes.is_null()
+        && let Some(total) = guarded_total(dev)
+    {
+        // SAFETY: non-null, just written by the driver.
+        unsafe { *bytes = total.min(u64::from(*bytes)) as c_uint };
+    }
+    result
+}
+
+pub unsafe fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CuDevice) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuDeviceTotalMem_v2(bytes, dev) };
+    if result.is_success()
+        && !bytes.is_null()
+        && let Some(total) = guarded_total(dev)
+    {
+        // SAFETY: non-null, just written by the driver.
+        unsafe { *bytes = total.min(*bytes as u64) as usize };
+    }
+    result
+}
+
+// ----- stream-ordered allocation and pools -----------------------------------------------------
+
+/// Shared body of the pool allocations: draws on the pool's cached bytes first, admits the rest.
+fn allocate_from_pool(
+    what: &str,
+    bytes: u64,
+    pool: Option<Handle>,
+    call: impl FnOnce() -> CuResult,
+    pointer: impl FnOnce() -> Option<u64>,
+) -> CuResult {
+    let process = match guarded_process() {
+        Ok(process) => process,
+        Err(Some(code)) => return code,
+        Err(None) => return call(),
+    };
+    if bytes == 0 {
+        return call();
+    }
+    let known = pool.and_then(|h| process.tables().pool_of_handle(h as usize));
+    let device = match known {
+        Some((_, ordinal)) => process.device(ordinal),
+        None => process.current_device(),
+    };
+    let device = match device {
+        Ok(device) => device,
+        Err(why) => return process.unaccounted(why, call),
+    };
+    let key = match (known, pool) {
+        (Some((key, _)), _) => key,
+        (None, Some(handle)) => {
+            process.tables().learn_pool(
+                handle as usize,
+                PoolKey::Handle(handle as usize),
+                device.ordinal,
+            );
+            PoolKey::Handle(handle as usize)
+        }
+        (None, None) => PoolKey::Default(device.ordinal),
+    };
+    let drawn = process.tables().draw_from_cache(key, device.id, bytes);
+    let reservation = match process.admit(&device, bytes - drawn, what) {
+        Ok(reservation) => reservation,
+        Err(code) => {
+            process.tables().undraw(key, drawn);
+            return code;
+        }
+    };
+    let result = call();
+    if !result.is_success() {
+        process.rollback(reservation);
+        process.tables().undraw(key, drawn);
+        return result;
+    }
+    let charge = Charge {
+        device: device.id,
+        bytes: drawn + process.commit(reservation),
+    };
+    record(process, pointer().map(Key::Pointer), charge, Some(key));
+    result
+}
+
+pub unsafe fn cuMemAllocAsync(dptr: *mut CuDevicePtr, bytesize: usize, stream: Handle) -> CuResult {
+    allocate_from_pool(
+        "cuMemAllocAsync",
+        bytesize as u64,
+        None,
+        // SAFETY: arguments passed unchanged.
+        || unsafe { real::cuMemAllocAsync(dptr, bytesize, stream) },
+        // SAFETY: written by the driver on success.
+        || unsafe { read(dptr) },
+    )
+}
+
+pub unsafe fn cuMemAllocAsync_ptsz(
+    dptr: *mut CuDevicePtr,
+    bytesize: usize,
+    stream: Handle,
+) -> CuResult {
+    allocate_from_pool(
+        "cuMemAllocAsync_ptsz",
+        bytesize as u64,
+        None,
+        // SAFETY: arguments passed unchanged.
+        || unsafe { real::cuMemAllocAsync_ptsz(dptr, bytesize, stream) },
+        // SAFETY: written by the driver on success.
+        || unsafe { read(dptr) },
+    )
+}
+
+pub unsafe fn cuMemAllocFromPoolAsync(
+    dptr: *mut CuDevicePtr,
+    bytesize: usize,
+    pool: Handle,
+    stream: Handle,
+) -> CuResult {
+    allocate_from_pool(
+        "cuMemAllocFromPoolAsync",
+        bytesize as u64,
+        Some(pool),
+        // SAFETY: arguments passed unchanged.
+        || unsafe { real::cuMemAllocFromPoolAsync(dptr, bytesize, pool, stream) },
+        // SAFETY: written by the driver on success.
+        || unsafe { read(dptr) },
+    )
+}
+
+pub unsafe fn cuMemAllocFromPoolAsync_ptsz(
+    dptr: *mut CuDevicePtr,
+    bytesize: usize,
+    pool: Handle,
+    stream: Handle,
+) -> CuResult {
+    allocate_from_pool(
+        "cuMemAllocFromPoolAsync_ptsz",
+        bytesize as u64,
+        Some(pool),
+        // SAFETY: arguments passed unchanged.
+        || unsafe { real::cuMemAllocFromPoolAsync_ptsz(dptr, bytesize, pool, stream) },
+        // SAFETY: written by the driver on success.
+        || unsafe { read(dptr) },
+    )
+}
+
+pub unsafe fn cuMemFreeAsync(dptr: CuDevicePtr, stream: Handle) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    free(Key::Pointer(dptr), false, || unsafe {
+        real::cuMemFreeAsync(dptr, stream)
+    })
+}
+
+pub unsafe fn cuMemFreeAsync_ptsz(dptr: CuDevicePtr, stream: Handle) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    free(Key::Pointer(dptr), false, || unsafe {
+        real::cuMemFreeAsync_ptsz(dptr, stream)
+    })
+}
+
+pub unsafe fn cuMemPoolCreate(pool: *mut Handle, props: *const c_void) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuMemPoolCreate(pool, props) };
+    if !result.is_success() {
+        return result;
+    }
+    let Ok(process) = guarded_process() else {
+        return result;
+    };
+    // SAFETY: the driver accepted `props` as a CUmemPoolProps, which starts with PropsHead.
+    let head = unsafe { read(props.cast::<PropsHead>()) };
+    let ordinal = match head {
+        Some(h) if h.location.location_type == layouts::LOCATION_DEVICE => Some(h.location.id),
+        _ => guard::current_ordinal(),
+    };
+    // SAFETY: written by the driver on success.
+    if let (Some(handle), Some(ordinal)) = (unsafe { read(pool) }, ordinal) {
+        process
+            .tables()
+            .learn_pool(handle as usize, PoolKey::Handle(handle as usize), ordinal);
+    }
+    result
+}
+
+pub unsafe fn cuDeviceGetDefaultMemPool(pool: *mut Handle, dev: CuDevice) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuDeviceGetDefaultMemPool(pool, dev) };
+    if result.is_success()
+        && let Ok(process) = guarded_process()
+    {
+        // SAFETY: written by the driver on success.
+        if let Some(handle) = unsafe { read(pool) } {
+            process
+                .tables()
+                .learn_pool(handle as usize, PoolKey::Default(dev), dev);
+        }
+    }
+    result
+}
+
+pub unsafe fn cuMemPoolDestroy(pool: Handle) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuMemPoolDestroy(pool) };
+    if result.is_success()
+        && let Ok(process) = guarded_process()
+    {
+        let released = process.tables().destroy_pool(pool as usize);
+        process.release(released);
+    }
+    result
+}
+
+pub unsafe fn cuMemPoolTrimTo(pool: Handle, min_bytes_to_keep: usize) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuMemPoolTrimTo(pool, min_bytes_to_keep) };
+    if result.is_success()
+        && let Ok(process) = guarded_process()
+    {
+        let key = process
+            .tables()
+            .pool_of_handle(pool as usize)
+            .map_or(PoolKey::Handle(pool as usize), |(k, _)| k);
+        let released = process.tables().trim_pool(key, min_bytes_to_keep as u64);
+        process.release(released);
+    }
+    result
+}
+
+/// After a successful synchronisation of the current context's device.
+fn synchronized(result: CuResult) -> CuResult {
+    if result.is_success()
+        && let Ok(process) = guarded_process()
+    {
+        settle_pools(process, guard::current_ordinal());
+    }
+    result
+}
+
+pub unsafe fn cuStreamSynchronize(stream: Handle) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    synchronized(unsafe { real::cuStreamSynchronize(stream) })
+}
+
+pub unsafe fn cuStreamSynchronize_ptsz(stream: Handle) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    synchronized(unsafe { real::cuStreamSynchronize_ptsz(stream) })
+}
+
+pub unsafe fn cuCtxSynchronize() -> CuResult {
+    // SAFETY: no arguments.
+    synchronized(unsafe { real::cuCtxSynchronize() })
+}
+
+// ----- virtual memory --------------------------------------------------------------------------
+
+pub unsafe fn cuMemCreate(
+    handle: *mut CuMemHandle,
+    size: usize,
+    prop: *const c_void,
+    flags: u64,
+) -> CuResult {
+    // SAFETY: the caller passes a CUmemAllocationProp, which starts with PropsHead.
+    let on = match unsafe { read(prop.cast::<PropsHead>()) } {
+        Some(h) if h.location.location_type == layouts::LOCATION_DEVICE => {
+            On::Ordinal(h.location.id)
+        }
+        _ => On::Current,
+    };
+    allocate(
+        "cuMemCreate",
+        size as u64,
+        on,
+        // SAFETY: arguments passed unchanged.
+        || unsafe { real::cuMemCreate(handle, size, prop, flags) },
+        // SAFETY: written by the driver on success.
+        || unsafe { read(handle) }.map(Key::Physical),
+    )
+}
+
+pub unsafe fn cuMemRelease(handle: CuMemHandle) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    free(Key::Physical(handle), false, || unsafe {
+        real::cuMemRelease(handle)
+    })
+}
+
+// ----- arrays ----------------------------------------------------------------------------------
+
+pub unsafe fn cuArrayCreate_v2(array: *mut Handle, desc: *const c_void) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let call = || unsafe { real::cuArrayCreate_v2(array, desc) };
+    // SAFETY: the caller passes a CUDA_ARRAY_DESCRIPTOR.
+    let Some(d) = (unsafe { read(desc.cast::<ArrayDescriptor>()) }) else {
+        return call();
+    };
+    let bytes = layouts::array_bytes(d.width, d.height, 0, d.format, d.channels);
+    // SAFETY: written by the driver on success.
+    allocate("cuArrayCreate_v2", bytes, On::Current, call, || {
+        unsafe { read(array) }.map(|a| Key::Array(a as usize))
+    })
+}
+
+pub unsafe fn cuArray3DCreate_v2(array: *mut Handle, desc: *const c_void) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let call = || unsafe { real::cuArray3DCreate_v2(array, desc) };
+    // SAFETY: the caller passes a CUDA_ARRAY3D_DESCRIPTOR.
+    let Some(d) = (unsafe { read(desc.cast::<Array3dDescriptor>()) }) else {
+        return call();
+    };
+    let bytes = layouts::array_bytes(d.width, d.height, d.depth, d.format, d.channels);
+    // SAFETY: written by the driver on success.
+    allocate("cuArray3DCreate_v2", bytes, On::Current, call, || {
+        unsafe { read(array) }.map(|a| Key::Array(a as usize))
+    })
+}
+
+pub unsafe fn cuMipmappedArrayCreate(
+    array: *mut Handle,
+    desc: *const c_void,
+    levels: c_uint,
+) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let call = || unsafe { real::cuMipmappedArrayCreate(array, desc, levels) };
+    // SAFETY: the caller passes a CUDA_ARRAY3D_DESCRIPTOR.
+    let Some(d) = (unsafe { read(desc.cast::<Array3dDescriptor>()) }) else {
+        return call();
+    };
+    let bytes = layouts::mipmapped_bytes(&d, levels);
+    allocate(
+        "cuMipmappedArrayCreate",
+        bytes,
+        On::Current,
+        call,
+        // SAFETY: written by the driver on success.
+        || unsafe { read(array) }.map(|a| Key::Array(a as usize)),
+    )
+}
+
+pub unsafe fn cuArrayDestroy(array: Handle) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    free(Key::Array(array as usize), false, || unsafe {
+        real::cuArrayDestroy(array)
+    })
+}
+
+pub unsafe fn cuMipmappedArrayDestroy(array: Handle) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    free(Key::Array(array as usize), false, || unsafe {
+        real::cuMipmappedArrayDestroy(array)
+    })
+}
+
+// ----- contexts --------------------------------------------------------------------------------
+
+/// Shared body of the `cuCtxCreate` forms: the context's memory is admitted before it exists.
+fn create_context(
+    what: &str,
+    ctx: *mut Handle,
+    dev: CuDevice,
+    call: impl FnOnce() -> CuResult,
+) -> CuResult {
+    let size = crate::state::config().context_size;
+    // SAFETY: written by the driver on success.
+    allocate(what, size, On::Ordinal(dev), call, || {
+        unsafe { read(ctx) }.map(|c| Key::Context(c as usize))
+    })
+}
+
+pub unsafe fn cuCtxCreate(ctx: *mut Handle, flags: c_uint, dev: CuDevice) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    create_context("cuCtxCreate", ctx, dev, || unsafe {
+        real::cuCtxCreate(ctx, flags, dev)
+    })
+}
+
+pub unsafe fn cuCtxCreate_v2(ctx: *mut Handle, flags: c_uint, dev: CuDevice) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    create_context("cuCtxCreate_v2", ctx, dev, || unsafe {
+        real::cuCtxCreate_v2(ctx, flags, dev)
+    })
+}
+
+pub unsafe fn cuCtxCreate_v3(
+    ctx: *mut Handle,
+    params: *mut c_void,
+    num_params: c_int,
+    flags: c_uint,
+    dev: CuDevice,
+) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    create_context("cuCtxCreate_v3", ctx, dev, || unsafe {
+        real::cuCtxCreate_v3(ctx, params, num_params, flags, dev)
+    })
+}
+
+pub unsafe fn cuCtxCreate_v4(
+    ctx: *mut Handle,
+    params: *mut c_void,
+    flags: c_uint,
+    dev: CuDevice,
+) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    create_context("cuCtxCreate_v4", ctx, dev, || unsafe {
+        real::cuCtxCreate_v4(ctx, params, flags, dev)
+    })
+}
+
+pub unsafe fn cuCtxDestroy(ctx: Handle) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    free(Key::Context(ctx as usize), false, || unsafe {
+        real::cuCtxDestroy(ctx)
+    })
+}
+
+pub unsafe fn cuCtxDestroy_v2(ctx: Handle) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    free(Key::Context(ctx as usize), false, || unsafe {
+        real::cuCtxDestroy_v2(ctx)
+    })
+}
+
+pub unsafe fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CuDevice) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let call = || unsafe { real::cuDevicePrimaryCtxRetain(ctx, dev) };
+    let process = match guarded_process() {
+        Ok(process) => process,
+        Err(Some(code)) => return code,
+        Err(None) => return call(),
+    };
+    let device = match process.device(dev) {
+        Ok(device) => device,
+        Err(why) => return process.unaccounted(why, call),
+    };
+    let first = process.tables().primary_needs_charge(dev);
+    let reservation = if first {
+        match process.admit(&device, process.context_size(), "the primary context") {
+            Ok(reservation) => reservation,
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let result = call();
+    if !result.is_success() {
+        process.rollback(reservation);
+        return result;
+    }
+    let charge = first.then(|| Charge {
+        device: device.id,
+        bytes: process.commit(reservation),
+    });
+    let extra = process.tables().primary_retained(dev, charge);
+    process.release(extra);
+    result
+}
+
+/// After a successful primary-context release (`reset`: the context is gone whatever the count).
+fn primary_released(dev: CuDevice, reset: bool, result: CuResult) -> CuResult {
+    if result.is_success()
+        && let Ok(process) = guarded_process()
+    {
+        let charge = if reset {
+            process.tables().primary_reset(dev)
+        } else {
+            process.tables().primary_released(dev)
+        };
+        process.release(charge);
+    }
+    result
+}
+
+pub unsafe fn cuDevicePrimaryCtxRelease(dev: CuDevice) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    primary_released(dev, false, unsafe { real::cuDevicePrimaryCtxRelease(dev) })
+}
+
+pub unsafe fn cuDevicePrimaryCtxRelease_v2(dev: CuDevice) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    primary_released(dev, false, unsafe {
+        real::cuDevicePrimaryCtxRelease_v2(dev)
+    })
+}
+
+pub unsafe fn cuDevicePrimaryCtxReset(dev: CuDevice) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    primary_released(dev, true, unsafe { real::cuDevicePrimaryCtxReset(dev) })
+}
+
+pub unsafe fn cuDevicePrimaryCtxReset_v2(dev: CuDevice) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    primary_released(dev, true, unsafe { real::cuDevicePrimaryCtxReset_v2(dev) })
+}

@@ -1,0 +1,199 @@
+//! Start-up and attachment: configuration read once, the ledger joined lazily, fork and exit.
+//!
+//! - The constructor only reads the `VRAMGUARD_*` configuration (children such as shells and
+//!   compilers inherit `LD_PRELOAD` and must not pay for anything else). A hook that runs before
+//!   the constructor reads it itself; either way it is read once.
+//! - The first guarded call of a process attaches: opens the ledger, checks the driver, joins.
+//!   A failure is said once on stderr, then `VRAMGUARD_ON_ERROR` decides (pass through / refuse).
+//! - A forked child is recognised by its pid: its first guarded call attaches it as itself, with
+//!   empty tables (the parent's state is left untouched: its locks may be held by threads that do
+//!   not exist in the child).
+//! - At exit (`atexit`) the process leaves the ledger, which never blocks without a deadline.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use vramguard_core::settings::{Config, OnError};
+
+use crate::guard::Process;
+
+const MODE_UNKNOWN: u8 = 0;
+const MODE_ENABLED: u8 = 1;
+const MODE_DISABLED: u8 = 2;
+
+/// Whether `VRAMGUARD_DISABLE` is on; readable without locks (the `dlsym` path uses it).
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
+static CONFIG: OnceLock<(Config, Vec<String>)> = OnceLock::new();
+static SETTING_ERRORS_REPORTED: AtomicBool = AtomicBool::new(false);
+
+#[ctor::ctor(unsafe)]
+fn read_configuration_at_load() {
+    let _ = config();
+}
+
+/// The configuration and the messages about invalid values, read once.
+fn configuration() -> &'static (Config, Vec<String>) {
+    CONFIG.get_or_init(|| {
+        let (config, errors) = Config::from_env();
+        MODE.store(
+            if config.disable {
+                MODE_DISABLED
+            } else {
+                MODE_ENABLED
+            },
+            Ordering::Release,
+        );
+        (config, errors.iter().map(ToString::to_string).collect())
+    })
+}
+
+/// The configuration, read from the environment on first use.
+pub fn config() -> &'static Config {
+    &configuration().0
+}
+
+/// Says once, at the first CUDA call, which settings were invalid. Not in the constructor: the
+/// shells and compilers that inherit `LD_PRELOAD` but never use CUDA stay silent.
+fn report_setting_errors() {
+    if SETTING_ERRORS_REPORTED.load(Ordering::Acquire)
+        || SETTING_ERRORS_REPORTED.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    let (config, errors) = configuration();
+    if config.log >= vramguard_core::settings::LogLevel::Warn {
+        for error in errors {
+            crate::log::line(error);
+        }
+    }
+}
+
+/// True when `VRAMGUARD_DISABLE=1`: every hook passes straight through. False before the
+/// configuration is read.
+pub fn is_disabled() -> bool {
+    MODE.load(Ordering::Acquire) == MODE_DISABLED
+}
+
+/// How a guarded call proceeds.
+pub enum Session {
+    /// Accounted against the ledger.
+    Guarded(&'static Process),
+    /// Passed to the driver untouched (disabled, or attach failed under `ON_ERROR=open`).
+    PassThrough,
+    /// Allocations refused (attach failed under `ON_ERROR=closed`).
+    Refuse,
+}
+
+/// The attached process (leaked on purpose: it lives until exit, and a forked child must never
+/// touch its parent's copy).
+static PROCESS: AtomicPtr<Process> = AtomicPtr::new(std::ptr::null_mut());
+/// The pid whose attach failed (0: none).
+static FAILED_PID: AtomicI32 = AtomicI32::new(0);
+/// The pid currently attaching (0: none); serialises attach without a lock that fork could strand.
+static ATTACHING: AtomicI32 = AtomicI32::new(0);
+static AT_EXIT_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+fn pid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// The attached process of this pid, if any.
+fn attached(pid: i32) -> Option<&'static Process> {
+    let process = PROCESS.load(Ordering::Acquire);
+    // SAFETY: PROCESS is only ever set to a leaked Box (never freed), so the pointer is valid.
+    let process = unsafe { process.as_ref() }?;
+    (process.pid() == pid).then_some(process)
+}
+
+fn failure_session() -> Session {
+    match config().on_error {
+        OnError::Open => Session::PassThrough,
+        OnError::Closed => Session::Refuse,
+    }
+}
+
+/// How the current call proceeds; attaches on first use.
+pub fn session() -> Session {
+    report_setting_errors();
+    if config().disable {
+        return Session::PassThrough;
+    }
+    let pid = pid();
+    if let Some(process) = attached(pid) {
+        return if process.has_left() {
+            Session::PassThrough
+        } else {
+            Session::Guarded(process)
+        };
+    }
+    if FAILED_PID.load(Ordering::Acquire) == pid {
+        return failure_session();
+    }
+    attach(pid)
+}
+
+fn attach(pid: i32) -> Session {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let current = ATTACHING.load(Ordering::Acquire);
+        // Free, or left over by our parent before a fork: take it.
+        if current != pid
+            && ATTACHING
+                .compare_exchange(current, pid, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            break;
+        }
+        // Another thread of this process is attaching: wait for its outcome.
+        if let Some(process) = attached(pid) {
+            return Session::Guarded(process);
+        }
+        if FAILED_PID.load(Ordering::Acquire) == pid {
+            return failure_session();
+        }
+        if Instant::now() > deadline {
+            crate::log::error("attaching to the ledger takes too long; this call passes through");
+            return Session::PassThrough;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let session = match attached(pid) {
+        Some(process) => Session::Guarded(process),
+        None => match Process::attach(pid, config()) {
+            Ok(process) => {
+                let process: &'static Process = Box::leak(Box::new(process));
+                PROCESS.store(std::ptr::from_ref(process).cast_mut(), Ordering::Release);
+                register_exit_handler();
+                Session::Guarded(process)
+            }
+            Err(message) => {
+                let mode = match config().on_error {
+                    OnError::Open => "VRAMGUARD_ON_ERROR=open: CUDA calls pass through unguarded",
+                    OnError::Closed => "VRAMGUARD_ON_ERROR=closed: allocations are refused",
+                };
+                crate::log::line(&format!("{message}; {mode}"));
+                FAILED_PID.store(pid, Ordering::Release);
+                failure_session()
+            }
+        },
+    };
+    ATTACHING.store(0, Ordering::Release);
+    session
+}
+
+extern "C" fn leave_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(process) = attached(pid()) {
+            process.leave();
+        }
+    });
+}
+
+fn register_exit_handler() {
+    if !AT_EXIT_REGISTERED.swap(true, Ordering::AcqRel) {
+        // SAFETY: leave_at_exit is an extern "C" fn with no arguments that never unwinds.
+        unsafe { libc::atexit(leave_at_exit) };
+    }
+}

@@ -1,0 +1,164 @@
+//! Finding real functions: the real `dlsym`, our own handle on the driver, and lock-free slots.
+//!
+//! Everything here is resolved lazily and cached in an `AtomicPtr`: two threads racing to resolve
+//! the same slot compute the same value, so no lock or `Once` is needed (the `dlsym` hook may run
+//! before any constructor, on any thread).
+
+use std::ffi::{CStr, c_char, c_void};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+/// A function looked up by name on first use and cached.
+pub struct Symbol {
+    name: &'static str,
+    address: AtomicPtr<c_void>,
+}
+
+impl Symbol {
+    /// A slot for `name`, which must end with a NUL.
+    pub const fn new(name: &'static str) -> Symbol {
+        Symbol {
+            name,
+            address: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// The function a call is forwarded to: the next definition after this library (a second
+    /// interposer loaded after us, or the driver when it is in the global scope), else the
+    /// driver's symbol from our own handle.
+    pub fn resolve(&self) -> Option<*mut c_void> {
+        let cached = self.address.load(Ordering::Acquire);
+        if !cached.is_null() {
+            return Some(cached);
+        }
+        // Make sure the driver is loaded (and global) before asking for the next definition.
+        let from_driver = driver_symbol(self.name);
+        let found = next_symbol(self.name).or(from_driver)?;
+        self.address.store(found, Ordering::Release);
+        Some(found)
+    }
+}
+
+/// The address of the real `dlsym` (glibc's), resolved once with `dlvsym` and cached.
+static REAL_DLSYM: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+
+/// Stands in for `dlsym` if glibc's cannot be found: finds nothing.
+extern "C" fn missing_dlsym(_handle: *mut c_void, _name: *const c_char) -> *mut c_void {
+    ptr::null_mut()
+}
+
+/// The real `dlsym`. Never null (a function that finds nothing if glibc's is unreachable).
+/// Called from the `dlsym` trampoline: no allocation, no lock.
+pub extern "C" fn real_dlsym_address() -> *mut c_void {
+    let cached = REAL_DLSYM.load(Ordering::Acquire);
+    if !cached.is_null() {
+        return cached;
+    }
+    let mut found = ptr::null_mut();
+    for version in [c"GLIBC_2.34", c"GLIBC_2.2.5", c"GLIBC_2.17"] {
+        // SAFETY: both strings are NUL-terminated literals; dlvsym is not interposed by us, so
+        // RTLD_NEXT here names the definition after this library, glibc's own.
+        found = unsafe { libc::dlvsym(libc::RTLD_NEXT, c"dlsym".as_ptr(), version.as_ptr()) };
+        if !found.is_null() {
+            break;
+        }
+    }
+    if found.is_null() {
+        found = missing_dlsym as *const () as *mut c_void;
+    }
+    REAL_DLSYM.store(found, Ordering::Release);
+    found
+}
+
+/// Calls the real `dlsym`.
+fn call_real_dlsym(handle: *mut c_void, name: &CStr) -> Option<*mut c_void> {
+    type Dlsym = unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void;
+    // SAFETY: real_dlsym_address returns glibc's dlsym (or missing_dlsym), both of this signature.
+    let dlsym: Dlsym = unsafe { std::mem::transmute::<*mut c_void, Dlsym>(real_dlsym_address()) };
+    // SAFETY: `name` is a valid C string; `handle` is RTLD_NEXT or a handle from dlopen.
+    let found = unsafe { dlsym(handle, name.as_ptr()) };
+    (!found.is_null()).then_some(found)
+}
+
+/// `name` (NUL-terminated) as a C string; `None` for a malformed constant.
+fn c_str(name: &'static str) -> Option<&'static CStr> {
+    CStr::from_bytes_with_nul(name.as_bytes()).ok()
+}
+
+/// The definition of `name` that comes after this library in the lookup order.
+pub fn next_symbol(name: &'static str) -> Option<*mut c_void> {
+    call_real_dlsym(libc::RTLD_NEXT, c_str(name)?)
+}
+
+/// Looks `name` up in another library's handle with the real `dlsym`.
+pub fn lookup_in(handle: *mut c_void, name: &CStr) -> Option<*mut c_void> {
+    call_real_dlsym(handle, name)
+}
+
+static DRIVER_HANDLE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+static DRIVER_MISSING: AtomicBool = AtomicBool::new(false);
+
+/// Our own handle on the driver: `dlopen(VRAMGUARD_DRIVER or "libcuda.so.1", RTLD_NOW |
+/// RTLD_GLOBAL)`. `None` (reported once on stderr) if it cannot be opened.
+pub fn driver_handle() -> Option<*mut c_void> {
+    let cached = DRIVER_HANDLE.load(Ordering::Acquire);
+    if !cached.is_null() {
+        return Some(cached);
+    }
+    if DRIVER_MISSING.load(Ordering::Acquire) {
+        return None;
+    }
+    let path = crate::state::config().driver.clone();
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return None;
+    };
+    // SAFETY: c_path is a valid C string; dlopen has no other precondition.
+    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if handle.is_null() {
+        if !DRIVER_MISSING.swap(true, Ordering::AcqRel) {
+            crate::log::error(&format!(
+                "cannot open the CUDA driver `{}` ({}): calls pass through unguarded",
+                path.display(),
+                dlerror_text()
+            ));
+        }
+        return None;
+    }
+    // A racing thread may have stored the same handle (dlopen counts references): harmless.
+    DRIVER_HANDLE.store(handle, Ordering::Release);
+    Some(handle)
+}
+
+/// The driver's own symbol `name` (NUL-terminated) from our handle.
+pub fn driver_symbol(name: &'static str) -> Option<*mut c_void> {
+    lookup_in(driver_handle()?, c_str(name)?)
+}
+
+/// glibc's text for the last `dl*` failure of this thread.
+fn dlerror_text() -> String {
+    // SAFETY: dlerror returns null or a NUL-terminated string valid until the next dl* call.
+    let text = unsafe { libc::dlerror() };
+    if text.is_null() {
+        return "unknown error".into();
+    }
+    // SAFETY: non-null, NUL-terminated, read immediately.
+    unsafe { CStr::from_ptr(text) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Driver functions the guard calls for its own bookkeeping; they are not intercepted.
+pub mod aux {
+    use super::Symbol;
+
+    /// `cuCtxGetDevice(CUdevice*)`
+    pub static CU_CTX_GET_DEVICE: Symbol = Symbol::new("cuCtxGetDevice\0");
+    /// `cuDeviceGetUuid_v2(CUuuid*, CUdevice)`
+    pub static CU_DEVICE_GET_UUID_V2: Symbol = Symbol::new("cuDeviceGetUuid_v2\0");
+    /// `cuDeviceGetUuid(CUuuid*, CUdevice)`
+    pub static CU_DEVICE_GET_UUID: Symbol = Symbol::new("cuDeviceGetUuid\0");
+    /// `cuDeviceGetName(char*, int, CUdevice)`
+    pub static CU_DEVICE_GET_NAME: Symbol = Symbol::new("cuDeviceGetName\0");
+    /// `cuMemPoolGetAttribute(CUmemoryPool, CUmemPool_attribute, void*)`
+    pub static CU_MEM_POOL_GET_ATTRIBUTE: Symbol = Symbol::new("cuMemPoolGetAttribute\0");
+}

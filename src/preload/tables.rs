@@ -1,0 +1,327 @@
+//! What this process holds, per pointer, handle, array, context and pool.
+//!
+//! Pure bookkeeping (no driver, no ledger): the guard decides, calls the driver and then records
+//! or forgets here, under one in-process mutex that is never held across a driver call or a
+//! ledger wait.
+//!
+//! Stream-ordered pools: memory freed with `cuMemFreeAsync` goes back to its pool, which keeps it
+//! on the card until a synchronisation point releases what exceeds the pool's release threshold,
+//! or until `cuMemPoolTrimTo` / `cuMemPoolDestroy`. The guard mirrors that and never under-counts:
+//! freed pool memory stays charged as the pool's *cached* bytes, later pool allocations draw on the
+//! cache first, and the cache is released only when the driver would have released it (sync with
+//! a known threshold, trim, destroy).
+
+use std::collections::HashMap;
+
+use vramguard_core::cuda::CuDevice;
+use vramguard_core::ledger::DeviceId;
+
+/// Something that holds device memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// A device pointer (`cuMemAlloc`, pitch, managed, pool allocations).
+    Pointer(u64),
+    /// A physical allocation of the virtual memory API (`cuMemCreate`).
+    Physical(u64),
+    /// An array or mipmapped array.
+    Array(usize),
+    /// A context created with `cuCtxCreate`.
+    Context(usize),
+}
+
+/// A pool: the default pool of a device (used by `cuMemAllocAsync`) or one created explicitly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolKey {
+    /// The default pool of a device ordinal.
+    Default(CuDevice),
+    /// A pool handle from `cuMemPoolCreate`.
+    Handle(usize),
+}
+
+/// Bytes charged to one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Charge {
+    /// The ledger record of the device.
+    pub device: DeviceId,
+    /// Bytes charged.
+    pub bytes: u64,
+}
+
+/// One held thing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// What it costs and where.
+    pub charge: Charge,
+    /// The pool it came from, for pool allocations.
+    pub pool: Option<PoolKey>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PoolUse {
+    device: DeviceId,
+    in_use: u64,
+    cached: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Primary {
+    retains: u32,
+    charge: Option<Charge>,
+}
+
+/// The per-process tables.
+#[derive(Default, Debug)]
+pub struct Tables {
+    held: HashMap<Key, Entry>,
+    pool_handles: HashMap<usize, (PoolKey, CuDevice)>,
+    pools: HashMap<PoolKey, PoolUse>,
+    primaries: HashMap<CuDevice, Primary>,
+}
+
+impl Tables {
+    /// Records a held thing (replacing a stale entry of the same key, whose charge is returned).
+    pub fn insert(&mut self, key: Key, entry: Entry) -> Option<Entry> {
+        if let Some(pool) = entry.pool
+            && let Some(use_) = self.pools.get_mut(&pool)
+        {
+            use_.in_use = use_.in_use.saturating_add(entry.charge.bytes);
+        }
+        self.held.insert(key, entry)
+    }
+
+    /// Removes a held thing (before the driver frees it; [`Tables::insert`] puts it back if the
+    /// driver refuses).
+    pub fn remove(&mut self, key: Key) -> Option<Entry> {
+        self.held.remove(&key)
+    }
+
+    /// Puts back an entry removed by [`Tables::remove`] without touching pool figures.
+    pub fn restore(&mut self, key: Key, entry: Entry) {
+        self.held.insert(key, entry);
+    }
+
+    /// Everything held (for tests).
+    #[cfg(test)]
+    pub fn total(&self) -> u64 {
+        let held: u64 = self.held.values().map(|e| e.charge.bytes).sum();
+        let cached: u64 = self.pools.values().map(|p| p.cached).sum();
+        let primaries: u64 = self
+            .primaries
+            .values()
+            .filter_map(|p| p.charge)
+            .map(|c| c.bytes)
+            .sum();
+        held + cached + primaries
+    }
+
+    // ----- pools -------------------------------------------------------------------------------
+
+    /// Remembers which device a pool handle belongs to.
+    pub fn learn_pool(&mut self, handle: usize, key: PoolKey, ordinal: CuDevice) {
+        self.pool_handles.insert(handle, (key, ordinal));
+    }
+
+    /// The pool key and device ordinal of a known pool handle.
+    pub fn pool_of_handle(&self, handle: usize) -> Option<(PoolKey, CuDevice)> {
+        self.pool_handles.get(&handle).copied()
+    }
+
+    /// Takes up to `bytes` from the pool's cache for a new allocation; returns how much came from
+    /// the cache (already charged). The rest must be admitted anew.
+    pub fn draw_from_cache(&mut self, pool: PoolKey, device: DeviceId, bytes: u64) -> u64 {
+        let use_ = self.pools.entry(pool).or_insert(PoolUse {
+            device,
+            in_use: 0,
+            cached: 0,
+        });
+        let drawn = use_.cached.min(bytes);
+        use_.cached -= drawn;
+        drawn
+    }
+
+    /// Gives back what [`Tables::draw_from_cache`] took, when the allocation failed.
+    pub fn undraw(&mut self, pool: PoolKey, drawn: u64) {
+        if let Some(use_) = self.pools.get_mut(&pool) {
+            use_.cached = use_.cached.saturating_add(drawn);
+        }
+    }
+
+    /// A freed pool allocation returns to its pool's cache (still charged). Returns the charge to
+    /// release at once when the pool is gone.
+    pub fn return_to_pool(&mut self, pool: PoolKey, charge: Charge) -> Option<Charge> {
+        match self.pools.get_mut(&pool) {
+            Some(use_) => {
+                use_.in_use = use_.in_use.saturating_sub(charge.bytes);
+                use_.cached = use_.cached.saturating_add(charge.bytes);
+                None
+            }
+            None => Some(charge),
+        }
+    }
+
+    /// The pool releases cached bytes beyond `keep` (`cuMemPoolTrimTo`, or a synchronisation
+    /// with release threshold `keep`). Returns what to release. The driver may keep less (it
+    /// counts `keep` against everything the pool reserves); keeping `keep` cached bytes is the
+    /// side that never under-counts.
+    pub fn trim_pool(&mut self, pool: PoolKey, keep: u64) -> Option<Charge> {
+        let use_ = self.pools.get_mut(&pool)?;
+        let kept = use_.cached.min(keep);
+        let released = use_.cached - kept;
+        use_.cached = kept;
+        (released > 0).then_some(Charge {
+            device: use_.device,
+            bytes: released,
+        })
+    }
+
+    /// The pool is destroyed: its cache is released; allocations still out are released when
+    /// freed. Returns what to release now.
+    pub fn destroy_pool(&mut self, handle: usize) -> Option<Charge> {
+        let (key, _) = self.pool_handles.remove(&handle)?;
+        let use_ = self.pools.remove(&key)?;
+        (use_.cached > 0).then_some(Charge {
+            device: use_.device,
+            bytes: use_.cached,
+        })
+    }
+
+    /// Pools holding cached bytes on `ordinal` (all devices if `None`), with their handles if known.
+    pub fn pools_with_cache(&self, ordinal: Option<CuDevice>) -> Vec<(PoolKey, Option<usize>)> {
+        self.pools
+            .iter()
+            .filter(|(_, u)| u.cached > 0)
+            .filter(|(key, _)| match (ordinal, key) {
+                (None, _) => true,
+                (Some(o), PoolKey::Default(d)) => *d == o,
+                (Some(o), PoolKey::Handle(h)) => {
+                    self.pool_handles.get(h).is_some_and(|(_, d)| *d == o)
+                }
+            })
+            .map(|(key, _)| {
+                let handle = self
+                    .pool_handles
+                    .iter()
+                    .find(|(_, (k, _))| k == key)
+                    .map(|(h, _)| *h);
+                (*key, handle)
+            })
+            .collect()
+    }
+
+    // ----- primary contexts --------------------------------------------------------------------
+
+    /// True when the next retain of `ordinal` is the first (its context must be admitted).
+    pub fn primary_needs_charge(&self, ordinal: CuDevice) -> bool {
+        self.primaries
+            .get(&ordinal)
+            .is_none_or(|p| p.charge.is_none())
+    }
+
+    /// A retain succeeded; `charge` is the context's cost when this was the first retain.
+    pub fn primary_retained(
+        &mut self,
+        ordinal: CuDevice,
+        charge: Option<Charge>,
+    ) -> Option<Charge> {
+        let p = self.primaries.entry(ordinal).or_insert(Primary {
+            retains: 0,
+            charge: None,
+        });
+        p.retains = p.retains.saturating_add(1);
+        match (p.charge, charge) {
+            // A racing first retain already charged: the second charge is returned to release.
+            (Some(_), Some(extra)) => Some(extra),
+            (None, c) => {
+                p.charge = c;
+                None
+            }
+            (Some(_), None) => None,
+        }
+    }
+
+    /// A release succeeded; returns the context's charge when it was the last retain.
+    pub fn primary_released(&mut self, ordinal: CuDevice) -> Option<Charge> {
+        let p = self.primaries.get_mut(&ordinal)?;
+        p.retains = p.retains.saturating_sub(1);
+        if p.retains == 0 {
+            p.charge.take()
+        } else {
+            None
+        }
+    }
+
+    /// A reset succeeded: the context is gone whatever the count.
+    pub fn primary_reset(&mut self, ordinal: CuDevice) -> Option<Charge> {
+        let p = self.primaries.get_mut(&ordinal)?;
+        p.retains = 0;
+        p.charge.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device record of a throw-away ledger (DeviceId has no public constructor).
+    fn device() -> DeviceId {
+        let dir = std::env::temp_dir().join(format!("vramguard-tables-{}", std::process::id()));
+        let ledger = vramguard_core::ledger::Ledger::open(&dir).expect("ledger in a temp dir");
+        let id = ledger
+            .register_device([7; 16], "test", 1 << 30, 1 << 30)
+            .expect("register");
+        drop(ledger);
+        let _ = std::fs::remove_dir_all(&dir);
+        id
+    }
+
+    #[test]
+    fn pool_cache_is_charged_until_trimmed() {
+        let mut t = Tables::default();
+        let pool = PoolKey::Default(0);
+        let dev = device();
+        assert_eq!(t.draw_from_cache(pool, dev, 100), 0);
+        t.insert(
+            Key::Pointer(1),
+            Entry {
+                charge: Charge {
+                    device: dev,
+                    bytes: 100,
+                },
+                pool: Some(pool),
+            },
+        );
+        let e = t.remove(Key::Pointer(1)).unwrap();
+        assert_eq!(t.return_to_pool(pool, e.charge), None);
+        assert_eq!(t.total(), 100, "freed pool memory stays charged");
+        assert_eq!(t.draw_from_cache(pool, dev, 60), 60);
+        t.insert(
+            Key::Pointer(2),
+            Entry {
+                charge: Charge {
+                    device: dev,
+                    bytes: 60,
+                },
+                pool: Some(pool),
+            },
+        );
+        assert_eq!(t.total(), 100);
+        assert_eq!(t.trim_pool(pool, 0).map(|c| c.bytes), Some(40));
+        assert_eq!(t.total(), 60);
+    }
+
+    #[test]
+    fn primary_context_is_charged_once_and_released_at_the_last_release() {
+        let mut t = Tables::default();
+        let c = Charge {
+            device: device(),
+            bytes: 300,
+        };
+        assert!(t.primary_needs_charge(0));
+        assert_eq!(t.primary_retained(0, Some(c)), None);
+        assert!(!t.primary_needs_charge(0));
+        assert_eq!(t.primary_retained(0, None), None);
+        assert_eq!(t.primary_released(0), None);
+        assert_eq!(t.primary_released(0), Some(c));
+        assert_eq!(t.primary_released(0), None);
+    }
+}

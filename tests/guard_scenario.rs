@@ -1,0 +1,248 @@
+//! The user's story on a simulated 4 GiB card: three loaders started together, with and without
+//! the guard, under each policy; the context counted; memory of unguarded programs respected.
+
+#[path = "support/guard.rs"]
+mod guard_support;
+mod support;
+
+use std::process::Command;
+
+use guard_support::{GIB, MIB, assert_card_safe, run, run_together};
+use support::{ClientPath, Sandbox, Summary};
+
+/// A fragile 4 GiB card (an over-commit poisons it, as on the user's laptop).
+fn fragile_card() -> Sandbox {
+    let mut sandbox = Sandbox::new("size=4GiB,name=NVIDIA GeForce GTX 1650");
+    sandbox.set_env("SIMCUDA_FRAGILE", "1");
+    sandbox.init();
+    sandbox
+}
+
+/// A loader: 3 GiB in 100 MiB chunks, through `path`.
+fn loader(sandbox: &Sandbox, path: ClientPath, guarded: bool, env: &[(&str, &str)]) -> Command {
+    let mut command = sandbox.command(path, guarded);
+    command.args([
+        "--chunk",
+        "100MiB",
+        "--count",
+        "30",
+        "--sleep-between-ms",
+        "10",
+    ]);
+    command.envs(env.iter().copied());
+    command
+}
+
+/// Three loaders through three different paths, started together.
+fn three_loaders(sandbox: &Sandbox, guarded: bool, env: &[(&str, &str)]) -> Vec<Summary> {
+    let paths = [ClientPath::Direct, ClientPath::Procaddr, ClientPath::Python];
+    let finished = run_together(
+        paths
+            .iter()
+            .map(|p| loader(sandbox, *p, guarded, env))
+            .collect(),
+    );
+    if !guarded {
+        return finished.iter().map(|f| f.summary()).collect();
+    }
+    finished
+        .iter()
+        .map(|f| {
+            let summary = f.summary();
+            let code = f.status.code();
+            match &summary.first_error {
+                None => assert_eq!(code, Some(0), "{f:?}"),
+                // Refused mid-load (exit 2), or refused its context before it started (exit 1).
+                Some(e) if e == "CUDA_ERROR_OUT_OF_MEMORY" => {
+                    assert!(matches!(code, Some(1 | 2)), "{f:?}")
+                }
+                Some(other) => panic!("unexpected error {other}: {f:?}"),
+            }
+            summary
+        })
+        .collect()
+}
+
+fn completed(summaries: &[Summary]) -> usize {
+    summaries
+        .iter()
+        .filter(|s| s.first_error.is_none() && s.ok == 30)
+        .count()
+}
+
+#[test]
+fn unguarded_loaders_poison_the_card() {
+    let sandbox = fragile_card();
+    let _ = three_loaders(&sandbox, false, &[]);
+    let report = sandbox.sim_report();
+    assert_eq!(
+        report["devices"][0]["poisoned"].as_bool(),
+        Some(true),
+        "{report}"
+    );
+    // ... and from then on every CUDA program fails at start.
+    let after = run(sandbox.command(ClientPath::Direct, false));
+    assert_eq!(after.status.code(), Some(3), "{after:?}");
+}
+
+#[test]
+fn deny_lets_one_load_complete_and_refuses_the_others_cleanly() {
+    let sandbox = fragile_card();
+    let summaries = three_loaders(&sandbox, true, &[("VRAMGUARD_POLICY", "deny")]);
+    assert_eq!(completed(&summaries), 1, "{summaries:?}");
+    for s in summaries.iter().filter(|s| s.first_error.is_some()) {
+        assert_eq!(
+            s.first_error.as_deref(),
+            Some("CUDA_ERROR_OUT_OF_MEMORY"),
+            "{s:?}"
+        );
+        assert!(s.ok < 30 && s.failed <= 1, "{s:?}");
+    }
+    assert_card_safe(&sandbox.sim_report(), 0);
+}
+
+#[test]
+fn wait_with_expect_runs_all_three_one_after_another() {
+    let sandbox = fragile_card();
+    let summaries = three_loaders(
+        &sandbox,
+        true,
+        &[
+            ("VRAMGUARD_POLICY", "wait"),
+            ("VRAMGUARD_EXPECT", "3GiB"),
+            ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
+        ],
+    );
+    assert_eq!(completed(&summaries), 3, "{summaries:?}");
+    let report = sandbox.sim_report();
+    assert_card_safe(&report, 0);
+    // One after another: never two loads on the card at once.
+    let peak = report["devices"][0]["peak_bytes"].as_u64().unwrap();
+    assert!(peak < 2 * 3 * GIB, "two loads overlapped: peak {peak}");
+}
+
+#[test]
+fn plain_wait_never_overcommits_and_lets_at_least_one_finish() {
+    let sandbox = fragile_card();
+    let summaries = three_loaders(
+        &sandbox,
+        true,
+        &[
+            ("VRAMGUARD_POLICY", "wait"),
+            ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
+        ],
+    );
+    assert!(completed(&summaries) >= 1, "{summaries:?}");
+    assert_card_safe(&sandbox.sim_report(), 0);
+}
+
+#[test]
+fn a_load_larger_than_the_card_fails_at_once_under_both_policies() {
+    let sandbox = fragile_card();
+    for policy in ["deny", "wait"] {
+        for path in [
+            ClientPath::Direct,
+            ClientPath::Dlsym,
+            ClientPath::Procaddr,
+            ClientPath::Python,
+        ] {
+            let mut command = sandbox.command(path, true);
+            command
+                .args(["--chunk", "4.2GiB", "--count", "1"])
+                .env("VRAMGUARD_POLICY", policy);
+            let started = std::time::Instant::now();
+            let finished = run(command);
+            let summary = finished.summary();
+            assert_eq!(
+                summary.first_error.as_deref(),
+                Some("CUDA_ERROR_OUT_OF_MEMORY"),
+                "{policy} {path:?}: {finished:?}"
+            );
+            assert_eq!(summary.ok, 0);
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "{policy} {path:?} did not fail at once"
+            );
+        }
+    }
+    assert_card_safe(&sandbox.sim_report(), 0);
+}
+
+#[test]
+fn context_memory_is_counted() {
+    // Three processes of 1.2 GiB each fit a 4 GiB card only if their 300 MiB contexts are
+    // forgotten: 3 x 1.5 GiB > 4 GiB. With the guard one of them is refused, by the guard.
+    let sandbox = Sandbox::new("4GiB");
+    let commands = [ClientPath::Direct, ClientPath::Dlsym, ClientPath::Procaddr]
+        .iter()
+        .map(|p| {
+            let mut c = sandbox.command(*p, true);
+            c.args(["--chunk", "1200MiB", "--count", "1", "--hold-ms", "1500"])
+                .env("VRAMGUARD_RESERVE", "0");
+            c
+        })
+        .collect();
+    let summaries: Vec<Summary> = run_together(commands).iter().map(|f| f.summary()).collect();
+    let ok = summaries.iter().filter(|s| s.ok == 1).count();
+    assert_eq!(ok, 2, "{summaries:?}");
+    let report = sandbox.sim_report();
+    assert_card_safe(&report, 0);
+    assert!(report["devices"][0]["peak_bytes"].as_u64().unwrap() <= 4 * GIB);
+}
+
+#[test]
+fn memory_held_by_an_unguarded_program_is_respected() {
+    let sandbox = Sandbox::new("4GiB");
+    let mut holder = sandbox.command(ClientPath::Direct, false);
+    holder.args(["--chunk", "1GiB", "--count", "1", "--hold-ms", "4000"]);
+    let mut holder = support::spawn(holder);
+    holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
+    // Budget 3.75 GiB: the ledger alone would admit 3.3 GiB, but only 4 - 1.3 - 0.3 = 2.4 GiB
+    // are free on the card (less the 256 MiB reserve).
+    for path in [ClientPath::Direct, ClientPath::Procaddr] {
+        let mut guarded = sandbox.command(path, true);
+        guarded.args(["--chunk", "100MiB", "--count", "33"]);
+        let summary = run(guarded).summary();
+        assert_eq!(
+            summary.first_error.as_deref(),
+            Some("CUDA_ERROR_OUT_OF_MEMORY"),
+            "{summary:?}"
+        );
+        let room = 4 * GIB - GIB - 2 * 300 * MIB - 256 * MIB;
+        assert_eq!(summary.ok, room / (100 * MIB), "{summary:?}");
+    }
+    let report = sandbox.sim_report();
+    assert_card_safe(&report, 0);
+    let holder = holder.finish(guard_support::CLIENT_DEADLINE);
+    assert_eq!(holder.status.code(), Some(0), "{holder:?}");
+}
+
+#[test]
+fn under_wait_memory_of_an_unguarded_program_is_waited_for() {
+    // The ledger has room (the holder is not guarded), the card does not: the guarded request
+    // waits, re-checking the driver, and proceeds once the holder is gone.
+    let sandbox = Sandbox::new("4GiB");
+    let mut holder = sandbox.command(ClientPath::Direct, false);
+    holder.args(["--chunk", "3GiB", "--count", "1", "--hold-ms", "1500"]);
+    let mut holder = support::spawn(holder);
+    holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
+    let mut guarded = sandbox.command(ClientPath::Dlsym, true);
+    guarded
+        .args(["--chunk", "1GiB", "--count", "1"])
+        .env("VRAMGUARD_POLICY", "wait")
+        .env("VRAMGUARD_WAIT_TIMEOUT", "30s");
+    let started = std::time::Instant::now();
+    let finished = run(guarded);
+    assert_eq!(finished.status.code(), Some(0), "{finished:?}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(500),
+        "it did not wait"
+    );
+    assert!(
+        finished.stderr.contains("vramguard: waiting for 1.00 GiB"),
+        "{finished:?}"
+    );
+    let holder = holder.finish(guard_support::CLIENT_DEADLINE);
+    assert_eq!(holder.status.code(), Some(0), "{holder:?}");
+    assert_card_safe(&sandbox.sim_report(), 0);
+}

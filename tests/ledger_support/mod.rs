@@ -1,0 +1,205 @@
+//! Shared helpers of the ledger integration tests: private temporary directories, child
+//! processes that re-run the test binary in a role, deadlines on every wait, a small PRNG.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use vramguard_core::ledger::{DeviceId, Ledger};
+
+/// The environment variable that tells a re-run test binary which role to play.
+pub const ROLE_VAR: &str = "VRAMGUARD_LEDGER_TEST_ROLE";
+/// The environment variable carrying the ledger directory to a child.
+pub const DIR_VAR: &str = "VRAMGUARD_LEDGER_TEST_DIR";
+
+/// A directory removed (with its content) on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let base = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let path = base.join(format!(
+            "vramguard-ledger-test-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create test directory");
+        TempDir(path)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    /// The ledger directory inside (not yet created).
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.0.join("ledger")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The role this process was started in, if it is a child of a multi-process test.
+pub fn role() -> Option<String> {
+    std::env::var(ROLE_VAR).ok()
+}
+
+/// A required variable of a child role.
+pub fn child_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("child role needs {name}"))
+}
+
+/// The ledger directory given to a child.
+pub fn child_dir() -> PathBuf {
+    PathBuf::from(child_var(DIR_VAR))
+}
+
+/// Re-runs this test binary, running only `test` (which plays `role`), with `vars` set.
+pub fn child_command(test: &str, role: &str, dir: &Path, vars: &[(&str, String)]) -> Command {
+    let exe = std::env::current_exe().expect("current test binary");
+    let mut command = Command::new(exe);
+    command
+        .args([test, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(ROLE_VAR, role)
+        .env(DIR_VAR, dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (key, value) in vars {
+        command.env(key, value);
+    }
+    command
+}
+
+pub fn spawn(test: &str, role: &str, dir: &Path, vars: &[(&str, String)]) -> Child {
+    child_command(test, role, dir, vars)
+        .spawn()
+        .expect("spawn child test process")
+}
+
+/// Waits for `child` until `deadline`; kills it and panics past it.
+pub fn wait_until(child: &mut Child, deadline: Instant, what: &str) -> ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what}: child {} did not finish before its deadline",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for `child` (deadline), asserts success, returns the lines it printed with `REPORT `.
+pub fn finish(mut child: Child, deadline: Instant, what: &str) -> Vec<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| line.strip_prefix("REPORT ").map(str::to_owned))
+            .collect::<Vec<_>>()
+    });
+    let status = wait_until(&mut child, deadline, what);
+    assert!(status.success(), "{what}: child failed with {status}");
+    reader.join().expect("reader thread")
+}
+
+/// Reads lines starting with `REPORT ` from a child's stdout as they come, with a deadline each.
+pub struct Reports {
+    receiver: std::sync::mpsc::Receiver<String>,
+}
+
+impl Reports {
+    pub fn new(child: &mut Child) -> Reports {
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(report) = line.strip_prefix("REPORT ")
+                    && sender.send(report.to_owned()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Reports { receiver }
+    }
+    /// The next report, or a panic after `timeout`.
+    pub fn next(&self, timeout: Duration, what: &str) -> String {
+        self.receiver
+            .recv_timeout(timeout)
+            .unwrap_or_else(|_| panic!("{what}: no report within {timeout:?}"))
+    }
+}
+
+/// Prints a line the parent collects.
+pub fn report(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "REPORT {line}");
+    let _ = out.flush();
+}
+
+/// A deterministic UUID for test device `n`.
+pub fn uuid(n: u8) -> [u8; 16] {
+    let mut uuid = [0xA5u8; 16];
+    uuid[0] = n;
+    uuid
+}
+
+/// Registers test device 0 with `budget`.
+pub fn device(ledger: &Ledger, budget: u64) -> DeviceId {
+    ledger
+        .register_device(uuid(0), "Test GPU", budget + (256 << 20), budget)
+        .expect("register device")
+}
+
+/// xorshift64*: small, deterministic, good enough for test schedules.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform-ish in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// A seed from the clock and pid (printed by tests so a failure can be replayed).
+pub fn seed() -> u64 {
+    std::env::var("LEDGER_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            (nanos as u64) ^ u64::from(std::process::id()) << 32
+        })
+}

@@ -1,0 +1,449 @@
+//! Waiting: woken within milliseconds of the release that makes room, first come first served
+//! (a large request is not starved by small ones), the all-waiting deadlock broken at once,
+//! deadlines honoured, and a dead holder's bytes handed to a waiter.
+
+mod ledger_support;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ledger_support::{Rng, TempDir, child_dir, child_var, device, report, role, spawn};
+use vramguard_core::ledger::{Ledger, ProcessState, Refusal, Request, SlotId};
+
+const TEST_LATENCY: &str = "waiter_is_woken_within_milliseconds_of_the_release";
+const TEST_FIFO: &str = "waiters_are_served_in_arrival_order";
+const TEST_STARVE: &str = "a_large_waiter_is_not_starved_by_a_stream_of_small_requests";
+const TEST_DEADLOCK: &str = "all_holders_waiting_refuses_the_latest_waiter_at_once";
+const TEST_DEAD_HOLDER: &str = "a_waiter_gets_the_bytes_of_a_holder_that_dies";
+const MIB: u64 = 1 << 20;
+const BUDGET: u64 = 1000 * MIB;
+
+fn unix_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A child that waits (up to 30 s) for `WAIT_BYTES`, reporting "waiting" when it starts waiting
+/// and "admitted <unix ns>" or "refused <reason>" at the end; then holds until `HOLD_MS` passed.
+fn waiter() {
+    let ledger = Ledger::open(&child_dir()).unwrap();
+    let dev = device(&ledger, BUDGET);
+    let me = ledger
+        .join(&format!("waiter-{}", child_var("WAIT_NAME")))
+        .unwrap();
+    if let Ok(held) = std::env::var("HOLD_FIRST") {
+        let r = ledger
+            .reserve(me, dev, held.parse().unwrap(), &Request::default())
+            .unwrap();
+        ledger.commit(r);
+        report("holding");
+        let go = std::path::PathBuf::from(child_var("GO_FILE"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !go.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let bytes: u64 = child_var("WAIT_BYTES").parse().unwrap();
+    let on_wait = |_: &vramguard_core::ledger::WaitReport| report("waiting");
+    let request = Request {
+        wait_until: Some(Instant::now() + Duration::from_secs(30)),
+        on_wait: Some(&on_wait),
+        ..Request::default()
+    };
+    match ledger.reserve(me, dev, bytes, &request) {
+        Ok(r) => {
+            report(format!("admitted {}", unix_ns()));
+            ledger.commit(r);
+            std::thread::sleep(Duration::from_millis(child_var("HOLD_MS").parse().unwrap()));
+        }
+        Err(refusal) => report(format!("refused {refusal:?}")),
+    }
+    ledger.leave(me);
+}
+
+fn waiter_vars(name: &str, bytes: u64, hold_ms: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("WAIT_NAME", name.to_string()),
+        ("WAIT_BYTES", bytes.to_string()),
+        ("HOLD_MS", hold_ms.to_string()),
+    ]
+}
+
+fn hold(ledger: &Ledger, me: SlotId, bytes: u64) {
+    let dev = device(ledger, BUDGET);
+    let r = ledger.reserve(me, dev, bytes, &Request::default()).unwrap();
+    ledger.commit(r);
+}
+
+fn waiting_count(ledger: &Ledger) -> u32 {
+    ledger.snapshot().devices[0].waiting
+}
+
+#[test]
+fn waiter_is_woken_within_milliseconds_of_the_release() {
+    if role().is_some() {
+        return waiter();
+    }
+    let tmp = TempDir::new("latency");
+    let dir = tmp.ledger_dir();
+    let ledger = Ledger::open(&dir).unwrap();
+    let dev = device(&ledger, BUDGET);
+    let me = ledger.join("holder").unwrap();
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        hold(&ledger, me, 900 * MIB);
+        let mut child = spawn(
+            TEST_LATENCY,
+            "waiter",
+            &dir,
+            &waiter_vars("w", 200 * MIB, 0),
+        );
+        let reports = ledger_support::Reports::new(&mut child);
+        assert_eq!(
+            reports.next(Duration::from_secs(20), "waiter start"),
+            "waiting"
+        );
+        std::thread::sleep(Duration::from_millis(100)); // let it fall asleep
+        let released_at = unix_ns();
+        ledger.release(me, dev, 900 * MIB);
+        let line = reports.next(Duration::from_secs(5), "admission");
+        let admitted_at: u128 = line
+            .strip_prefix("admitted ")
+            .expect(&line)
+            .parse()
+            .unwrap();
+        latencies.push(Duration::from_nanos(
+            admitted_at.saturating_sub(released_at) as u64,
+        ));
+        ledger_support::wait_until(
+            &mut child,
+            Instant::now() + Duration::from_secs(10),
+            "waiter",
+        );
+    }
+    println!("wake-up latency after release (5 runs): {latencies:?}");
+    latencies.sort();
+    assert!(
+        latencies[2] < Duration::from_millis(100),
+        "median wake-up {:?}",
+        latencies[2]
+    );
+    assert!(
+        latencies[4] < Duration::from_millis(500),
+        "worst wake-up {:?}",
+        latencies[4]
+    );
+    ledger.leave(me);
+}
+
+#[test]
+fn waiters_are_served_in_arrival_order() {
+    if role().is_some() {
+        return waiter();
+    }
+    let tmp = TempDir::new("fifo");
+    let dir = tmp.ledger_dir();
+    let ledger = Ledger::open(&dir).unwrap();
+    let dev = device(&ledger, BUDGET);
+    let me = ledger.join("holder").unwrap();
+    hold(&ledger, me, BUDGET);
+    let mut children = Vec::new();
+    for (name, bytes) in [("big", 600 * MIB), ("mid", 300 * MIB), ("small", 100 * MIB)] {
+        let mut child = spawn(TEST_FIFO, "waiter", &dir, &waiter_vars(name, bytes, 2000));
+        let reports = ledger_support::Reports::new(&mut child);
+        assert_eq!(
+            reports.next(Duration::from_secs(20), "waiter start"),
+            "waiting"
+        );
+        children.push((name, child, reports));
+    }
+    assert_eq!(waiting_count(&ledger), 3);
+    // Room for the small one only: it must not jump the queue; a deny request neither.
+    ledger.release(me, dev, 100 * MIB);
+    assert!(matches!(
+        ledger.reserve(me, dev, 50 * MIB, &Request::default()),
+        Err(Refusal::NoRoom { .. })
+    ));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(waiting_count(&ledger), 3, "a later waiter jumped the queue");
+    let states: Vec<_> = ledger
+        .snapshot()
+        .processes
+        .into_iter()
+        .filter(|p| p.command.starts_with("waiter"))
+        .collect();
+    assert!(
+        states
+            .iter()
+            .all(|p| matches!(p.state, ProcessState::Waiting { .. })),
+        "{states:?}"
+    );
+    // Room for the big one: it goes first; the small one must not pass the middle one.
+    ledger.release(me, dev, 600 * MIB);
+    let admitted = |name: &str, reports: &ledger_support::Reports| {
+        let line = reports.next(Duration::from_secs(5), name);
+        assert!(line.starts_with("admitted"), "{name}: {line}");
+    };
+    admitted("big", &children[0].2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        waiting_count(&ledger),
+        2,
+        "the small request passed the middle one"
+    );
+    ledger.release(me, dev, 300 * MIB);
+    admitted("mid", &children[1].2);
+    admitted("small", &children[2].2);
+    assert_eq!(waiting_count(&ledger), 0);
+    for (name, mut child, _) in children {
+        ledger_support::wait_until(&mut child, Instant::now() + Duration::from_secs(10), name);
+    }
+    ledger.leave(me);
+}
+
+/// A stream of small requests (4 processes) must not starve one large waiter.
+fn small_streamer() {
+    let ledger = Ledger::open(&child_dir()).unwrap();
+    let dev = device(&ledger, BUDGET);
+    let me = ledger.join("streamer").unwrap();
+    let stop = std::path::PathBuf::from(child_var("STOP_FILE"));
+    let mut rng = Rng::new(ledger_support::seed());
+    let mut granted = 0u32;
+    while !stop.exists() {
+        let request = Request {
+            wait_until: Some(Instant::now() + Duration::from_secs(30)),
+            ..Request::default()
+        };
+        if let Ok(r) = ledger.reserve(me, dev, (50 + rng.below(100)) * MIB, &request) {
+            granted += 1;
+            let bytes = r.bytes();
+            ledger.commit(r);
+            std::thread::sleep(Duration::from_millis(1 + rng.below(5)));
+            ledger.release(me, dev, bytes);
+        }
+    }
+    ledger.leave(me);
+    report(format!("granted {granted}"));
+}
+
+#[test]
+fn a_large_waiter_is_not_starved_by_a_stream_of_small_requests() {
+    match role().as_deref() {
+        Some("streamer") => return small_streamer(),
+        Some(_) => return waiter(),
+        None => {}
+    }
+    let tmp = TempDir::new("starve");
+    let dir = tmp.ledger_dir();
+    let ledger = Ledger::open(&dir).unwrap();
+    device(&ledger, BUDGET);
+    let stop = tmp.path().join("stop");
+    let streamers: Vec<_> = (0..4)
+        .map(|_| {
+            spawn(
+                TEST_STARVE,
+                "streamer",
+                &dir,
+                &[("STOP_FILE", stop.display().to_string())],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let mut big = spawn(
+        TEST_STARVE,
+        "waiter",
+        &dir,
+        &waiter_vars("big", 900 * MIB, 0),
+    );
+    let reports = ledger_support::Reports::new(&mut big);
+    let mut line = reports.next(Duration::from_secs(20), "big waiter");
+    if line == "waiting" {
+        line = reports.next(Duration::from_secs(10), "big waiter admitted");
+    }
+    let waited = started.elapsed();
+    std::fs::write(&stop, b"").unwrap();
+    assert!(line.starts_with("admitted"), "{line}");
+    ledger_support::wait_until(
+        &mut big,
+        Instant::now() + Duration::from_secs(10),
+        "big waiter",
+    );
+    let mut granted = 0;
+    for child in streamers {
+        let lines =
+            ledger_support::finish(child, Instant::now() + Duration::from_secs(20), "streamer");
+        granted += lines[0]
+            .strip_prefix("granted ")
+            .unwrap()
+            .parse::<u32>()
+            .unwrap();
+    }
+    println!("900 MiB waiter admitted after {waited:?} among 4 streamers ({granted} small grants)");
+    assert!(
+        waited < Duration::from_secs(5),
+        "large request starved for {waited:?}"
+    );
+    assert!(granted > 20, "the streamers did not run ({granted})");
+}
+
+#[test]
+fn all_holders_waiting_refuses_the_latest_waiter_at_once() {
+    if role().is_some() {
+        return waiter();
+    }
+    let tmp = TempDir::new("deadlock");
+    let dir = tmp.ledger_dir();
+    let ledger = Ledger::open(&dir).unwrap();
+    device(&ledger, BUDGET);
+    let go = tmp.path().join("go");
+    let spawn_holder = |name: &str| {
+        // Each holds 400 and asks 300 more: 200 are free, so both wait on each other.
+        let mut vars = waiter_vars(name, 300 * MIB, 0);
+        vars.push(("HOLD_FIRST", (400 * MIB).to_string()));
+        vars.push(("GO_FILE", go.display().to_string()));
+        let mut child = spawn(TEST_DEADLOCK, "waiter", &dir, &vars);
+        let reports = ledger_support::Reports::new(&mut child);
+        assert_eq!(reports.next(Duration::from_secs(20), "holder"), "holding");
+        (child, reports)
+    };
+    let (mut first, first_reports) = spawn_holder("first");
+    let (mut second, second_reports) = spawn_holder("second");
+    // Both start waiting at once; whichever queues second finds every holder waiting and is
+    // refused at once (without ever sleeping); then the other gets the room it left.
+    let go_at = Instant::now();
+    std::fs::write(&go, b"").unwrap();
+    let outcome = |reports: &ledger_support::Reports, what: &str| loop {
+        let line = reports.next(Duration::from_secs(5), what);
+        if line != "waiting" {
+            return (line, go_at.elapsed());
+        }
+    };
+    let mut results = [
+        outcome(&first_reports, "first"),
+        outcome(&second_reports, "second"),
+    ];
+    results.sort();
+    let [(admitted, _), (refused, refused_after)] = &results;
+    assert!(admitted.starts_with("admitted"), "{results:?}");
+    assert!(refused.starts_with("refused Deadlock"), "{results:?}");
+    println!("deadlock broken {refused_after:?} after both started waiting");
+    assert!(
+        *refused_after < Duration::from_secs(1),
+        "deadlock not broken at once: {refused_after:?}"
+    );
+    ledger_support::wait_until(
+        &mut first,
+        Instant::now() + Duration::from_secs(10),
+        "first",
+    );
+    ledger_support::wait_until(
+        &mut second,
+        Instant::now() + Duration::from_secs(10),
+        "second",
+    );
+}
+
+#[test]
+fn deadline_is_honoured() {
+    let tmp = TempDir::new("deadline");
+    let ledger = Ledger::open(&tmp.ledger_dir()).unwrap();
+    let dev = device(&ledger, BUDGET);
+    let holder = ledger.join("holder").unwrap();
+    hold(&ledger, holder, 900 * MIB);
+    // A second member of this process (another handle) waits; the holder does not wait, so this
+    // is no deadlock: the deadline decides.
+    let other = Ledger::open(&tmp.ledger_dir()).unwrap();
+    let me = other.join("waiter").unwrap();
+    let (sender, receiver) = mpsc::channel();
+    let started = Instant::now();
+    let on_wait = |report: &vramguard_core::ledger::WaitReport| {
+        sender
+            .send((report.available, report.holders.clone()))
+            .unwrap();
+    };
+    let request = Request {
+        wait_until: Some(started + Duration::from_millis(300)),
+        on_wait: Some(&on_wait),
+        ..Request::default()
+    };
+    let refusal = other.reserve(me, dev, 200 * MIB, &request).unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(refusal, Refusal::TimedOut { requested, .. } if requested == 200 * MIB),
+        "{refusal:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(800),
+        "{waited:?}"
+    );
+    let (available, holders) = receiver.try_recv().expect("on_wait called once");
+    assert!(
+        receiver.try_recv().is_err(),
+        "on_wait called more than once"
+    );
+    assert_eq!(available, 100 * MIB);
+    assert_eq!(
+        holders,
+        vec![(std::process::id() as i32, "holder".to_string(), 900 * MIB)]
+    );
+    assert_eq!(
+        other.snapshot().devices[0].waiting,
+        0,
+        "a timed-out waiter leaves the queue"
+    );
+    other.leave(me);
+    ledger.leave(holder);
+}
+
+#[test]
+fn a_waiter_gets_the_bytes_of_a_holder_that_dies() {
+    if role().is_some() {
+        return waiter();
+    }
+    let tmp = TempDir::new("deadholder");
+    let dir = tmp.ledger_dir();
+    let ledger = Ledger::open(&dir).unwrap();
+    device(&ledger, BUDGET);
+    let go = tmp.path().join("never");
+    let mut vars = waiter_vars("doomed", 10 * MIB, 0);
+    vars.push(("HOLD_FIRST", (900 * MIB).to_string()));
+    vars.push(("GO_FILE", go.display().to_string()));
+    let mut doomed = spawn(TEST_DEAD_HOLDER, "waiter", &dir, &vars);
+    let doomed_reports = ledger_support::Reports::new(&mut doomed);
+    assert_eq!(
+        doomed_reports.next(Duration::from_secs(20), "doomed holds"),
+        "holding"
+    );
+    let mut child = spawn(
+        TEST_DEAD_HOLDER,
+        "waiter",
+        &dir,
+        &waiter_vars("survivor", 500 * MIB, 0),
+    );
+    let reports = ledger_support::Reports::new(&mut child);
+    assert_eq!(
+        reports.next(Duration::from_secs(20), "waiter start"),
+        "waiting"
+    );
+    let killed_at = Instant::now();
+    doomed.kill().unwrap();
+    ledger_support::wait_until(
+        &mut doomed,
+        Instant::now() + Duration::from_secs(10),
+        "doomed",
+    );
+    let line = reports.next(Duration::from_secs(2), "admitted after the holder died");
+    assert!(line.starts_with("admitted"), "{line}");
+    println!(
+        "waiter admitted {:?} after the holder was killed",
+        killed_at.elapsed()
+    );
+    ledger_support::wait_until(
+        &mut child,
+        Instant::now() + Duration::from_secs(10),
+        "survivor",
+    );
+}

@@ -1,0 +1,59 @@
+//! A short run of the soak and fault suite (the full one is `cargo run --release --example soak`,
+//! see docs/benchmarks.md): 8 guarded processes allocate, free, wait, fork and exit at random on
+//! two simulated devices for 15 seconds while workers are killed and stopped and the ledger is
+//! removed and damaged. The observer's checks must all come out clean: never over budget or over
+//! capacity, ledger and card agree on every quiescent process, nothing leaked, nothing hung,
+//! nothing crashed.
+//!
+//! The seed changes from run to run and is printed; rerun a failure with
+//! `cargo run --release --example soak -- --processes 8 --seconds 15 --seed <seed> --verbose`.
+
+#[path = "../benches/soak/suite/mod.rs"]
+mod suite;
+
+use std::time::Duration;
+
+#[test]
+fn short_soak_with_faults_keeps_every_promise() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let config = suite::Config {
+        processes: 8,
+        duration: Duration::from_secs(15),
+        // Small cards, so that the eight workers crowd them and refusals and waits happen.
+        devices: "1GiB;1536MiB".to_owned(),
+        max_chunk: 128 << 20,
+        fault_interval: Duration::from_millis(250),
+        seed,
+        ..suite::Config::default()
+    };
+    println!("soak seed {seed}");
+    let summary = suite::run(&config);
+    println!("{}", summary.details());
+    println!("{summary}");
+
+    assert!(
+        summary.passed(),
+        "the soak found a broken promise (seed {seed}): {summary}"
+    );
+    // The run must have exercised what it claims to check.
+    assert!(
+        summary.operations > 1_000,
+        "too little work was done: {summary}"
+    );
+    assert!(
+        summary.faults >= 10,
+        "too few faults were injected: {summary}"
+    );
+    assert!(
+        summary.samples >= 50,
+        "too few samples were taken: {}",
+        summary.details()
+    );
+    assert!(
+        summary.comparisons > 0,
+        "the agreement check never compared a process: {}",
+        summary.details()
+    );
+}

@@ -1,0 +1,193 @@
+//! Helpers for the command line's integration tests (`tests/cli_*.rs`): where the built
+//! artifacts are, private temporary directories, a simulated card, and running a child with a
+//! deadline. Included with `#[path = "support/cli.rs"] mod cli_support;`.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `vramguard` executable cargo built for these tests.
+pub fn vramguard() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vramguard"))
+}
+
+/// The directory of the release artifacts (`target/release`, or `$CARGO_TARGET_DIR/release`).
+pub fn release_dir() -> PathBuf {
+    vramguard()
+        .parent()
+        .expect("the executable has a directory")
+        .to_path_buf()
+}
+
+/// The workspace root (for the scripts and docs).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A built artifact next to `vramguard`, with a clear message when it is missing.
+pub fn artifact(name: &str) -> PathBuf {
+    let path = release_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/test.sh (or cargo build --release --workspace --all-targets) first",
+        path.display()
+    );
+    path
+}
+
+/// The guard library.
+pub fn library() -> PathBuf {
+    artifact("libvramguard.so").canonicalize().unwrap()
+}
+
+/// A private temporary directory, removed when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "vramguard-cli-test-{label}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A simulated card in a temporary directory: the state file, a lib dir with `libcuda.so.1` ->
+/// the simulator, and a ledger directory.
+pub struct SimCard {
+    pub dir: TempDir,
+}
+
+impl SimCard {
+    pub fn new(devices: &str) -> SimCard {
+        let dir = TempDir::new("sim");
+        fs::create_dir(dir.join("lib")).unwrap();
+        symlink(artifact("libcuda.so"), dir.join("lib/libcuda.so.1")).unwrap();
+        fs::write(dir.join("devices"), devices).unwrap();
+        let card = SimCard { dir };
+        let out = run_with_deadline(
+            card.command(artifact("simcuda")).arg("init"),
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "simcuda init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        card
+    }
+
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.dir.join("ledger")
+    }
+
+    pub fn driver(&self) -> PathBuf {
+        self.dir.join("lib/libcuda.so.1")
+    }
+
+    /// A command with the card's environment (and none of the caller's guard settings).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new(program);
+        for (key, _) in std::env::vars_os() {
+            let text = key.to_string_lossy();
+            if text.starts_with("VRAMGUARD_") || text.starts_with("SIMCUDA_") {
+                command.env_remove(&key);
+            }
+        }
+        let devices =
+            fs::read_to_string(self.dir.join("devices")).unwrap_or_else(|_| "4GiB".into());
+        command
+            .env_remove("LD_PRELOAD")
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .env("LD_LIBRARY_PATH", self.dir.join("lib"))
+            .env("SIMCUDA_STATE", self.dir.join("card-state"))
+            .env("SIMCUDA_DEVICES", devices)
+            .env("VRAMGUARD_DIR", self.ledger_dir())
+            .env("VRAMGUARD_DRIVER", self.driver());
+        command
+    }
+}
+
+/// Runs `command` to completion, killing it and panicking if it takes longer than `deadline`.
+pub fn run_with_deadline(command: &mut Command, deadline: Duration) -> Output {
+    run_with_deadline_and_pid(command, deadline).1
+}
+
+/// [`run_with_deadline`], also returning the pid the command ran as.
+pub fn run_with_deadline_and_pid(command: &mut Command, deadline: Duration) -> (u32, Output) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = stdout.read_to_end(&mut buffer);
+        buffer
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = stderr.read_to_end(&mut buffer);
+        buffer
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let output = Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    };
+    (pid, output)
+}
+
+/// stdout as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

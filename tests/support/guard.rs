@@ -1,0 +1,162 @@
+//! Helpers of the interposer's integration tests (`tests/guard_*.rs`), on top of `support`:
+//! running several clients at once, reading the ledger while they hold memory, and building the
+//! second `LD_PRELOAD` interposer of `tests/interposers/`.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vramguard_core::ledger::{Ledger, ProcessSnapshot, Snapshot};
+
+use super::support::{self, Finished, Running};
+
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+/// One gibibyte.
+pub const GIB: u64 = 1 << 30;
+
+/// How long any single client may take before the test fails.
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Starts every command, then waits for each (each with its deadline).
+pub fn run_together(commands: Vec<Command>) -> Vec<Finished> {
+    let running: Vec<Running> = commands.into_iter().map(support::spawn).collect();
+    running
+        .into_iter()
+        .map(|r| r.finish(CLIENT_DEADLINE))
+        .collect()
+}
+
+/// Runs one command to completion with the client deadline.
+pub fn run(command: Command) -> Finished {
+    support::spawn(command).finish(CLIENT_DEADLINE)
+}
+
+/// A snapshot of the sandbox's ledger (which must exist).
+pub fn snapshot(sandbox: &support::Sandbox) -> Snapshot {
+    let ledger = Ledger::open_existing(&sandbox.ledger_dir).unwrap_or_else(|e| {
+        panic!(
+            "the ledger in {} cannot be read: {e}",
+            sandbox.ledger_dir.display()
+        )
+    });
+    ledger.snapshot()
+}
+
+/// The ledger record of process `pid`.
+pub fn process(snapshot: &Snapshot, pid: u32) -> Option<&ProcessSnapshot> {
+    snapshot
+        .processes
+        .iter()
+        .find(|p| p.pid == pid as i32 && p.alive)
+}
+
+/// What `pid` is charged on the device of `uuid` (0 if nothing).
+pub fn charged(snapshot: &Snapshot, pid: u32, uuid: [u8; 16]) -> u64 {
+    process(snapshot, pid)
+        .and_then(|p| p.devices.iter().find(|d| d.uuid == uuid))
+        .map_or(0, |d| d.charged)
+}
+
+/// Polls the ledger until `ready` holds; panics after `timeout`.
+pub fn wait_for_ledger(
+    sandbox: &support::Sandbox,
+    timeout: Duration,
+    what: &str,
+    ready: impl Fn(&Snapshot) -> bool,
+) -> Snapshot {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(ledger) = Ledger::open_existing(&sandbox.ledger_dir) {
+            let snapshot = ledger.snapshot();
+            if ready(&snapshot) {
+                return snapshot;
+            }
+            if Instant::now() > deadline {
+                panic!("ledger never showed {what} within {timeout:?}: {snapshot:?}");
+            }
+        } else if Instant::now() > deadline {
+            panic!(
+                "no ledger in {} within {timeout:?}",
+                sandbox.ledger_dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The UUID (16 bytes) of simulated device `index` from the simulator's report.
+pub fn sim_uuid(report: &serde_json::Value, index: usize) -> [u8; 16] {
+    let text = report["devices"][index]["uuid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("device {index} has no uuid: {report}"));
+    vramguard_core::cuda::CuUuid::parse(text)
+        .unwrap_or_else(|| panic!("bad uuid {text}"))
+        .0
+}
+
+/// Checks the card was never over-committed, never refused a request and is not poisoned.
+pub fn assert_card_safe(report: &serde_json::Value, index: usize) {
+    let device = &report["devices"][index];
+    let peak = device["peak_bytes"].as_u64().expect("peak_bytes");
+    let capacity = device["capacity_bytes"].as_u64().expect("capacity_bytes");
+    assert!(
+        peak <= capacity,
+        "over-committed: peak {peak} > capacity {capacity}: {report}"
+    );
+    assert_eq!(
+        device["refused"].as_u64(),
+        Some(0),
+        "the driver saw requests it could not hold: {report}"
+    );
+    assert_eq!(
+        device["poisoned"].as_bool(),
+        Some(false),
+        "the card was poisoned: {report}"
+    );
+}
+
+/// Lines of stderr that come from the guard.
+pub fn guard_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("vramguard: "))
+        .collect()
+}
+
+/// Builds `tests/interposers/second.c` into `<target>/clients/libsecond-interposer.so` (once per
+/// source change; test binaries serialise on a lock) and returns its path.
+pub fn second_interposer() -> PathBuf {
+    let source = support::repo().join("tests/interposers/second.c");
+    let out = support::target_dir().join("clients");
+    fs::create_dir_all(&out).expect("create the clients directory");
+    let lock = File::create(out.join(".interposer-lock")).expect("create the build lock");
+    // SAFETY: flock on a descriptor we own; blocks until another test binary has built it.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let target = out.join("libsecond-interposer.so");
+    let stale = |t: &PathBuf| {
+        let built = fs::metadata(t).and_then(|m| m.modified()).ok();
+        let source_time = fs::metadata(&source).and_then(|m| m.modified()).ok();
+        built.is_none() || built < source_time
+    };
+    if stale(&target) {
+        let temporary = out.join(format!("libsecond-interposer.so.tmp{}", std::process::id()));
+        let output = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
+            .arg(&temporary)
+            .arg(&source)
+            .arg("-ldl")
+            .output()
+            .expect("run the C compiler (cc)");
+        assert!(
+            output.status.success(),
+            "building the second interposer failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        fs::rename(&temporary, &target).expect("move the interposer into place");
+    }
+    target
+}

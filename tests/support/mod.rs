@@ -1,0 +1,651 @@
+//! Shared helpers of the integration tests that run programs against the simulated driver
+//! (`mod support;`): where the release artifacts are, the test clients (built once per target
+//! directory, race-free across test binaries), a [`Sandbox`] with its own simulated card and
+//! ledger directory, and running children with deadlines.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The cargo target directory (`$CARGO_TARGET_DIR`, else `<repo>/target`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                repo().join(dir)
+            }
+        }
+        _ => repo().join("target"),
+    }
+}
+
+/// The release build directory the tests use.
+pub fn release_dir() -> PathBuf {
+    target_dir().join("release")
+}
+
+/// Paths of the built artifacts.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// `libvramguard.so`, the preload library.
+    pub preload: PathBuf,
+    /// `libcuda.so`, the simulated driver (soname `libcuda.so.1`).
+    pub simulator: PathBuf,
+    /// The `simcuda` control and report tool.
+    pub simcuda: PathBuf,
+    /// The `vramguard` command line.
+    pub cli: PathBuf,
+}
+
+fn require(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh, or `cargo build --release --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// All artifacts; panics with the command to run when one is missing.
+pub fn artifacts() -> Artifacts {
+    let release = release_dir();
+    Artifacts {
+        preload: require(release.join("libvramguard.so")),
+        simulator: require(release.join("libcuda.so")),
+        simcuda: require(release.join("simcuda")),
+        cli: require(release.join("vramguard")),
+    }
+}
+
+/// The simulator's artifacts only (for the simulator's own tests).
+pub fn simulator_artifacts() -> (PathBuf, PathBuf) {
+    let release = release_dir();
+    (
+        require(release.join("libcuda.so")),
+        require(release.join("simcuda")),
+    )
+}
+
+/// How a client reaches the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientPath {
+    /// Linked with `-lcuda`.
+    Direct,
+    /// `dlopen` + `dlsym` of the exported names.
+    Dlsym,
+    /// cudart's way: `cuGetProcAddress_v2`, then everything through `cuGetProcAddress`.
+    Procaddr,
+    /// Python `ctypes`.
+    Python,
+}
+
+impl ClientPath {
+    /// Every path.
+    pub const ALL: [ClientPath; 4] = [
+        ClientPath::Direct,
+        ClientPath::Dlsym,
+        ClientPath::Procaddr,
+        ClientPath::Python,
+    ];
+
+    /// The name the client prints in its summary (`path=...`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientPath::Direct => "direct",
+            ClientPath::Dlsym => "dlsym",
+            ClientPath::Procaddr => "procaddr",
+            ClientPath::Python => "python",
+        }
+    }
+}
+
+/// The built test clients.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub direct: PathBuf,
+    pub dlsym: PathBuf,
+    pub procaddr: PathBuf,
+    /// `tests/clients/client.py` (run with `python3`).
+    pub python: PathBuf,
+}
+
+impl Clients {
+    /// The program of one path.
+    pub fn path(&self, which: ClientPath) -> &Path {
+        match which {
+            ClientPath::Direct => &self.direct,
+            ClientPath::Dlsym => &self.dlsym,
+            ClientPath::Procaddr => &self.procaddr,
+            ClientPath::Python => &self.python,
+        }
+    }
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Builds the C clients into `<target>/clients/` (once; rebuilt when a source or the simulator
+/// is newer) and returns every client's path. Test binaries running at once serialise on a lock.
+pub fn clients() -> Clients {
+    static CLIENTS: OnceLock<Clients> = OnceLock::new();
+    CLIENTS.get_or_init(build_clients).clone()
+}
+
+fn build_clients() -> Clients {
+    let (simulator, _) = simulator_artifacts();
+    let sources = repo().join("tests/clients");
+    let out = target_dir().join("clients");
+    fs::create_dir_all(&out).expect("create the clients directory");
+    let lock = File::create(out.join(".build-lock")).expect("create the clients build lock");
+    // SAFETY: flock on a descriptor we own; blocking until other test binaries finish building.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "lock {}", out.join(".build-lock").display());
+    let inputs: Vec<PathBuf> = ["workload.c", "workload.h", "cuda_min.h"]
+        .iter()
+        .map(|f| sources.join(f))
+        .chain([simulator.clone()])
+        .collect();
+    let newest_input = inputs.iter().filter_map(|p| modified(p)).max();
+    for (name, binding) in [
+        ("client-direct", "bind_direct.c"),
+        ("client-dlsym", "bind_dlsym.c"),
+        ("client-procaddr", "bind_procaddr.c"),
+    ] {
+        let target = out.join(name);
+        let newest = newest_input.max(modified(&sources.join(binding)));
+        if modified(&target).is_some_and(|built| Some(built) >= newest) {
+            continue;
+        }
+        let temporary = out.join(format!("{name}.tmp{}", std::process::id()));
+        let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".to_string()));
+        cc.args(["-O1", "-Wall", "-Wextra", "-Werror", "-std=c11", "-o"])
+            .arg(&temporary)
+            .arg(sources.join("workload.c"))
+            .arg(sources.join(binding))
+            .arg("-pthread");
+        if name == "client-direct" {
+            let dir = simulator.parent().expect("the simulator has a directory");
+            cc.arg(format!("-L{}", dir.display())).arg("-lcuda");
+        } else {
+            cc.arg("-ldl");
+        }
+        let output = cc.output().expect("run the C compiler (cc)");
+        assert!(
+            output.status.success(),
+            "building {name} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        fs::rename(&temporary, &target).expect("move the client into place");
+    }
+    Clients {
+        direct: out.join("client-direct"),
+        dlsym: out.join("client-dlsym"),
+        procaddr: out.join("client-procaddr"),
+        python: sources.join("client.py"),
+    }
+}
+
+/// A private simulated card, library directory and ledger directory; removed on drop.
+pub struct Sandbox {
+    root: PathBuf,
+    /// `SIMCUDA_STATE`.
+    pub state: PathBuf,
+    /// Holds `libcuda.so.1` -> the simulator; goes first in `LD_LIBRARY_PATH`.
+    pub lib_dir: PathBuf,
+    /// `VRAMGUARD_DIR`.
+    pub ledger_dir: PathBuf,
+    env: HashMap<String, String>,
+}
+
+impl Sandbox {
+    /// A sandbox whose card has `sim_devices` (`SIMCUDA_DEVICES` syntax).
+    pub fn new(sim_devices: &str) -> Sandbox {
+        let (simulator, _) = simulator_artifacts();
+        let root = tempfile::Builder::new()
+            .prefix("vramguard-test-")
+            .tempdir()
+            .expect("create a temporary directory")
+            .keep();
+        let lib_dir = root.join("lib");
+        let ledger_dir = root.join("ledger");
+        fs::create_dir_all(&lib_dir).expect("create the library directory");
+        fs::create_dir_all(&ledger_dir).expect("create the ledger directory");
+        symlink(&simulator, lib_dir.join("libcuda.so.1")).expect("link libcuda.so.1");
+        let state = root.join("card").join("state");
+        let mut env = HashMap::new();
+        env.insert("SIMCUDA_STATE".to_string(), state.display().to_string());
+        env.insert("SIMCUDA_DEVICES".to_string(), sim_devices.to_string());
+        Sandbox {
+            root,
+            state,
+            lib_dir,
+            ledger_dir,
+            env,
+        }
+    }
+
+    /// The sandbox directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Sets a variable for every command of this sandbox (`SIMCUDA_*`, `VRAMGUARD_*`,
+    /// `CUDA_VISIBLE_DEVICES`...). Card settings apply when the card is created: set them
+    /// before the first command, or call [`Sandbox::init`].
+    pub fn set_env(&mut self, key: &str, value: &str) -> &mut Sandbox {
+        self.env.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Removes a variable set with [`Sandbox::set_env`].
+    pub fn unset_env(&mut self, key: &str) -> &mut Sandbox {
+        self.env.remove(key);
+        self
+    }
+
+    fn apply(&self, command: &mut Command) {
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("SIMCUDA_")
+                || key.starts_with("VRAMGUARD_")
+                || key == "LD_PRELOAD"
+                || key == "CUDA_VISIBLE_DEVICES"
+            {
+                command.env_remove(&key);
+            }
+        }
+        command.env("LD_LIBRARY_PATH", &self.lib_dir);
+        command.env("VRAMGUARD_DIR", &self.ledger_dir);
+        command.env("VRAMGUARD_DRIVER", self.lib_dir.join("libcuda.so.1"));
+        command.env("PYTHONDONTWRITEBYTECODE", "1");
+        command.envs(&self.env);
+    }
+
+    /// A command running any program in this sandbox's environment (no preload).
+    pub fn program(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        self.apply(&mut command);
+        command
+    }
+
+    /// A client command: `LD_LIBRARY_PATH`, `SIMCUDA_*`, `VRAMGUARD_DIR`, `VRAMGUARD_DRIVER`, and
+    /// `LD_PRELOAD` of the guard when `guarded`.
+    pub fn command(&self, path: ClientPath, guarded: bool) -> Command {
+        let clients = clients();
+        let mut command = match path {
+            ClientPath::Python => {
+                let mut c = Command::new("python3");
+                c.arg(&clients.python);
+                c
+            }
+            other => Command::new(clients.path(other)),
+        };
+        self.apply(&mut command);
+        if guarded {
+            command.env("LD_PRELOAD", artifacts().preload);
+        }
+        command
+    }
+
+    /// Runs a client to completion (30 s deadline) with `args`; returns its outcome and pid.
+    pub fn run_client(&self, path: ClientPath, guarded: bool, args: &[&str]) -> (Finished, u32) {
+        let mut command = self.command(path, guarded);
+        command.args(args);
+        let running = spawn(command);
+        let pid = running.pid();
+        (running.finish(Duration::from_secs(30)), pid)
+    }
+
+    /// Starts a client in the background with `args`.
+    pub fn start_client(&self, path: ClientPath, guarded: bool, args: &[&str]) -> Running {
+        let mut command = self.command(path, guarded);
+        command.args(args);
+        spawn(command)
+    }
+
+    /// A `simcuda` tool command.
+    pub fn simcuda(&self, args: &[&str]) -> Command {
+        let (_, tool) = simulator_artifacts();
+        let mut command = self.program(tool);
+        command.args(args);
+        command
+    }
+
+    fn simcuda_ok(&self, args: &[&str]) -> String {
+        let output = run_with_deadline(self.simcuda(args), Duration::from_secs(20));
+        assert!(
+            output.status.success(),
+            "simcuda {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `simcuda init`: (re)creates the card from the sandbox's variables.
+    pub fn init(&self) {
+        self.simcuda_ok(&["init"]);
+    }
+
+    /// `simcuda reset`.
+    pub fn reset(&self) {
+        self.simcuda_ok(&["reset"]);
+    }
+
+    /// `simcuda report --json`, parsed.
+    pub fn sim_report(&self) -> Value {
+        let text = self.simcuda_ok(&["report", "--json"]);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("simcuda report is not JSON ({e}): {text}"))
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Collects a child's pipe on a thread, line by line.
+struct LineReader {
+    lines: Receiver<String>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LineReader {
+    fn new(pipe: impl Read + Send + 'static) -> LineReader {
+        let (sender, lines) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LineReader {
+            lines,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A child running in the background, its output collected as it comes.
+pub struct Running {
+    child: Child,
+    stdout: LineReader,
+    stderr: LineReader,
+    seen: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// A finished child.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The client summary in stdout.
+    pub fn summary(&self) -> Summary {
+        parse_summary(&self.stdout)
+    }
+}
+
+/// Starts `command` with piped output.
+pub fn spawn(mut command: Command) -> Running {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let stdout = LineReader::new(child.stdout.take().expect("piped stdout"));
+    let stderr = LineReader::new(child.stderr.take().expect("piped stderr"));
+    Running {
+        child,
+        stdout,
+        stderr,
+        seen: Vec::new(),
+        errors: Vec::new(),
+    }
+}
+
+impl Running {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a stdout line contains `needle`; panics (killing the child) after `timeout`
+    /// or if the child's output ends first.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no line with {needle:?} within {timeout:?}; stdout so far:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.kill();
+                    self.errors.extend(self.stderr.lines.try_iter());
+                    panic!(
+                        "output ended before a line with {needle:?}; stdout:\n{}\nstderr:\n{}",
+                        self.seen.join("\n"),
+                        self.errors.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// SIGKILLs the child and reaps it. Output its own children still write is not awaited.
+    pub fn kill(mut self) -> Finished {
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("reap the killed child");
+        self.collect(status, Duration::from_millis(300))
+    }
+
+    /// Waits for the child to exit; kills it and panics after `timeout`.
+    pub fn finish(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait().expect("wait for the child") {
+                Some(status) => break status,
+                None if Instant::now() >= deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let rest: Vec<String> = self.stdout.lines.try_iter().collect();
+                    panic!(
+                        "child did not finish within {timeout:?}; stdout:\n{}\n{}",
+                        self.seen.join("\n"),
+                        rest.join("\n")
+                    );
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        self.collect(status, Duration::from_secs(5))
+    }
+
+    /// Gathers the rest of the output: until the pipes close (every writer, including forked
+    /// children, gone) or `grace` passes.
+    fn collect(mut self, status: ExitStatus, grace: Duration) -> Finished {
+        let deadline = Instant::now() + grace;
+        for (reader, into) in [
+            (&mut self.stdout, &mut self.seen),
+            (&mut self.stderr, &mut self.errors),
+        ] {
+            while let Ok(line) = reader
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                into.push(line);
+            }
+            if let Some(thread) = reader.thread.take_if(|t| t.is_finished()) {
+                let _ = thread.join();
+            }
+        }
+        let mut stdout = self.seen.join("\n");
+        stdout.push('\n');
+        let mut stderr = self.errors.join("\n");
+        stderr.push('\n');
+        Finished {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `command` to completion; kills it and panics if it takes longer than `timeout`.
+pub fn run_with_deadline(command: Command, timeout: Duration) -> Output {
+    let finished = spawn(command).finish(timeout);
+    Output {
+        status: finished.status,
+        stdout: finished.stdout.into_bytes(),
+        stderr: finished.stderr.into_bytes(),
+    }
+}
+
+/// A client's final `summary` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub path: String,
+    pub ok: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    /// `None` for `first_error=none`.
+    pub first_error: Option<String>,
+}
+
+/// Parses the last `summary ...` line of a client's stdout; panics if there is none.
+pub fn parse_summary(stdout: &str) -> Summary {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("summary "))
+        .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
+    let fields: HashMap<&str, &str> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.split_once('='))
+        .collect();
+    let number = |key: &str| -> u64 {
+        fields
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("summary without a number {key}: {line}"))
+    };
+    Summary {
+        path: fields
+            .get("path")
+            .unwrap_or_else(|| panic!("summary without path: {line}"))
+            .to_string(),
+        ok: number("ok"),
+        failed: number("failed"),
+        bytes: number("bytes"),
+        first_error: fields
+            .get("first_error")
+            .filter(|v| **v != "none")
+            .map(|v| v.to_string()),
+    }
+}
+
+/// The `alloc ok <bytes>` events of a client's stdout.
+pub fn allocations(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("alloc ok "))
+        .filter_map(|b| b.trim().parse().ok())
+        .collect()
+}
+
+/// Helpers to read `simcuda report --json`.
+pub mod report {
+    use serde_json::Value;
+
+    /// Device `index` of a report.
+    pub fn device(report: &Value, index: usize) -> &Value {
+        &report["devices"][index]
+    }
+
+    /// A number field of device `index`.
+    pub fn device_u64(report: &Value, index: usize, key: &str) -> u64 {
+        device(report, index)[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("device {index} has no {key}: {report}"))
+    }
+
+    /// The process records of `pid`.
+    pub fn process(report: &Value, pid: u32) -> Option<&Value> {
+        report["processes"]
+            .as_array()?
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+    }
+
+    /// How often `pid` called entry point `name` (0 when never).
+    pub fn calls(report: &Value, pid: u32, name: &str) -> u64 {
+        process(report, pid)
+            .and_then(|p| p["calls"][name].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Calls of every entry point whose name starts with `prefix`, summed over `pid`.
+    pub fn calls_with_prefix(report: &Value, pid: u32, prefix: &str) -> u64 {
+        process(report, pid)
+            .and_then(|p| p["calls"].as_object())
+            .map(|calls| {
+                calls
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .filter_map(|(_, v)| v.as_u64())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
