@@ -649,3 +649,34 @@ fn latency_is_added_to_each_allocation_and_free() {
     assert!(slow_time >= Duration::from_millis(400), "{slow_time:?}");
     assert!(slow_time > quick_time, "{slow_time:?} vs {quick_time:?}");
 }
+
+#[test]
+fn reset_drops_every_allocation_and_live_processes_notice() {
+    let sandbox = card("1GiB", "100MiB");
+    let mut holder = sandbox.start_client(
+        ClientPath::Direct,
+        false,
+        &["--chunk", "500MiB", "--hold-ms", "3000"],
+    );
+    holder.wait_for_line("holding", HOLD_TIMEOUT);
+    assert_eq!(
+        device_u64(&sandbox.sim_report(), 0, "used_bytes"),
+        600 * MIB
+    );
+    sandbox.reset();
+    assert_eq!(device_u64(&sandbox.sim_report(), 0, "used_bytes"), 0);
+    let (other, _) = sandbox.run_client(ClientPath::Direct, false, &["--chunk", "800MiB"]);
+    assert_eq!(
+        other.status.code(),
+        Some(0),
+        "the whole card is free again: {other:?}"
+    );
+    // The holder's allocations died with the reset: its late frees fail, and take nothing
+    // from the card (no wrap-around).
+    let finished = holder.finish(FINISH_TIMEOUT);
+    assert_eq!(finished.status.code(), Some(1), "{finished:?}");
+    assert!(finished.stdout.contains("free fail"), "{finished:?}");
+    let report = sandbox.sim_report();
+    assert_eq!(device_u64(&report, 0, "used_bytes"), 0);
+    assert_eq!(device_u64(&report, 0, "peak_bytes"), 900 * MIB);
+}

@@ -46,6 +46,16 @@ fn short_soak_with_faults_keeps_every_promise() {
         summary.faults >= 10,
         "too few faults were injected: {summary}"
     );
+    for kind in ["kill", "stop", "remove_dir", "damage"] {
+        assert!(
+            summary
+                .faults_by_kind
+                .iter()
+                .any(|(k, n)| *k == kind && *n > 0),
+            "no `{kind}` fault was injected: {}",
+            summary.details()
+        );
+    }
     assert!(
         summary.samples >= 50,
         "too few samples were taken: {}",

@@ -53,6 +53,9 @@ macro_rules! guarded_functions {
             cuDeviceGetDefaultMemPool(pool: *mut Handle, dev: CuDevice);
             cuMemCreate(handle: *mut CuMemHandle, size: usize, prop: *const c_void, flags: u64);
             cuMemRelease(handle: CuMemHandle);
+            cuMemMap(ptr: CuDevicePtr, size: usize, offset: usize, handle: CuMemHandle, flags: u64);
+            cuMemUnmap(ptr: CuDevicePtr, size: usize);
+            cuMemRetainAllocationHandle(handle: *mut CuMemHandle, addr: *mut c_void);
             cuArrayCreate_v2(array: *mut Handle, desc: *const c_void);
             cuArray3DCreate_v2(array: *mut Handle, desc: *const c_void);
             cuArrayDestroy(array: Handle);
@@ -137,10 +140,14 @@ macro_rules! generate {
 
         /// The exported driver symbols: each runs our hook inside the panic boundary and falls
         /// back to the real function if the hook panics.
-        #[allow(non_snake_case, clippy::too_many_arguments, clippy::missing_safety_doc)]
+        #[allow(non_snake_case, clippy::too_many_arguments)]
         pub mod exports {
             use super::*;
             $(
+                #[doc = concat!("The exported `", stringify!($name), "`: the guard's hook, or the driver's function if the hook panics.")]
+                ///
+                /// # Safety
+                /// The caller upholds the driver's contract for this function.
                 #[unsafe(no_mangle)]
                 pub unsafe extern "C" fn $name($($arg: $ty),*) -> CuResult {
                     crate::boundary::guarded(

@@ -475,6 +475,23 @@ pub fn current_ordinal() -> Option<CuDevice> {
     unsafe { get(&mut ordinal) }.is_success().then_some(ordinal)
 }
 
+/// The current context's handle (0 if none or unknown).
+pub fn current_context() -> usize {
+    type GetCurrent = unsafe extern "C" fn(*mut *mut c_void) -> CuResult;
+    let Some(address) = aux::CU_CTX_GET_CURRENT.resolve() else {
+        return 0;
+    };
+    // SAFETY: cuCtxGetCurrent has this signature.
+    let get: GetCurrent = unsafe { std::mem::transmute::<*mut c_void, GetCurrent>(address) };
+    let mut context: *mut c_void = std::ptr::null_mut();
+    // SAFETY: `context` is a live pointer-sized slot the driver writes.
+    if unsafe { get(&mut context) }.is_success() {
+        context as usize
+    } else {
+        0
+    }
+}
+
 fn query_uuid(ordinal: CuDevice) -> Option<CuUuid> {
     type GetUuid = unsafe extern "C" fn(*mut CuUuid, CuDevice) -> CuResult;
     for symbol in [&aux::CU_DEVICE_GET_UUID_V2, &aux::CU_DEVICE_GET_UUID] {

@@ -4,7 +4,7 @@
 //! [`allocate`] (admit, call, commit or roll back, record), [`free`] (forget, call, release or
 //! restore), or a lookup/information call that adjusts the driver's answer. The driver is always
 //! called with the caller's exact arguments.
-#![allow(non_snake_case, clippy::missing_safety_doc, clippy::too_many_arguments)]
+#![allow(non_snake_case, clippy::too_many_arguments)]
 
 use std::ffi::{c_char, c_int, c_uint, c_void};
 
@@ -83,9 +83,24 @@ fn allocate(
 /// Records a held thing; a stale entry under the same key (freed behind our back, e.g. with its
 /// context) is released.
 fn record(process: &Process, key: Option<Key>, charge: Charge, pool: Option<PoolKey>) {
+    crate::log::debug_with(|| {
+        format!("charged {} bytes for {key:?} (pool {pool:?})", charge.bytes)
+    });
     match key {
         Some(key) => {
-            let stale = process.tables().insert(key, Entry { charge, pool });
+            // Pool and physical memory outlive contexts; everything else dies with its context.
+            let context = match (pool, key) {
+                (None, Key::Pointer(_) | Key::Array(_)) => guard::current_context(),
+                _ => 0,
+            };
+            let stale = process.tables().insert(
+                key,
+                Entry {
+                    charge,
+                    pool,
+                    context,
+                },
+            );
             process.release(stale.map(|e| e.charge));
         }
         // The driver reported success without a handle: nothing to free later, so no charge.
@@ -103,6 +118,7 @@ fn free(key: Key, settle: bool, call: impl FnOnce() -> CuResult) -> CuResult {
     let entry = process.tables().remove(key);
     let result = call();
     let Some(entry) = entry else { return result };
+    crate::log::debug_with(|| format!("freed {key:?} ({} bytes): {result}", entry.charge.bytes));
     if !result.is_success() {
         process.tables().restore(key, entry);
         return result;
@@ -155,6 +171,10 @@ unsafe fn read<T: Copy>(pointer: *const T) -> Option<T> {
 
 // ----- initialisation and lookups --------------------------------------------------------------
 
+/// The guarded `cuInit`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuInit`.
 pub unsafe fn cuInit(flags: c_uint) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let result = unsafe { real::cuInit(flags) };
@@ -165,6 +185,10 @@ pub unsafe fn cuInit(flags: c_uint) -> CuResult {
     result
 }
 
+/// The guarded `cuGetProcAddress`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuGetProcAddress`.
 pub unsafe fn cuGetProcAddress(
     symbol: *const c_char,
     pfn: *mut *mut c_void,
@@ -180,6 +204,10 @@ pub unsafe fn cuGetProcAddress(
     result
 }
 
+/// The guarded `cuGetProcAddress_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuGetProcAddress_v2`.
 pub unsafe fn cuGetProcAddress_v2(
     symbol: *const c_char,
     pfn: *mut *mut c_void,
@@ -198,6 +226,10 @@ pub unsafe fn cuGetProcAddress_v2(
 
 // ----- linear memory ---------------------------------------------------------------------------
 
+/// The guarded `cuMemAlloc`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemAlloc`.
 pub unsafe fn cuMemAlloc(dptr: *mut c_uint, bytesize: c_uint) -> CuResult {
     allocate(
         "cuMemAlloc",
@@ -210,6 +242,10 @@ pub unsafe fn cuMemAlloc(dptr: *mut c_uint, bytesize: c_uint) -> CuResult {
     )
 }
 
+/// The guarded `cuMemAlloc_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemAlloc_v2`.
 pub unsafe fn cuMemAlloc_v2(dptr: *mut CuDevicePtr, bytesize: usize) -> CuResult {
     allocate(
         "cuMemAlloc_v2",
@@ -222,6 +258,10 @@ pub unsafe fn cuMemAlloc_v2(dptr: *mut CuDevicePtr, bytesize: usize) -> CuResult
     )
 }
 
+/// The guarded `cuMemFree`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemFree`.
 pub unsafe fn cuMemFree(dptr: c_uint) -> CuResult {
     // SAFETY: arguments passed unchanged.
     free(Key::Pointer(u64::from(dptr)), true, || unsafe {
@@ -229,6 +269,10 @@ pub unsafe fn cuMemFree(dptr: c_uint) -> CuResult {
     })
 }
 
+/// The guarded `cuMemFree_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemFree_v2`.
 pub unsafe fn cuMemFree_v2(dptr: CuDevicePtr) -> CuResult {
     // SAFETY: arguments passed unchanged.
     free(Key::Pointer(dptr), true, || unsafe {
@@ -303,6 +347,10 @@ fn allocate_pitched(
     }
 }
 
+/// The guarded `cuMemAllocPitch`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemAllocPitch`.
 pub unsafe fn cuMemAllocPitch(
     dptr: *mut c_uint,
     pitch: *mut c_uint,
@@ -325,6 +373,10 @@ pub unsafe fn cuMemAllocPitch(
     )
 }
 
+/// The guarded `cuMemAllocPitch_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemAllocPitch_v2`.
 pub unsafe fn cuMemAllocPitch_v2(
     dptr: *mut CuDevicePtr,
     pitch: *mut usize,
@@ -347,6 +399,10 @@ pub unsafe fn cuMemAllocPitch_v2(
     )
 }
 
+/// The guarded `cuMemAllocManaged`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemAllocManaged`.
 pub unsafe fn cuMemAllocManaged(
     dptr: *mut CuDevicePtr,
     bytesize: usize,
@@ -357,12 +413,12 @@ pub unsafe fn cuMemAllocManaged(
     if crate::state::config().managed == ManagedPolicy::Ignore {
         return call();
     }
-    // SAFETY: written by the driver on success.
     allocate(
         "cuMemAllocManaged",
         bytesize as u64,
         On::Current,
         call,
+        // SAFETY: written by the driver on success.
         || unsafe { read(dptr) }.map(Key::Pointer),
     )
 }
@@ -376,6 +432,10 @@ fn guarded_info(driver_free: u64) -> Option<(u64, u64)> {
     Some(process.memory_info(&device, driver_free))
 }
 
+/// The guarded `cuMemGetInfo`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemGetInfo`.
 pub unsafe fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let result = unsafe { real::cuMemGetInfo(free, total) };
@@ -393,6 +453,10 @@ pub unsafe fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CuResult {
     result
 }
 
+/// The guarded `cuMemGetInfo_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemGetInfo_v2`.
 pub unsafe fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let result = unsafe { real::cuMemGetInfo_v2(free, total) };
@@ -417,6 +481,10 @@ fn guarded_total(dev: CuDevice) -> Option<u64> {
     Some(process.total_memory(&device))
 }
 
+/// The guarded `cuDeviceTotalMem`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuDeviceTotalMem`.
 pub unsafe fn cuDeviceTotalMem(bytes: *mut c_uint, dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let result = unsafe { real::cuDeviceTotalMem(bytes, dev) };
@@ -430,6 +498,10 @@ pub unsafe fn cuDeviceTotalMem(bytes: *mut c_uint, dev: CuDevice) -> CuResult {
     result
 }
 
+/// The guarded `cuDeviceTotalMem_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuDeviceTotalMem_v2`.
 pub unsafe fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let result = unsafe { real::cuDeviceTotalMem_v2(bytes, dev) };
@@ -504,6 +576,10 @@ fn allocate_from_pool(
     result
 }
 
+/// The guarded `cuMemAllocAsync`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemAllocAsync`.
 pub unsafe fn cuMemAllocAsync(dptr: *mut CuDevicePtr, bytesize: usize, stream: Handle) -> CuResult {
     allocate_from_pool(
         "cuMemAllocAsync",
@@ -516,6 +592,10 @@ pub unsafe fn cuMemAllocAsync(dptr: *mut CuDevicePtr, bytesize: usize, stream: H
     )
 }
 
+/// The guarded `cuMemAllocAsync_ptsz`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemAllocAsync_ptsz`.
 pub unsafe fn cuMemAllocAsync_ptsz(
     dptr: *mut CuDevicePtr,
     bytesize: usize,
@@ -532,6 +612,10 @@ pub unsafe fn cuMemAllocAsync_ptsz(
     )
 }
 
+/// The guarded `cuMemAllocFromPoolAsync`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemAllocFromPoolAsync`.
 pub unsafe fn cuMemAllocFromPoolAsync(
     dptr: *mut CuDevicePtr,
     bytesize: usize,
@@ -549,6 +633,10 @@ pub unsafe fn cuMemAllocFromPoolAsync(
     )
 }
 
+/// The guarded `cuMemAllocFromPoolAsync_ptsz`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemAllocFromPoolAsync_ptsz`.
 pub unsafe fn cuMemAllocFromPoolAsync_ptsz(
     dptr: *mut CuDevicePtr,
     bytesize: usize,
@@ -566,6 +654,10 @@ pub unsafe fn cuMemAllocFromPoolAsync_ptsz(
     )
 }
 
+/// The guarded `cuMemFreeAsync`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemFreeAsync`.
 pub unsafe fn cuMemFreeAsync(dptr: CuDevicePtr, stream: Handle) -> CuResult {
     // SAFETY: arguments passed unchanged.
     free(Key::Pointer(dptr), false, || unsafe {
@@ -573,6 +665,10 @@ pub unsafe fn cuMemFreeAsync(dptr: CuDevicePtr, stream: Handle) -> CuResult {
     })
 }
 
+/// The guarded `cuMemFreeAsync_ptsz`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemFreeAsync_ptsz`.
 pub unsafe fn cuMemFreeAsync_ptsz(dptr: CuDevicePtr, stream: Handle) -> CuResult {
     // SAFETY: arguments passed unchanged.
     free(Key::Pointer(dptr), false, || unsafe {
@@ -580,6 +676,10 @@ pub unsafe fn cuMemFreeAsync_ptsz(dptr: CuDevicePtr, stream: Handle) -> CuResult
     })
 }
 
+/// The guarded `cuMemPoolCreate`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemPoolCreate`.
 pub unsafe fn cuMemPoolCreate(pool: *mut Handle, props: *const c_void) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let result = unsafe { real::cuMemPoolCreate(pool, props) };
@@ -604,6 +704,10 @@ pub unsafe fn cuMemPoolCreate(pool: *mut Handle, props: *const c_void) -> CuResu
     result
 }
 
+/// The guarded `cuDeviceGetDefaultMemPool`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuDeviceGetDefaultMemPool`.
 pub unsafe fn cuDeviceGetDefaultMemPool(pool: *mut Handle, dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let result = unsafe { real::cuDeviceGetDefaultMemPool(pool, dev) };
@@ -620,6 +724,10 @@ pub unsafe fn cuDeviceGetDefaultMemPool(pool: *mut Handle, dev: CuDevice) -> CuR
     result
 }
 
+/// The guarded `cuMemPoolDestroy`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemPoolDestroy`.
 pub unsafe fn cuMemPoolDestroy(pool: Handle) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let result = unsafe { real::cuMemPoolDestroy(pool) };
@@ -632,6 +740,10 @@ pub unsafe fn cuMemPoolDestroy(pool: Handle) -> CuResult {
     result
 }
 
+/// The guarded `cuMemPoolTrimTo`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemPoolTrimTo`.
 pub unsafe fn cuMemPoolTrimTo(pool: Handle, min_bytes_to_keep: usize) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let result = unsafe { real::cuMemPoolTrimTo(pool, min_bytes_to_keep) };
@@ -658,16 +770,28 @@ fn synchronized(result: CuResult) -> CuResult {
     result
 }
 
+/// The guarded `cuStreamSynchronize`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuStreamSynchronize`.
 pub unsafe fn cuStreamSynchronize(stream: Handle) -> CuResult {
     // SAFETY: arguments passed unchanged.
     synchronized(unsafe { real::cuStreamSynchronize(stream) })
 }
 
+/// The guarded `cuStreamSynchronize_ptsz`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuStreamSynchronize_ptsz`.
 pub unsafe fn cuStreamSynchronize_ptsz(stream: Handle) -> CuResult {
     // SAFETY: arguments passed unchanged.
     synchronized(unsafe { real::cuStreamSynchronize_ptsz(stream) })
 }
 
+/// The guarded `cuCtxSynchronize`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuCtxSynchronize`.
 pub unsafe fn cuCtxSynchronize() -> CuResult {
     // SAFETY: no arguments.
     synchronized(unsafe { real::cuCtxSynchronize() })
@@ -675,6 +799,10 @@ pub unsafe fn cuCtxSynchronize() -> CuResult {
 
 // ----- virtual memory --------------------------------------------------------------------------
 
+/// The guarded `cuMemCreate`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemCreate`.
 pub unsafe fn cuMemCreate(
     handle: *mut CuMemHandle,
     size: usize,
@@ -699,15 +827,95 @@ pub unsafe fn cuMemCreate(
     )
 }
 
+/// The guarded `cuMemRelease`: drops the handle's reference; the charge goes with the last one
+/// (the handle or its last mapping).
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemRelease`.
 pub unsafe fn cuMemRelease(handle: CuMemHandle) -> CuResult {
     // SAFETY: arguments passed unchanged.
-    free(Key::Physical(handle), false, || unsafe {
-        real::cuMemRelease(handle)
-    })
+    let call = || unsafe { real::cuMemRelease(handle) };
+    let Ok(process) = guarded_process() else {
+        return call();
+    };
+    let released = process.tables().physical_unreferenced(handle);
+    let result = call();
+    if result.is_success() {
+        process.release(released.map(|e| e.charge));
+    } else {
+        process.tables().physical_restore(handle, released);
+    }
+    result
+}
+
+/// The guarded `cuMemMap`: a mapping keeps its physical allocation alive (never charged twice).
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemMap`.
+pub unsafe fn cuMemMap(
+    ptr: CuDevicePtr,
+    size: usize,
+    offset: usize,
+    handle: CuMemHandle,
+    flags: u64,
+) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuMemMap(ptr, size, offset, handle, flags) };
+    if result.is_success()
+        && let Ok(process) = guarded_process()
+    {
+        process.tables().mapped(ptr, size as u64, handle);
+    }
+    result
+}
+
+/// The guarded `cuMemUnmap`: the physical allocations whose last reference was a mapping in the
+/// range are released.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemUnmap`.
+pub unsafe fn cuMemUnmap(ptr: CuDevicePtr, size: usize) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let call = || unsafe { real::cuMemUnmap(ptr, size) };
+    let Ok(process) = guarded_process() else {
+        return call();
+    };
+    let mappings = process.tables().unmapped(ptr, size as u64);
+    let result = call();
+    if !result.is_success() {
+        process.tables().remap(&mappings);
+        return result;
+    }
+    for (_, _, handle) in mappings {
+        let released = process.tables().physical_unreferenced(handle);
+        process.release(released.map(|e| e.charge));
+    }
+    result
+}
+
+/// The guarded `cuMemRetainAllocationHandle`: one more reference to a physical allocation.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMemRetainAllocationHandle`.
+pub unsafe fn cuMemRetainAllocationHandle(handle: *mut CuMemHandle, addr: *mut c_void) -> CuResult {
+    // SAFETY: arguments passed unchanged.
+    let result = unsafe { real::cuMemRetainAllocationHandle(handle, addr) };
+    if result.is_success()
+        && let Ok(process) = guarded_process()
+        // SAFETY: written by the driver on success.
+        && let Some(handle) = unsafe { read(handle) }
+    {
+        process.tables().physical_referenced(handle);
+    }
+    result
 }
 
 // ----- arrays ----------------------------------------------------------------------------------
 
+/// The guarded `cuArrayCreate_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuArrayCreate_v2`.
 pub unsafe fn cuArrayCreate_v2(array: *mut Handle, desc: *const c_void) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let call = || unsafe { real::cuArrayCreate_v2(array, desc) };
@@ -722,6 +930,10 @@ pub unsafe fn cuArrayCreate_v2(array: *mut Handle, desc: *const c_void) -> CuRes
     })
 }
 
+/// The guarded `cuArray3DCreate_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuArray3DCreate_v2`.
 pub unsafe fn cuArray3DCreate_v2(array: *mut Handle, desc: *const c_void) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let call = || unsafe { real::cuArray3DCreate_v2(array, desc) };
@@ -736,6 +948,10 @@ pub unsafe fn cuArray3DCreate_v2(array: *mut Handle, desc: *const c_void) -> CuR
     })
 }
 
+/// The guarded `cuMipmappedArrayCreate`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMipmappedArrayCreate`.
 pub unsafe fn cuMipmappedArrayCreate(
     array: *mut Handle,
     desc: *const c_void,
@@ -758,6 +974,10 @@ pub unsafe fn cuMipmappedArrayCreate(
     )
 }
 
+/// The guarded `cuArrayDestroy`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuArrayDestroy`.
 pub unsafe fn cuArrayDestroy(array: Handle) -> CuResult {
     // SAFETY: arguments passed unchanged.
     free(Key::Array(array as usize), false, || unsafe {
@@ -765,6 +985,10 @@ pub unsafe fn cuArrayDestroy(array: Handle) -> CuResult {
     })
 }
 
+/// The guarded `cuMipmappedArrayDestroy`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuMipmappedArrayDestroy`.
 pub unsafe fn cuMipmappedArrayDestroy(array: Handle) -> CuResult {
     // SAFETY: arguments passed unchanged.
     free(Key::Array(array as usize), false, || unsafe {
@@ -788,6 +1012,10 @@ fn create_context(
     })
 }
 
+/// The guarded `cuCtxCreate`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuCtxCreate`.
 pub unsafe fn cuCtxCreate(ctx: *mut Handle, flags: c_uint, dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     create_context("cuCtxCreate", ctx, dev, || unsafe {
@@ -795,6 +1023,10 @@ pub unsafe fn cuCtxCreate(ctx: *mut Handle, flags: c_uint, dev: CuDevice) -> CuR
     })
 }
 
+/// The guarded `cuCtxCreate_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuCtxCreate_v2`.
 pub unsafe fn cuCtxCreate_v2(ctx: *mut Handle, flags: c_uint, dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     create_context("cuCtxCreate_v2", ctx, dev, || unsafe {
@@ -802,6 +1034,10 @@ pub unsafe fn cuCtxCreate_v2(ctx: *mut Handle, flags: c_uint, dev: CuDevice) -> 
     })
 }
 
+/// The guarded `cuCtxCreate_v3`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuCtxCreate_v3`.
 pub unsafe fn cuCtxCreate_v3(
     ctx: *mut Handle,
     params: *mut c_void,
@@ -815,6 +1051,10 @@ pub unsafe fn cuCtxCreate_v3(
     })
 }
 
+/// The guarded `cuCtxCreate_v4`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuCtxCreate_v4`.
 pub unsafe fn cuCtxCreate_v4(
     ctx: *mut Handle,
     params: *mut c_void,
@@ -827,20 +1067,47 @@ pub unsafe fn cuCtxCreate_v4(
     })
 }
 
+/// A created context is destroyed: its own charge and everything it owned are released.
+fn destroy_context(ctx: Handle, call: impl FnOnce() -> CuResult) -> CuResult {
+    let result = free(Key::Context(ctx as usize), false, call);
+    if result.is_success()
+        && let Ok(process) = guarded_process()
+    {
+        let owned = process.tables().drop_context(ctx as usize);
+        release_all(process, owned);
+    }
+    result
+}
+
+/// Releases every charge of `charges`.
+fn release_all(process: &Process, charges: Vec<Charge>) {
+    for charge in charges {
+        process.release(Some(charge));
+    }
+}
+
+/// The guarded `cuCtxDestroy`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuCtxDestroy`.
 pub unsafe fn cuCtxDestroy(ctx: Handle) -> CuResult {
     // SAFETY: arguments passed unchanged.
-    free(Key::Context(ctx as usize), false, || unsafe {
-        real::cuCtxDestroy(ctx)
-    })
+    destroy_context(ctx, || unsafe { real::cuCtxDestroy(ctx) })
 }
 
+/// The guarded `cuCtxDestroy_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuCtxDestroy_v2`.
 pub unsafe fn cuCtxDestroy_v2(ctx: Handle) -> CuResult {
     // SAFETY: arguments passed unchanged.
-    free(Key::Context(ctx as usize), false, || unsafe {
-        real::cuCtxDestroy_v2(ctx)
-    })
+    destroy_context(ctx, || unsafe { real::cuCtxDestroy_v2(ctx) })
 }
 
+/// The guarded `cuDevicePrimaryCtxRetain`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuDevicePrimaryCtxRetain`.
 pub unsafe fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let call = || unsafe { real::cuDevicePrimaryCtxRetain(ctx, dev) };
@@ -871,31 +1138,42 @@ pub unsafe fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CuDevice) -> CuRes
         device: device.id,
         bytes: process.commit(reservation),
     });
-    let extra = process.tables().primary_retained(dev, charge);
+    // SAFETY: written by the driver on success.
+    let handle = unsafe { read(ctx) }.map_or(0, |c| c as usize);
+    let extra = process.tables().primary_retained(dev, handle, charge);
     process.release(extra);
     result
 }
 
 /// After a successful primary-context release (`reset`: the context is gone whatever the count).
+/// When the context goes, so does the memory it owned.
 fn primary_released(dev: CuDevice, reset: bool, result: CuResult) -> CuResult {
     if result.is_success()
         && let Ok(process) = guarded_process()
     {
-        let charge = if reset {
+        let charges = if reset {
             process.tables().primary_reset(dev)
         } else {
             process.tables().primary_released(dev)
         };
-        process.release(charge);
+        release_all(process, charges);
     }
     result
 }
 
+/// The guarded `cuDevicePrimaryCtxRelease`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuDevicePrimaryCtxRelease`.
 pub unsafe fn cuDevicePrimaryCtxRelease(dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     primary_released(dev, false, unsafe { real::cuDevicePrimaryCtxRelease(dev) })
 }
 
+/// The guarded `cuDevicePrimaryCtxRelease_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuDevicePrimaryCtxRelease_v2`.
 pub unsafe fn cuDevicePrimaryCtxRelease_v2(dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     primary_released(dev, false, unsafe {
@@ -903,11 +1181,19 @@ pub unsafe fn cuDevicePrimaryCtxRelease_v2(dev: CuDevice) -> CuResult {
     })
 }
 
+/// The guarded `cuDevicePrimaryCtxReset`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuDevicePrimaryCtxReset`.
 pub unsafe fn cuDevicePrimaryCtxReset(dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     primary_released(dev, true, unsafe { real::cuDevicePrimaryCtxReset(dev) })
 }
 
+/// The guarded `cuDevicePrimaryCtxReset_v2`.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuDevicePrimaryCtxReset_v2`.
 pub unsafe fn cuDevicePrimaryCtxReset_v2(dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     primary_released(dev, true, unsafe { real::cuDevicePrimaryCtxReset_v2(dev) })

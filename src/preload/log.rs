@@ -49,3 +49,10 @@ pub fn debug(message: &str) {
         line(message);
     }
 }
+
+/// Every accounted call; the message is only built when debug lines are wanted.
+pub fn debug_with(message: impl FnOnce() -> String) {
+    if enabled(LogLevel::Debug) {
+        line(&message());
+    }
+}

@@ -52,6 +52,9 @@ pub fn variant(name: &[u8], version: i32, flags: u64) -> Option<Func> {
         b"cuDeviceGetDefaultMemPool" => since(11020, cuDeviceGetDefaultMemPool),
         b"cuMemCreate" => since(10020, cuMemCreate),
         b"cuMemRelease" => since(10020, cuMemRelease),
+        b"cuMemMap" => since(10020, cuMemMap),
+        b"cuMemUnmap" => since(10020, cuMemUnmap),
+        b"cuMemRetainAllocationHandle" => since(11000, cuMemRetainAllocationHandle),
         // The pre-3020 array calls take 32-bit descriptors; they are not guarded.
         b"cuArrayCreate" => since(3020, cuArrayCreate_v2),
         b"cuArray3DCreate" => since(3020, cuArray3DCreate_v2),
@@ -86,7 +89,9 @@ pub fn variant(name: &[u8], version: i32, flags: u64) -> Option<Func> {
                 cuDevicePrimaryCtxReset
             },
         ),
-        b"cuStreamSynchronize" => Some(if per_thread && version >= 7000 {
+        // The flag selects the per-thread variant whatever the version (its typedef is
+        // `PFN_cuStreamSynchronize_v7000_ptsz`; cudart asks at 2000 with the flag).
+        b"cuStreamSynchronize" => Some(if per_thread {
             cuStreamSynchronize_ptsz
         } else {
             cuStreamSynchronize
@@ -226,7 +231,13 @@ mod tests {
                 Some(cuMemAllocFromPoolAsync_ptsz),
             ),
             (b"cuMemAllocAsync", 11010, 0, None),
-            (b"cuStreamSynchronize", 2000, 2, Some(cuStreamSynchronize)),
+            (
+                b"cuStreamSynchronize",
+                2000,
+                2,
+                Some(cuStreamSynchronize_ptsz),
+            ),
+            (b"cuStreamSynchronize", 2000, 0, Some(cuStreamSynchronize)),
             (
                 b"cuStreamSynchronize",
                 7000,
@@ -236,6 +247,8 @@ mod tests {
             (b"cuArrayCreate", 2000, 0, None),
             (b"cuArrayCreate", 3020, 0, Some(cuArrayCreate_v2)),
             (b"cuMemCreate", 10020, 0, Some(cuMemCreate)),
+            (b"cuMemMap", 10020, 0, Some(cuMemMap)),
+            (b"cuMemRetainAllocationHandle", 10020, 0, None),
             (b"cuGetExportTable", 3000, 0, None),
             (b"cuMemAlloc_v2", 12000, 0, None),
             (b"", 12000, 0, None),

@@ -151,6 +151,8 @@ fn dlerror_text() -> String {
 pub mod aux {
     use super::Symbol;
 
+    /// `cuCtxGetCurrent(CUcontext*)`
+    pub static CU_CTX_GET_CURRENT: Symbol = Symbol::new("cuCtxGetCurrent\0");
     /// `cuCtxGetDevice(CUdevice*)`
     pub static CU_CTX_GET_DEVICE: Symbol = Symbol::new("cuCtxGetDevice\0");
     /// `cuDeviceGetUuid_v2(CUuuid*, CUdevice)`

@@ -10,8 +10,13 @@
 //! freed pool memory stays charged as the pool's *cached* bytes, later pool allocations draw on the
 //! cache first, and the cache is released only when the driver would have released it (sync with
 //! a known threshold, trim, destroy).
+//!
+//! Physical allocations of the virtual memory API: the driver frees one when its handle is
+//! released *and* its last mapping is unmapped (programs such as llama.cpp release the handle right
+//! after mapping it). The tables count the references (the handle, each mapping, each
+//! `cuMemRetainAllocationHandle`) and the charge is released with the last one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use vramguard_core::cuda::CuDevice;
 use vramguard_core::ledger::DeviceId;
@@ -54,6 +59,8 @@ pub struct Entry {
     pub charge: Charge,
     /// The pool it came from, for pool allocations.
     pub pool: Option<PoolKey>,
+    /// The context that owns it (its destruction frees it); 0 when none or unknown.
+    pub context: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -67,6 +74,8 @@ struct PoolUse {
 struct Primary {
     retains: u32,
     charge: Option<Charge>,
+    /// The primary context's handle, as the retain returned it.
+    handle: usize,
 }
 
 /// The per-process tables.
@@ -76,11 +85,18 @@ pub struct Tables {
     pool_handles: HashMap<usize, (PoolKey, CuDevice)>,
     pools: HashMap<PoolKey, PoolUse>,
     primaries: HashMap<CuDevice, Primary>,
+    /// References to each known physical handle (created with a count of 1).
+    physical_refs: HashMap<u64, u32>,
+    /// Mappings by start address: (size, physical handle).
+    mappings: BTreeMap<u64, (u64, u64)>,
 }
 
 impl Tables {
     /// Records a held thing (replacing a stale entry of the same key, whose charge is returned).
     pub fn insert(&mut self, key: Key, entry: Entry) -> Option<Entry> {
+        if let Key::Physical(handle) = key {
+            self.physical_refs.insert(handle, 1);
+        }
         if let Some(pool) = entry.pool
             && let Some(use_) = self.pools.get_mut(&pool)
         {
@@ -112,6 +128,67 @@ impl Tables {
             .map(|c| c.bytes)
             .sum();
         held + cached + primaries
+    }
+
+    // ----- physical memory of the virtual memory API --------------------------------------------
+
+    /// One more reference to a known physical handle (a mapping or a retained handle).
+    pub fn physical_referenced(&mut self, handle: u64) {
+        if let Some(refs) = self.physical_refs.get_mut(&handle) {
+            *refs = refs.saturating_add(1);
+        }
+    }
+
+    /// One reference less; returns the entry to release when it was the last. Call
+    /// [`Tables::physical_restore`] if the driver then refuses the operation.
+    pub fn physical_unreferenced(&mut self, handle: u64) -> Option<Entry> {
+        let refs = self.physical_refs.get_mut(&handle)?;
+        *refs = refs.saturating_sub(1);
+        if *refs > 0 {
+            return None;
+        }
+        self.physical_refs.remove(&handle);
+        self.held.remove(&Key::Physical(handle))
+    }
+
+    /// Undoes [`Tables::physical_unreferenced`].
+    pub fn physical_restore(&mut self, handle: u64, released: Option<Entry>) {
+        match released {
+            Some(entry) => {
+                self.held.insert(Key::Physical(handle), entry);
+                self.physical_refs.insert(handle, 1);
+            }
+            None => self.physical_referenced(handle),
+        }
+    }
+
+    /// Records a mapping of `handle` at `start`.
+    pub fn mapped(&mut self, start: u64, size: u64, handle: u64) {
+        if self.physical_refs.contains_key(&handle) {
+            self.mappings.insert(start, (size, handle));
+            self.physical_referenced(handle);
+        }
+    }
+
+    /// Removes the mappings that start inside `[start, start + size)`; returns their handles.
+    pub fn unmapped(&mut self, start: u64, size: u64) -> Vec<(u64, u64, u64)> {
+        let end = start.saturating_add(size);
+        let starts: Vec<u64> = self.mappings.range(start..end).map(|(s, _)| *s).collect();
+        starts
+            .into_iter()
+            .filter_map(|s| {
+                self.mappings
+                    .remove(&s)
+                    .map(|(size, handle)| (s, size, handle))
+            })
+            .collect()
+    }
+
+    /// Puts back mappings removed by [`Tables::unmapped`].
+    pub fn remap(&mut self, mappings: &[(u64, u64, u64)]) {
+        for (start, size, handle) in mappings {
+            self.mappings.insert(*start, (*size, *handle));
+        }
     }
 
     // ----- pools -------------------------------------------------------------------------------
@@ -217,16 +294,20 @@ impl Tables {
             .is_none_or(|p| p.charge.is_none())
     }
 
-    /// A retain succeeded; `charge` is the context's cost when this was the first retain.
+    /// A retain of context `handle` succeeded; `charge` is the context's cost when this was the
+    /// first retain.
     pub fn primary_retained(
         &mut self,
         ordinal: CuDevice,
+        handle: usize,
         charge: Option<Charge>,
     ) -> Option<Charge> {
         let p = self.primaries.entry(ordinal).or_insert(Primary {
             retains: 0,
             charge: None,
+            handle,
         });
+        p.handle = handle;
         p.retains = p.retains.saturating_add(1);
         match (p.charge, charge) {
             // A racing first retain already charged: the second charge is returned to release.
@@ -239,22 +320,52 @@ impl Tables {
         }
     }
 
-    /// A release succeeded; returns the context's charge when it was the last retain.
-    pub fn primary_released(&mut self, ordinal: CuDevice) -> Option<Charge> {
-        let p = self.primaries.get_mut(&ordinal)?;
+    /// A release succeeded. When it was the last retain the context is gone, with everything it
+    /// owned: returns those charges (the context's own first).
+    pub fn primary_released(&mut self, ordinal: CuDevice) -> Vec<Charge> {
+        let Some(p) = self.primaries.get_mut(&ordinal) else {
+            return Vec::new();
+        };
         p.retains = p.retains.saturating_sub(1);
-        if p.retains == 0 {
-            p.charge.take()
-        } else {
-            None
+        if p.retains > 0 {
+            return Vec::new();
         }
+        let (charge, handle) = (p.charge.take(), p.handle);
+        charge
+            .into_iter()
+            .chain(self.drop_context(handle))
+            .collect()
     }
 
-    /// A reset succeeded: the context is gone whatever the count.
-    pub fn primary_reset(&mut self, ordinal: CuDevice) -> Option<Charge> {
-        let p = self.primaries.get_mut(&ordinal)?;
+    /// A reset succeeded: the context is gone whatever the count, with everything it owned.
+    pub fn primary_reset(&mut self, ordinal: CuDevice) -> Vec<Charge> {
+        let Some(p) = self.primaries.get_mut(&ordinal) else {
+            return Vec::new();
+        };
         p.retains = 0;
-        p.charge.take()
+        let (charge, handle) = (p.charge.take(), p.handle);
+        charge
+            .into_iter()
+            .chain(self.drop_context(handle))
+            .collect()
+    }
+
+    /// Context `handle` was destroyed: forgets what it owned; returns the charges to release.
+    pub fn drop_context(&mut self, handle: usize) -> Vec<Charge> {
+        if handle == 0 {
+            return Vec::new();
+        }
+        let owned: Vec<Key> = self
+            .held
+            .iter()
+            .filter(|(_, e)| e.context == handle)
+            .map(|(k, _)| *k)
+            .collect();
+        owned
+            .into_iter()
+            .filter_map(|k| self.held.remove(&k))
+            .map(|e| e.charge)
+            .collect()
     }
 }
 
@@ -264,7 +375,9 @@ mod tests {
 
     /// A device record of a throw-away ledger (DeviceId has no public constructor).
     fn device() -> DeviceId {
-        let dir = std::env::temp_dir().join(format!("vramguard-tables-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vramguard-tables-{}-{n}", std::process::id()));
         let ledger = vramguard_core::ledger::Ledger::open(&dir).expect("ledger in a temp dir");
         let id = ledger
             .register_device([7; 16], "test", 1 << 30, 1 << 30)
@@ -288,6 +401,7 @@ mod tests {
                     bytes: 100,
                 },
                 pool: Some(pool),
+                context: 0,
             },
         );
         let e = t.remove(Key::Pointer(1)).unwrap();
@@ -302,11 +416,39 @@ mod tests {
                     bytes: 60,
                 },
                 pool: Some(pool),
+                context: 0,
             },
         );
         assert_eq!(t.total(), 100);
         assert_eq!(t.trim_pool(pool, 0).map(|c| c.bytes), Some(40));
         assert_eq!(t.total(), 60);
+    }
+
+    #[test]
+    fn physical_memory_is_released_with_its_last_reference() {
+        let mut t = Tables::default();
+        let c = Charge {
+            device: device(),
+            bytes: 20,
+        };
+        t.insert(
+            Key::Physical(9),
+            Entry {
+                charge: c,
+                pool: None,
+                context: 0,
+            },
+        );
+        t.mapped(0x1000, 20, 9);
+        t.mapped(0x5000, 20, 77); // an unknown handle is not tracked
+        // Released right after mapping (llama.cpp): still charged while mapped.
+        assert_eq!(t.physical_unreferenced(9), None);
+        assert_eq!(t.total(), 20);
+        let gone = t.unmapped(0x1000, 20);
+        assert_eq!(gone, [(0x1000, 20, 9)]);
+        assert_eq!(t.physical_unreferenced(9).map(|e| e.charge), Some(c));
+        assert_eq!(t.total(), 0);
+        assert!(t.unmapped(0, u64::MAX).is_empty());
     }
 
     #[test]
@@ -317,11 +459,25 @@ mod tests {
             bytes: 300,
         };
         assert!(t.primary_needs_charge(0));
-        assert_eq!(t.primary_retained(0, Some(c)), None);
+        assert_eq!(t.primary_retained(0, 0x77, Some(c)), None);
         assert!(!t.primary_needs_charge(0));
-        assert_eq!(t.primary_retained(0, None), None);
-        assert_eq!(t.primary_released(0), None);
-        assert_eq!(t.primary_released(0), Some(c));
-        assert_eq!(t.primary_released(0), None);
+        assert_eq!(t.primary_retained(0, 0x77, None), None);
+        let owned = Charge {
+            device: c.device,
+            bytes: 5,
+        };
+        let entry = |context| Entry {
+            charge: owned,
+            pool: None,
+            context,
+        };
+        t.insert(Key::Pointer(1), entry(0x77));
+        t.insert(Key::Pointer(2), entry(0x99));
+        assert_eq!(t.primary_released(0), []);
+        // The last release destroys the context and what it owned, not another context's memory.
+        assert_eq!(t.primary_released(0), [c, owned]);
+        assert_eq!(t.primary_released(0), []);
+        assert_eq!(t.drop_context(0x99), [owned]);
+        assert_eq!(t.total(), 0);
     }
 }

@@ -360,8 +360,17 @@ def open_device(d, opt):
     return r, False, dev.value, ctx
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad usage exits 1 (argparse's own 2 means out of memory in the clients' contract)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print("client.py: %s" % message, file=sys.stderr)
+        sys.exit(1)
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--api", choices=APIS, default="default")
     p.add_argument("--chunk", type=parse_size, default=64 << 20)

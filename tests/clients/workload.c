@@ -9,7 +9,23 @@
  * stdout: `alloc ok <bytes>` / `alloc fail <bytes> <CUDA_ERROR_NAME>` per allocation, `holding
  * <ms>` before holding, then `summary path=<path> ok=<n> failed=<n> bytes=<total>
  * first_error=<NAME|none>`. Exit: 0 all allocations succeeded, 2 one failed with
- * CUDA_ERROR_OUT_OF_MEMORY, 3 cuInit failed, 1 anything else. */
+ * CUDA_ERROR_OUT_OF_MEMORY, 3 cuInit failed, 1 anything else.
+ *
+ * What one allocation of --chunk bytes is, per --api (the bytes printed are what the driver is
+ * asked to hold):
+ *   default   cuMemAlloc_v2(chunk)                 managed  cuMemAllocManaged(chunk)
+ *   pitch     cuMemAllocPitch_v2, rows of 1000 bytes (pitch 1024), chunk/1024 rows: pitch x rows
+ *   async     cuMemAllocAsync on the thread's stream; freed with cuMemFreeAsync (+ synchronize)
+ *   pool      cuMemAllocFromPoolAsync from the thread's own pool (cuMemPoolCreate)
+ *   vmm       like PyTorch's expandable segments: one reserved VA range per thread, then per
+ *             chunk 20 MiB cuMemCreate pages, each cuMemMap'ped and cuMemSetAccess'ed (the
+ *             chunk rounds up to 20 MiB); freed with cuMemUnmap + cuMemRelease
+ *   array     cuArrayCreate_v2 float x1, 1024 wide: 4096-byte rows
+ *   array3d   cuArray3DCreate_v2 float x4, 256 x 16: 64 KiB slices
+ *   mipmapped cuMipmappedArrayCreate float, square side >= sqrt(chunk/4), two levels
+ *   ctx       cuCtxCreate_v2 (--chunk ignored); the bytes are what cuMemGetInfo shows it took
+ * The primary context is retained and made current first, as the CUDA runtime does; with --fork
+ * the child starts its own CUDA session after the parent's and reports through a pipe. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>

@@ -127,36 +127,55 @@ pub fn guard_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Builds `tests/interposers/second.c` into `<target>/clients/libsecond-interposer.so` (once per
-/// source change; test binaries serialise on a lock) and returns its path.
-pub fn second_interposer() -> PathBuf {
-    let source = support::repo().join("tests/interposers/second.c");
+/// Builds `tests/interposers/<source>` into `<target>/clients/<output>` with `cc` and `args`
+/// (once per source change; test binaries serialise on a lock) and returns its path.
+fn build_c(source: &str, output: &str, args: &[&str]) -> PathBuf {
+    let source = support::repo().join("tests/interposers").join(source);
     let out = support::target_dir().join("clients");
     fs::create_dir_all(&out).expect("create the clients directory");
-    let lock = File::create(out.join(".interposer-lock")).expect("create the build lock");
+    let lock = File::create(out.join(".interposers-lock")).expect("create the build lock");
     // SAFETY: flock on a descriptor we own; blocks until another test binary has built it.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let target = out.join("libsecond-interposer.so");
-    let stale = |t: &PathBuf| {
-        let built = fs::metadata(t).and_then(|m| m.modified()).ok();
-        let source_time = fs::metadata(&source).and_then(|m| m.modified()).ok();
-        built.is_none() || built < source_time
-    };
-    if stale(&target) {
-        let temporary = out.join(format!("libsecond-interposer.so.tmp{}", std::process::id()));
-        let output = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-            .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
+    let target = out.join(output);
+    let modified = |p: &PathBuf| fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&target).is_none() || modified(&target) < modified(&source) {
+        let temporary = out.join(format!("{output}.tmp{}", std::process::id()));
+        let result = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args(["-O1", "-Wall", "-Werror", "-o"])
             .arg(&temporary)
             .arg(&source)
-            .arg("-ldl")
+            .args(args)
             .output()
             .expect("run the C compiler (cc)");
         assert!(
-            output.status.success(),
-            "building the second interposer failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+            result.status.success(),
+            "building {} failed: {}",
+            source.display(),
+            String::from_utf8_lossy(&result.stderr)
         );
-        fs::rename(&temporary, &target).expect("move the interposer into place");
+        fs::rename(&temporary, &target).expect("move the build into place");
     }
     target
+}
+
+/// The second `LD_PRELOAD` interposer (`tests/interposers/second.c`).
+pub fn second_interposer() -> PathBuf {
+    build_c(
+        "second.c",
+        "libsecond-interposer.so",
+        &["-shared", "-fPIC", "-ldl"],
+    )
+}
+
+/// The step-by-step lifecycle program (`tests/interposers/lifecycles.c`), linked with `-lcuda`.
+pub fn lifecycles_program() -> PathBuf {
+    let simulator = support::artifacts().simulator;
+    let dir = format!(
+        "-L{}",
+        simulator
+            .parent()
+            .expect("the simulator's directory")
+            .display()
+    );
+    build_c("lifecycles.c", "lifecycles", &[&dir, "-lcuda"])
 }

@@ -157,9 +157,20 @@ fn build_clients() -> Clients {
     let out = target_dir().join("clients");
     fs::create_dir_all(&out).expect("create the clients directory");
     let lock = File::create(out.join(".build-lock")).expect("create the clients build lock");
-    // SAFETY: flock on a descriptor we own; blocking until other test binaries finish building.
-    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "lock {}", out.join(".build-lock").display());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        // SAFETY: flock on a descriptor we own; non-blocking, retried until the deadline.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "another test binary held {} for 5 minutes",
+            out.join(".build-lock").display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let inputs: Vec<PathBuf> = ["workload.c", "workload.h", "cuda_min.h"]
         .iter()
         .map(|f| sources.join(f))
@@ -189,7 +200,7 @@ fn build_clients() -> Clients {
         } else {
             cc.arg("-ldl");
         }
-        let output = cc.output().expect("run the C compiler (cc)");
+        let output = run_with_deadline(cc, Duration::from_secs(120));
         assert!(
             output.status.success(),
             "building {name} failed:\n{}{}",

@@ -36,6 +36,7 @@ pub struct FaultInjector {
     interval: Duration,
     next_at: Instant,
     last_ledger_fault: Option<Instant>,
+    damage_next: bool,
     killed: HashSet<i32>,
     stopped: Vec<(i32, Instant)>,
     pending_removal: Option<(PathBuf, u64, Instant)>,
@@ -52,6 +53,7 @@ impl FaultInjector {
             interval: config.fault_interval,
             next_at: Instant::now() + config.fault_interval,
             last_ledger_fault: None,
+            damage_next: seed.is_multiple_of(2),
             killed: HashSet::new(),
             stopped: Vec::new(),
             pending_removal: None,
@@ -105,15 +107,16 @@ impl FaultInjector {
             .last_ledger_fault
             .is_none_or(|t| now.duration_since(t) >= LEDGER_FAULT_SPACING);
         match self.rng.below(100) {
-            0..=9 if ledger_fault_allowed => self.remove_dir(),
-            10..=19 if ledger_fault_allowed => self.damage(observer),
+            // The two ledger faults take turns, so that a short run sees both.
+            0..=19 if ledger_fault_allowed && !self.damage_next => self.remove_dir(),
+            0..=19 if ledger_fault_allowed => self.damage(observer),
             20..=59 => self.kill(workers),
             _ => self.stop(workers),
         }
     }
 
     /// Resumes every stopped worker (the end of the run).
-    pub fn resume_all(&mut self, _workers: &[Worker]) {
+    pub fn resume_all(&mut self) {
         for (pid, _) in self.stopped.drain(..) {
             worker::signal(pid, libc::SIGCONT);
         }
@@ -176,6 +179,7 @@ impl FaultInjector {
     fn remove_dir(&mut self) {
         if std::fs::remove_dir_all(&self.ledger_dir).is_ok() {
             self.last_ledger_fault = Some(Instant::now());
+            self.damage_next = true;
             let dir = self.ledger_dir.display().to_string();
             self.count("remove_dir", || format!("rm -rf {dir}"));
         }
@@ -204,6 +208,7 @@ impl FaultInjector {
         let cleanup_at = Instant::now() + Duration::from_millis(300 + self.rng.below(700));
         self.pending_removal = Some((path.clone(), meta.ino(), cleanup_at));
         self.last_ledger_fault = Some(Instant::now());
+        self.damage_next = false;
         self.count("damage", || {
             if header {
                 format!("garbage over the header of {}", path.display())

@@ -242,7 +242,7 @@ pub fn run(config: &Config) -> Summary {
     }
 
     // The end: everybody runs again and finishes on their own, or is a hang.
-    injector.resume_all(&workers);
+    injector.resume_all();
     let finish_by = Instant::now() + FINISH_GRACE;
     while !workers.is_empty() && Instant::now() < finish_by {
         reap(&mut workers, &mut summary, &injector, config.verbose);

@@ -17,6 +17,7 @@ pub mod state;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -31,7 +32,12 @@ static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
 /// and turns the outcome (or a panic) into a result code. Nothing unwinds into the caller.
 pub(crate) fn call(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) -> CuResult {
     catch_unwind(AssertUnwindSafe(|| {
-        let mut slot = DRIVER.lock();
+        // Bounded: a child forked while another thread was inside the driver would otherwise
+        // wait forever on a lock nobody will release.
+        let Some(mut slot) = DRIVER.try_lock_for(LOCK_PATIENCE) else {
+            report_once("the driver lock stayed taken (a fork during a driver call?)");
+            return CuResult::UNKNOWN;
+        };
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
         if slot.as_ref().is_none_or(|driver| driver.pid() != pid) {
@@ -44,7 +50,7 @@ pub(crate) fn call(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) ->
                     }
                 }
                 Err(message) => {
-                    report_attach_failure(&message);
+                    report_once(&format!("cannot attach to the simulated card: {message}"));
                     return CuResult::UNKNOWN;
                 }
             }
@@ -59,9 +65,13 @@ pub(crate) fn call(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) ->
     .unwrap_or(CuResult::UNKNOWN)
 }
 
-fn report_attach_failure(message: &str) {
+/// How long a call waits for another thread's call to finish.
+const LOCK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Tells the user once per process why the simulator is failing its calls.
+fn report_once(message: &str) {
     static REPORTED: AtomicBool = AtomicBool::new(false);
     if !REPORTED.swap(true, Ordering::Relaxed) {
-        eprintln!("simcuda: cannot attach to the simulated card: {message}");
+        eprintln!("simcuda: {message}");
     }
 }

@@ -13,6 +13,7 @@ use cuda::state::CardState;
 fn run(args: &[String]) -> Result<(), String> {
     let path = config::state_path();
     let spec = || CardSpec::from_env().map_err(|e| e.to_string());
+    let open = || CardState::open(&path, CardSpec::from_env).map_err(|e| e.to_string());
     match args.first().map(String::as_str) {
         Some("init") => {
             let card = CardState::create(&path, spec()?).map_err(|e| e.to_string())?;
@@ -23,14 +24,12 @@ fn run(args: &[String]) -> Result<(), String> {
             );
         }
         Some("reset") => {
-            let spec = spec()?;
-            let card = CardState::open(&path, || spec).map_err(|e| e.to_string())?;
+            let card = open()?;
             card.reset();
             println!("simcuda: reset {}", card.path().display());
         }
         Some("report") => {
-            let spec = spec()?;
-            let card = CardState::open(&path, || spec).map_err(|e| e.to_string())?;
+            let card = open()?;
             let value = report::report(&card);
             if args.iter().any(|a| a == "--json") {
                 println!("{value}");

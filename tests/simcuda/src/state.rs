@@ -10,12 +10,12 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::mem::size_of;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
-use crate::config::CardSpec;
+use crate::config::{CardSpec, ConfigError};
 
 /// "SIMCUDA1" in little-endian bytes.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SIMCUDA1");
@@ -125,6 +125,8 @@ pub enum StateError {
     },
     /// The file is not a card state of this layout.
     Foreign { path: PathBuf },
+    /// The card had to be created, but its configuration is invalid.
+    Config(ConfigError),
 }
 
 impl std::fmt::Display for StateError {
@@ -142,6 +144,7 @@ impl std::fmt::Display for StateError {
                     path.display()
                 )
             }
+            StateError::Config(error) => write!(f, "cannot create the card: {error}"),
         }
     }
 }
@@ -223,19 +226,23 @@ fn held_by_other(file: &File, byte: i64) -> bool {
 }
 
 impl CardState {
-    /// Opens the state at `path`, creating it from `spec()` when missing or empty.
-    pub fn open(path: &Path, spec: impl FnOnce() -> CardSpec) -> Result<CardState, StateError> {
+    /// Opens the state at `path`, creating it from `spec()` when missing or empty (the
+    /// configuration is only read, and only needs to be valid, when the card is created).
+    pub fn open(
+        path: &Path,
+        spec: impl FnOnce() -> Result<CardSpec, ConfigError>,
+    ) -> Result<CardState, StateError> {
         Self::open_with(path, spec, false)
     }
 
     /// Creates (or overwrites) the state at `path` from `spec`.
     pub fn create(path: &Path, spec: CardSpec) -> Result<CardState, StateError> {
-        Self::open_with(path, || spec, true)
+        Self::open_with(path, || Ok(spec), true)
     }
 
     fn open_with(
         path: &Path,
-        spec: impl FnOnce() -> CardSpec,
+        spec: impl FnOnce() -> Result<CardSpec, ConfigError>,
         overwrite: bool,
     ) -> Result<CardState, StateError> {
         let io_err = |action, source| StateError::Io {
@@ -268,7 +275,7 @@ impl CardState {
     fn map_locked(
         path: &Path,
         file: File,
-        spec: impl FnOnce() -> CardSpec,
+        spec: impl FnOnce() -> Result<CardSpec, ConfigError>,
         overwrite: bool,
     ) -> Result<CardState, StateError> {
         let io_err = |action, source| StateError::Io {
@@ -279,6 +286,20 @@ impl CardState {
         let size = size_of::<Layout>() as u64;
         let current = file.metadata().map_err(|e| io_err("inspect", e))?.len();
         let fresh = overwrite || current == 0;
+        // Processes attached to an overwritten card must notice: the new card's epoch follows the old one's.
+        let previous_epoch = if fresh && current >= size {
+            let mut bytes = [0u8; 8];
+            file.read_exact_at(&mut bytes, std::mem::offset_of!(Header, epoch) as u64)
+                .map(|_| u64::from_ne_bytes(bytes))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let spec = if fresh {
+            Some(spec().map_err(StateError::Config)?)
+        } else {
+            None
+        };
         if fresh {
             file.set_len(0).map_err(|e| io_err("truncate", e))?;
             file.set_len(size).map_err(|e| io_err("size", e))?;
@@ -309,8 +330,13 @@ impl CardState {
             file,
             layout,
         };
-        if fresh {
-            state.initialise(&spec());
+        if let Some(spec) = spec {
+            state
+                .layout()
+                .header
+                .epoch
+                .store(previous_epoch.wrapping_add(1), Ordering::Relaxed);
+            state.initialise(&spec);
         } else {
             let header = &state.layout().header;
             if header.magic.load(Ordering::Acquire) != MAGIC

@@ -5,8 +5,6 @@ use crate::driver::{CuOutcome, Driver};
 use crate::result::CuResult;
 
 impl Driver {
-    // ----- arrays ---------------------------------------------------------------------------
-
     /// Bytes of one element of `format` with `channels` channels.
     pub(super) fn element_bytes(format: u32, channels: u32) -> CuOutcome<u64> {
         let size = match format {

@@ -6,8 +6,6 @@ use crate::driver::{CuOutcome, Driver};
 use crate::result::CuResult;
 
 impl Driver {
-    // ----- contexts -------------------------------------------------------------------------
-
     pub(super) fn with_stack<T>(&self, f: impl FnOnce(&mut Vec<u64>) -> T) -> T {
         let pid = self.pid;
         CONTEXT_STACK.with(|cell| {

@@ -5,13 +5,27 @@ use super::{Allocation, Kind, PITCH_ALIGNMENT, round_up};
 use crate::driver::{CuOutcome, Driver};
 use crate::result::CuResult;
 
-impl Driver {
-    // ----- linear memory --------------------------------------------------------------------
+/// How stale `cuMemGetInfo` may be about processes that died without freeing their memory.
+pub(super) const DEAD_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
+impl Driver {
     /// `cuMemGetInfo_v2`: (free, total) of the current context's device, all processes counted.
     pub fn mem_get_info(&self) -> CuOutcome<(u64, u64)> {
         let context = self.current_context()?;
         let total = self.capacity(context.machine);
+        // The real driver frees an exited process's memory at once; give back what dead
+        // processes still hold before answering, so the figure matches (within the interval).
+        let now = std::time::Instant::now();
+        if self
+            .last_dead_scan
+            .get()
+            .is_none_or(|last| now.duration_since(last) >= DEAD_SCAN_INTERVAL)
+        {
+            self.last_dead_scan.set(Some(now));
+            let guard = self.state.lock();
+            self.state.reclaim_dead_locked(Some(self.slot));
+            drop(guard);
+        }
         Ok((total.saturating_sub(self.used(context.machine)), total))
     }
 

@@ -125,6 +125,9 @@ pub struct Driver {
     next_handle: u64,
     next_address: u64,
     next_legacy_address: u64,
+    /// When `cuMemGetInfo` last gave back dead processes' memory (it does so at most every
+    /// [`linear::DEAD_SCAN_INTERVAL`], so that the query stays as cheap as the real one).
+    last_dead_scan: std::cell::Cell<Option<std::time::Instant>>,
 }
 
 /// Special stream handles every context accepts.
@@ -139,8 +142,7 @@ impl Driver {
     /// Attaches this process to the card state (creating it from the environment if needed).
     pub fn attach() -> Result<Driver, String> {
         let path = config::state_path();
-        let spec = CardSpec::from_env().map_err(|e| e.to_string())?;
-        let state = CardState::open(&path, || spec).map_err(|e| e.to_string())?;
+        let state = CardState::open(&path, CardSpec::from_env).map_err(|e| e.to_string())?;
         let latency = config::latency_from_env().map_err(|e| e.to_string())?;
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
@@ -177,6 +179,7 @@ impl Driver {
             next_handle: 0x5100_0000,
             next_address: 0x7f00_0000_0000,
             next_legacy_address: 0x1000_0000,
+            last_dead_scan: std::cell::Cell::new(None),
         })
     }
 
@@ -258,8 +261,6 @@ impl Driver {
         let _guard = self.state.lock();
         self.state.uncharge_locked(self.slot, machine, bytes);
     }
-
-    // ----- initialisation and devices -------------------------------------------------------
 
     /// `cuInit`.
     pub fn init(&mut self, flags: u32) -> CuOutcome {

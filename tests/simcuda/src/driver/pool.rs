@@ -6,8 +6,6 @@ use crate::driver::{CuOutcome, Driver};
 use crate::result::CuResult;
 
 impl Driver {
-    // ----- streams and pools ----------------------------------------------------------------
-
     pub(super) fn check_stream(&self, stream: u64) -> CuOutcome<Context> {
         let context = self.current_context()?;
         if stream == 0

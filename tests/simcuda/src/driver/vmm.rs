@@ -6,8 +6,6 @@ use crate::driver::{CuOutcome, Driver};
 use crate::result::CuResult;
 
 impl Driver {
-    // ----- virtual memory -------------------------------------------------------------------
-
     pub(super) fn check_allocation_prop(
         &self,
         allocation_type: u32,

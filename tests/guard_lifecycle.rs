@@ -1,0 +1,69 @@
+//! Memory that outlives the call that seems to free it: stream-ordered pools that keep freed
+//! blocks (release threshold) and are trimmed, and a physical allocation released right after it
+//! was mapped, memory that goes with its context. At every stage the guard's ledger charges the
+//! process exactly what the card says it holds.
+
+#[path = "support/guard.rs"]
+mod guard_support;
+mod support;
+
+use guard_support::{
+    CLIENT_DEADLINE, MIB, assert_card_safe, charged, lifecycles_program, sim_uuid, snapshot,
+};
+use support::Sandbox;
+
+const CONTEXT: u64 = 300 * MIB;
+
+/// What the simulated card says process `pid` holds on device 0.
+fn card_holds(sandbox: &Sandbox, pid: u32) -> u64 {
+    let report = sandbox.sim_report();
+    let process = support::report::process(&report, pid)
+        .unwrap_or_else(|| panic!("pid {pid} not on the card: {report}"));
+    process["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter_map(|d| d["used_bytes"].as_u64())
+        .sum()
+}
+
+#[test]
+fn the_ledger_follows_the_card_through_pools_and_mappings() {
+    let sandbox = Sandbox::new("4GiB");
+    sandbox.init();
+    let uuid = sim_uuid(&sandbox.sim_report(), 0);
+    let mut command = sandbox.program(lifecycles_program());
+    command.env("LD_PRELOAD", support::artifacts().preload);
+    let mut running = support::spawn(command);
+    let pid = running.pid();
+    let stages = [
+        ("start", CONTEXT),
+        // Freed, synchronised, but the pool keeps it (threshold = max): still charged.
+        ("pool-cached", CONTEXT + 100 * MIB),
+        // A smaller allocation reuses the pool's block: nothing new.
+        ("pool-reused", CONTEXT + 100 * MIB),
+        ("pool-trimmed", CONTEXT),
+        // The handle is released but the mapping keeps the memory.
+        ("mapped-released", CONTEXT + 20 * MIB),
+        ("unmapped", CONTEXT),
+        // A created context with 50 MiB left in it, then destroyed: both go.
+        ("created-context-holding", 2 * CONTEXT + 50 * MIB),
+        ("created-context-destroyed", CONTEXT),
+        // 30 MiB left in the primary context, whose last release frees it.
+        ("primary-holding", CONTEXT + 30 * MIB),
+        ("done", 0),
+    ];
+    for (stage, expected) in stages {
+        running.wait_for_line(&format!("stage {stage}"), CLIENT_DEADLINE);
+        let ledger = charged(&snapshot(&sandbox), pid, uuid);
+        let card = card_holds(&sandbox, pid);
+        assert_eq!(card, expected, "the card at {stage}");
+        assert_eq!(
+            ledger, expected,
+            "the ledger at {stage} (card holds {card})"
+        );
+    }
+    let finished = running.finish(CLIENT_DEADLINE);
+    assert_eq!(finished.status.code(), Some(0), "{finished:?}");
+    assert_card_safe(&sandbox.sim_report(), 0);
+}
