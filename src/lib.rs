@@ -5,7 +5,8 @@
 //! (`src/preload`), so that the CLI and the test binaries, which link this crate, never intercept
 //! their own `dlsym` lookups.
 //!
-//! - [`cuda`]: the driver ABI as the guard sees it (result codes as a newtype, handle types).
+//! - [`cuda`]: the driver ABI as the guard sees it (result codes as a newtype, handle types, and
+//!   [`cuda::abi`], the `#[repr(C)]` mirrors of the structures callers pass by pointer).
 //! - [`units`]: sizes (`512MiB`, `3.5GiB`, `5%`) and durations (`10m`), parsed and printed.
 //! - [`settings`]: the one table of `VRAMGUARD_*` variables and the typed configuration.
 //! - [`ledger`]: the shared-memory ledger every guarded process on the machine maps.

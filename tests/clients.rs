@@ -134,11 +134,8 @@ fn each_client_reaches_the_driver_by_its_own_path() {
 #[test]
 fn the_procaddr_client_fetches_stream_functions_per_thread() {
     let sandbox = sandbox();
-    let (run, pid) = sandbox.run_client(
-        ClientPath::Procaddr,
-        false,
-        &["--api", "async", "--chunk", "8MiB", "--count", "3"],
-    );
+    let args = ["--api", "async", "--chunk", "8MiB", "--count", "3"];
+    let (run, pid) = sandbox.run_client(ClientPath::Procaddr, false, &args);
     assert_eq!(run.status.code(), Some(0), "{run:?}");
     let report = sandbox.sim_report();
     assert_eq!(calls(&report, pid, "cuMemAllocAsync_ptsz"), 3);
@@ -146,11 +143,7 @@ fn the_procaddr_client_fetches_stream_functions_per_thread() {
     assert!(calls(&report, pid, "cuStreamSynchronize_ptsz") >= 1);
     assert_eq!(calls(&report, pid, "cuMemAllocAsync"), 0);
 
-    let (direct, direct_pid) = sandbox.run_client(
-        ClientPath::Direct,
-        false,
-        &["--api", "async", "--chunk", "8MiB", "--count", "3"],
-    );
+    let (direct, direct_pid) = sandbox.run_client(ClientPath::Direct, false, &args);
     assert_eq!(direct.status.code(), Some(0), "{direct:?}");
     let report = sandbox.sim_report();
     assert_eq!(calls(&report, direct_pid, "cuMemAllocAsync"), 3);

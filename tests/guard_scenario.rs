@@ -18,8 +18,16 @@ fn fragile_card() -> Sandbox {
     sandbox
 }
 
-/// A loader: 3 GiB in 100 MiB chunks, through `path`.
+/// A loader: 3 GiB in 100 MiB chunks, through `path`. Each path keeps its own pace, as real
+/// loaders do (three loaders in lockstep would reach a full card within microseconds of each
+/// other), and a loader that got all its memory holds it for a while before it frees it, as a
+/// model that finished loading does.
 fn loader(sandbox: &Sandbox, path: ClientPath, guarded: bool, env: &[(&str, &str)]) -> Command {
+    let pace_ms = match path {
+        ClientPath::Direct => "10",
+        ClientPath::Procaddr => "13",
+        _ => "17",
+    };
     let mut command = sandbox.command(path, guarded);
     command.args([
         "--chunk",
@@ -27,7 +35,9 @@ fn loader(sandbox: &Sandbox, path: ClientPath, guarded: bool, env: &[(&str, &str
         "--count",
         "30",
         "--sleep-between-ms",
-        "10",
+        pace_ms,
+        "--hold-if-complete-ms",
+        "1000",
     ]);
     command.envs(env.iter().copied());
     command

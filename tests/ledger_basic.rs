@@ -5,41 +5,22 @@ mod ledger_support;
 
 use std::time::{Duration, Instant};
 
-use ledger_support::{TempDir, device, uuid};
+use ledger_support::{TempDir, device, device_totals, fresh_member, hold, uuid};
 use vramguard_core::ledger::{Ledger, ProcessState, Refusal, Request, layout};
 
 const MIB: u64 = 1 << 20;
 
 #[test]
 fn reserve_commit_release_account_every_byte() {
-    let dir = TempDir::new("basic");
-    let ledger = Ledger::open(&dir.ledger_dir()).unwrap();
-    let dev = device(&ledger, 1000 * MIB);
-    let me = ledger.join("basic-test").unwrap();
+    let (_dir, _, ledger, dev, me) = fresh_member("basic", 1000 * MIB, "basic-test");
     let deny = Request::default();
 
     let r = ledger.reserve(me, dev, 300 * MIB, &deny).unwrap();
     assert_eq!(r.bytes(), 300 * MIB);
     assert_eq!(ledger.charge(me, dev), 300 * MIB);
-    let snap = ledger.snapshot();
-    assert_eq!(
-        (
-            snap.devices[0].used,
-            snap.devices[0].reserved,
-            snap.devices[0].held
-        ),
-        (300 * MIB, 300 * MIB, 0)
-    );
+    assert_eq!(device_totals(&ledger), (300 * MIB, 300 * MIB, 0));
     ledger.commit(r);
-    let snap = ledger.snapshot();
-    assert_eq!(
-        (
-            snap.devices[0].used,
-            snap.devices[0].reserved,
-            snap.devices[0].held
-        ),
-        (300 * MIB, 0, 300 * MIB)
-    );
+    assert_eq!(device_totals(&ledger), (300 * MIB, 0, 300 * MIB));
 
     let r2 = ledger.reserve(me, dev, 700 * MIB, &deny).unwrap();
     match ledger.reserve(me, dev, 1, &deny) {
@@ -65,10 +46,7 @@ fn reserve_commit_release_account_every_byte() {
 
 #[test]
 fn never_fits_is_refused_at_once_even_when_waiting() {
-    let dir = TempDir::new("never");
-    let ledger = Ledger::open(&dir.ledger_dir()).unwrap();
-    let dev = device(&ledger, 1000 * MIB);
-    let me = ledger.join("never").unwrap();
+    let (_dir, _, ledger, dev, me) = fresh_member("never", 1000 * MIB, "never");
     let wait = Request {
         wait_until: Some(Instant::now() + Duration::from_secs(30)),
         ..Request::default()
@@ -93,10 +71,7 @@ fn never_fits_is_refused_at_once_even_when_waiting() {
 
 #[test]
 fn claims_charge_up_front_and_cover_allocations_inside_them() {
-    let dir = TempDir::new("claim");
-    let ledger = Ledger::open(&dir.ledger_dir()).unwrap();
-    let dev = device(&ledger, 1000 * MIB);
-    let a = ledger.join("a").unwrap();
+    let (_dir, _, ledger, dev, a) = fresh_member("claim", 1000 * MIB, "a");
     let deny = Request::default();
     ledger.set_claim(a, dev, 600 * MIB, &deny).unwrap();
     assert_eq!(ledger.snapshot().devices[0].used, 600 * MIB);
@@ -129,7 +104,7 @@ fn claims_charge_up_front_and_cover_allocations_inside_them() {
 #[test]
 fn devices_are_found_by_uuid_and_keep_their_first_budget() {
     let dir = TempDir::new("devices");
-    let ledger = Ledger::open(&dir.ledger_dir()).unwrap();
+    let ledger = dir.open_ledger();
     let d0 = ledger
         .register_device(uuid(1), "First", 4 << 30, 3 << 30)
         .unwrap();
@@ -137,7 +112,7 @@ fn devices_are_found_by_uuid_and_keep_their_first_budget() {
         .register_device(uuid(2), "Second", 8 << 30, 7 << 30)
         .unwrap();
     assert_ne!(d0, d1);
-    let other = Ledger::open(&dir.ledger_dir()).unwrap();
+    let other = dir.open_ledger();
     assert_eq!(
         other
             .register_device(uuid(2), "Second", 8 << 30, 1 << 30)
@@ -170,15 +145,12 @@ fn devices_are_found_by_uuid_and_keep_their_first_budget() {
 #[test]
 fn dropped_handle_counts_as_dead_and_is_reclaimed() {
     let dir = TempDir::new("dropped");
-    let survivor = Ledger::open(&dir.ledger_dir()).unwrap();
+    let survivor = dir.open_ledger();
     let dev = device(&survivor, 1000 * MIB);
     {
-        let doomed = Ledger::open(&dir.ledger_dir()).unwrap();
+        let doomed = dir.open_ledger();
         let slot = doomed.join("doomed").unwrap();
-        let r = doomed
-            .reserve(slot, dev, 400 * MIB, &Request::default())
-            .unwrap();
-        doomed.commit(r);
+        hold(&doomed, slot, dev, 400 * MIB);
         let r = doomed
             .reserve(slot, dev, 100 * MIB, &Request::default())
             .unwrap();
@@ -203,16 +175,10 @@ fn dropped_handle_counts_as_dead_and_is_reclaimed() {
 
 #[test]
 fn reclaim_dead_returns_bytes_of_dead_members_only() {
-    let dir = TempDir::new("reclaim");
-    let ledger = Ledger::open(&dir.ledger_dir()).unwrap();
-    let dev = device(&ledger, 1000 * MIB);
-    let alive = ledger.join("alive").unwrap();
-    let r = ledger
-        .reserve(alive, dev, 100 * MIB, &Request::default())
-        .unwrap();
-    ledger.commit(r);
+    let (dir, _, ledger, dev, alive) = fresh_member("reclaim", 1000 * MIB, "alive");
+    hold(&ledger, alive, dev, 100 * MIB);
     {
-        let doomed = Ledger::open(&dir.ledger_dir()).unwrap();
+        let doomed = dir.open_ledger();
         let slot = doomed.join("doomed").unwrap();
         doomed
             .set_claim(slot, dev, 250 * MIB, &Request::default())
@@ -226,14 +192,8 @@ fn reclaim_dead_returns_bytes_of_dead_members_only() {
 
 #[test]
 fn snapshot_shows_members_and_waiting_state() {
-    let dir = TempDir::new("snapshot");
-    let ledger = Ledger::open(&dir.ledger_dir()).unwrap();
-    let dev = device(&ledger, 100 * MIB);
-    let me = ledger.join("holder --with args").unwrap();
-    let r = ledger
-        .reserve(me, dev, 100 * MIB, &Request::default())
-        .unwrap();
-    ledger.commit(r);
+    let (_dir, _, ledger, dev, me) = fresh_member("snapshot", 100 * MIB, "holder --with args");
+    hold(&ledger, me, dev, 100 * MIB);
     let snap = ledger.snapshot();
     let p = &snap.processes[0];
     assert_eq!(
@@ -254,7 +214,7 @@ fn open_existing_never_creates() {
         .expect("must not create");
     assert!(error.to_string().contains("does not exist"), "{error}");
     assert!(!dir.ledger_dir().exists());
-    Ledger::open(&dir.ledger_dir()).unwrap();
+    dir.open_ledger();
     let ledger = Ledger::open_existing(&dir.ledger_dir()).unwrap();
     assert!(!ledger.is_read_only());
 }
@@ -263,7 +223,7 @@ fn open_existing_never_creates() {
 fn directory_and_file_are_shared_with_every_user() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("modes");
-    let ledger = Ledger::open(&dir.ledger_dir()).unwrap();
+    let ledger = dir.open_ledger();
     let dir_mode = std::fs::metadata(dir.ledger_dir())
         .unwrap()
         .permissions()
@@ -288,13 +248,12 @@ fn directory_and_file_are_shared_with_every_user() {
 #[test]
 fn layout_offsets_are_pinned() {
     let dir = TempDir::new("layout");
-    let ledger = Ledger::open(&dir.ledger_dir()).unwrap();
+    let ledger = dir.open_ledger();
     let dev = ledger
         .register_device(uuid(7), "Pinned", 4096, 2048)
         .unwrap();
     let me = ledger.join("pinned").unwrap();
-    let r = ledger.reserve(me, dev, 1000, &Request::default()).unwrap();
-    ledger.commit(r);
+    hold(&ledger, me, dev, 1000);
     let bytes = std::fs::read(ledger.path()).unwrap();
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
@@ -372,7 +331,7 @@ fn random_operations_match_a_naive_model() {
     let mut rng = ledger_support::Rng::new(seed);
     for round in 0..20 {
         let dir = TempDir::new("model");
-        let ledger = Ledger::open(&dir.ledger_dir()).unwrap();
+        let ledger = dir.open_ledger();
         let budget = (100 + rng.below(1000)) * MIB;
         let dev = device(&ledger, budget);
         let members: Vec<_> = (0..3)

@@ -9,7 +9,10 @@ use std::os::unix::fs::FileExt;
 
 use std::time::{Duration, Instant};
 
-use ledger_support::{Rng, TempDir, child_dir, child_var, device, report, role, spawn};
+use ledger_support::{
+    Rng, TempDir, child_dir, child_var, device, device_totals, fresh_member, hold, report, role,
+    spawn,
+};
 use vramguard_core::ledger::{LOCK_DEADLINE, Ledger, LedgerError, Refusal, Request, layout};
 
 const TEST: &str = "chaos_two_hundred_kills_leave_no_hang_and_no_leak";
@@ -195,15 +198,8 @@ fn chaos_two_hundred_kills_leave_no_hang_and_no_leak() {
     let decision = decision.elapsed();
     ledger.rollback(everything);
     ledger.leave(me);
+    assert_eq!(device_totals(&ledger), (0, 0, 0));
     let snapshot = ledger.snapshot();
-    assert_eq!(
-        (
-            snapshot.devices[0].used,
-            snapshot.devices[0].held,
-            snapshot.devices[0].reserved
-        ),
-        (0, 0, 0)
-    );
     assert_eq!(snapshot.devices[0].waiting, 0);
     assert!(
         snapshot
@@ -245,14 +241,8 @@ fn poke(ledger: &Ledger, at: usize, value: u64) {
 
 #[test]
 fn lock_of_a_dead_owner_is_taken_over_and_torn_totals_repaired() {
-    let tmp = TempDir::new("takeover");
-    let ledger = Ledger::open(&tmp.ledger_dir()).unwrap();
-    let dev = device(&ledger, BUDGET);
-    let me = ledger.join("me").unwrap();
-    let r = ledger
-        .reserve(me, dev, 100 * MIB, &Request::default())
-        .unwrap();
-    ledger.commit(r);
+    let (_tmp, _, ledger, dev, me) = fresh_member("takeover", BUDGET, "me");
+    hold(&ledger, me, dev, 100 * MIB);
     // A "dead owner": slot 900 (never joined, so its liveness lock is free), and totals torn as
     // if it died half-way through an update.
     let device_at = layout::DEVICES_OFFSET;
@@ -281,9 +271,9 @@ fn lock_of_a_dead_owner_is_taken_over_and_torn_totals_repaired() {
 #[test]
 fn a_stuck_live_lock_owner_makes_requests_fail_at_the_deadline() {
     let tmp = TempDir::new("stuck");
-    let ledger = Ledger::open(&tmp.ledger_dir()).unwrap();
+    let ledger = tmp.open_ledger();
     let dev = device(&ledger, BUDGET);
-    let stuck = Ledger::open(&tmp.ledger_dir()).unwrap();
+    let stuck = tmp.open_ledger();
     let stuck_slot = stuck.join("stuck").unwrap();
     let me = ledger.join("me").unwrap();
     // The stuck member "holds" the device lock: its token is its slot and generation.

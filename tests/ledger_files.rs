@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ledger_support::{Rng, TempDir, child_dir, report, role, spawn, uuid};
+use ledger_support::{Rng, TempDir, child_dir, hold, report, role, spawn, uuid};
 use vramguard_core::ledger::{Ledger, LedgerError, Request, layout};
 
 const TEST_UNWRITABLE: &str = "unwritable_ledger_is_reported_with_the_fix";
@@ -23,15 +23,12 @@ fn directory_with(tmp: &TempDir, content: &[u8]) -> std::path::PathBuf {
 
 fn valid_bytes() -> Vec<u8> {
     let tmp = TempDir::new("valid");
-    let ledger = Ledger::open(&tmp.ledger_dir()).unwrap();
+    let ledger = tmp.open_ledger();
     let dev = ledger
         .register_device(uuid(1), "Valid", 8 << 30, 7 << 30)
         .unwrap();
     let me = ledger.join("valid").unwrap();
-    let r = ledger
-        .reserve(me, dev, 1 << 30, &Request::default())
-        .unwrap();
-    ledger.commit(r);
+    hold(&ledger, me, dev, 1 << 30);
     let bytes = std::fs::read(ledger.path()).unwrap();
     ledger.leave(me);
     bytes

@@ -9,35 +9,14 @@ use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ledger_support::{TempDir, child_dir, child_var, device, report, role, spawn};
+use ledger_support::{
+    TempDir, child_dir, device, fresh_member, hold, holder, holder_slot, holder_vars, report, role,
+    spawn, spawn_holder,
+};
 use vramguard_core::ledger::{Ledger, Refusal, Request, layout};
 
 const MIB: u64 = 1 << 20;
 const BUDGET: u64 = 1000 * MIB;
-
-/// Joins, holds `HOLD_BYTES`, reports `slot <index> pid <pid>`, then waits for `STOP_FILE` and
-/// exits without leaving (like a crash: only the kernel drops its lock).
-fn holder() {
-    let ledger = Ledger::open(&child_dir()).unwrap();
-    let dev = device(&ledger, BUDGET);
-    let me = ledger.join("holder").unwrap();
-    let r = ledger
-        .reserve(
-            me,
-            dev,
-            child_var("HOLD_BYTES").parse().unwrap(),
-            &Request::default(),
-        )
-        .unwrap();
-    ledger.commit(r);
-    report(format!("slot {} pid {}", me.index(), std::process::id()));
-    let stop = std::path::PathBuf::from(child_var("STOP_FILE"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !stop.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::process::exit(0);
-}
 
 fn overwrite_pid(ledger: &Ledger, slot: usize, pid: u32) {
     let file = std::fs::OpenOptions::new()
@@ -48,36 +27,19 @@ fn overwrite_pid(ledger: &Ledger, slot: usize, pid: u32) {
     file.write_at(&pid.to_le_bytes(), at as u64).unwrap();
 }
 
-fn parse_slot(line: &str) -> (usize, i32) {
-    let words: Vec<&str> = line.split(' ').collect();
-    (words[1].parse().unwrap(), words[3].parse().unwrap())
-}
-
 #[test]
 fn pid_reuse_cannot_fool_liveness() {
     if role().is_some() {
         return holder();
     }
-    let tmp = TempDir::new("pidreuse");
-    let dir = tmp.ledger_dir();
-    let ledger = Ledger::open(&dir).unwrap();
-    let dev = device(&ledger, BUDGET);
-    let me = ledger.join("observer").unwrap();
+    let (tmp, dir, ledger, dev, me) = fresh_member("pidreuse", BUDGET, "observer");
     let stop_dead = tmp.path().join("stop-dead");
     let stop_live = tmp.path().join("stop-live");
-    let vars = |stop: &std::path::Path, bytes: u64| {
-        vec![
-            ("STOP_FILE", stop.display().to_string()),
-            ("HOLD_BYTES", bytes.to_string()),
-        ]
-    };
     let test = "pid_reuse_cannot_fool_liveness";
-    let mut dead = spawn(test, "holder", &dir, &vars(&stop_dead, 300 * MIB));
-    let dead_reports = ledger_support::Reports::new(&mut dead);
-    let (dead_slot, _) = parse_slot(&dead_reports.next(Duration::from_secs(20), "dead holder"));
-    let mut live = spawn(test, "holder", &dir, &vars(&stop_live, 600 * MIB));
-    let live_reports = ledger_support::Reports::new(&mut live);
-    let (live_slot, _) = parse_slot(&live_reports.next(Duration::from_secs(20), "live holder"));
+    let (mut dead, dead_slot) =
+        spawn_holder(test, &dir, &stop_dead, BUDGET, 300 * MIB, "dead holder");
+    let (mut live, live_slot) =
+        spawn_holder(test, &dir, &stop_live, BUDGET, 600 * MIB, "live holder");
     std::fs::write(&stop_dead, b"").unwrap();
     ledger_support::wait_until(
         &mut dead,
@@ -151,20 +113,13 @@ fn liveness_works_across_pid_namespaces() {
         println!("SKIPPED liveness_works_across_pid_namespaces: {reason}");
         return;
     }
-    let tmp = TempDir::new("pidns");
-    let dir = tmp.ledger_dir();
-    let ledger = Ledger::open(&dir).unwrap();
-    let dev = device(&ledger, BUDGET);
-    let me = ledger.join("host side").unwrap();
+    let (tmp, dir, ledger, dev, me) = fresh_member("pidns", BUDGET, "host side");
     let stop = tmp.path().join("stop");
     let inner = ledger_support::child_command(
         "liveness_works_across_pid_namespaces",
         "holder",
         &dir,
-        &[
-            ("STOP_FILE", stop.display().to_string()),
-            ("HOLD_BYTES", (700 * MIB).to_string()),
-        ],
+        &holder_vars(&stop, BUDGET, 700 * MIB),
     );
     let mut command = Command::new("unshare");
     command
@@ -179,7 +134,8 @@ fn liveness_works_across_pid_namespaces() {
     command.stdout(std::process::Stdio::piped());
     let mut child = command.spawn().unwrap();
     let reports = ledger_support::Reports::new(&mut child);
-    let (slot, inner_pid) = parse_slot(&reports.next(Duration::from_secs(20), "namespaced holder"));
+    let (slot, inner_pid) =
+        holder_slot(&reports.next(Duration::from_secs(20), "namespaced holder"));
     println!("holder in a new pid namespace sees itself as pid {inner_pid}");
     assert!(
         inner_pid < 10,
@@ -219,10 +175,7 @@ fn forker() {
     let ledger = Ledger::open(&child_dir()).unwrap();
     let dev = device(&ledger, BUDGET);
     let parent = ledger.join("fork parent").unwrap();
-    let r = ledger
-        .reserve(parent, dev, 100 * MIB, &Request::default())
-        .unwrap();
-    ledger.commit(r);
+    hold(&ledger, parent, dev, 100 * MIB);
     // SAFETY: the child only uses the ledger (system calls and small allocations in this
     // single-purpose process) and leaves with _exit.
     let pid = unsafe { libc::fork() };
@@ -231,10 +184,7 @@ fn forker() {
         let outcome = std::panic::catch_unwind(|| {
             let child = ledger.join("fork child").unwrap();
             assert_ne!(child, parent);
-            let r = ledger
-                .reserve(child, dev, 50 * MIB, &Request::default())
-                .unwrap();
-            ledger.commit(r);
+            hold(&ledger, child, dev, 50 * MIB);
             let snapshot = ledger.snapshot();
             let alive = snapshot.processes.iter().filter(|p| p.alive).count();
             report(format!("child joined slot {} alive {alive}", child.index()));
@@ -277,6 +227,6 @@ fn forked_child_joins_as_itself() {
         "{lines:?}"
     );
     assert_eq!(lines[1], "reclaimed 50 parent 100");
-    let ledger = Ledger::open(&tmp.ledger_dir()).unwrap();
+    let ledger = tmp.open_ledger();
     assert_eq!(ledger.snapshot().devices[0].used, 0);
 }

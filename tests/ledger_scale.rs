@@ -5,8 +5,8 @@ mod ledger_support;
 
 use std::time::{Duration, Instant};
 
-use ledger_support::{TempDir, child_dir, child_var, device, report, role, spawn};
-use vramguard_core::ledger::{Ledger, LedgerError, MAX_PROCESSES, Request};
+use ledger_support::{TempDir, child_dir, child_var, device, hold, report, role, spawn};
+use vramguard_core::ledger::{Ledger, LedgerError, MAX_PROCESSES};
 
 const TEST: &str = "a_thousand_and_twenty_four_members_fit";
 const PROCESSES: usize = 4;
@@ -16,10 +16,7 @@ fn joiner() {
     let dev = device(&ledger, 1 << 40);
     for n in 0..MAX_PROCESSES / PROCESSES {
         let member = ledger.join(&format!("member {n}")).unwrap();
-        let r = ledger
-            .reserve(member, dev, 1 << 20, &Request::default())
-            .unwrap();
-        ledger.commit(r);
+        hold(&ledger, member, dev, 1 << 20);
     }
     report("joined");
     let stop = std::path::PathBuf::from(child_var("STOP_FILE"));

@@ -7,8 +7,11 @@ mod ledger_support;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ledger_support::{Rng, TempDir, child_dir, child_var, device, report, role, spawn};
-use vramguard_core::ledger::{Ledger, ProcessState, Refusal, Request, SlotId};
+use ledger_support::{
+    Rng, TempDir, child_dir, child_var, device, fresh_member, hold, report, role, spawn,
+    wait_for_file,
+};
+use vramguard_core::ledger::{Ledger, ProcessState, Refusal, Request};
 
 const TEST_LATENCY: &str = "waiter_is_woken_within_milliseconds_of_the_release";
 const TEST_FIFO: &str = "waiters_are_served_in_arrival_order";
@@ -34,16 +37,12 @@ fn waiter() {
         .join(&format!("waiter-{}", child_var("WAIT_NAME")))
         .unwrap();
     if let Ok(held) = std::env::var("HOLD_FIRST") {
-        let r = ledger
-            .reserve(me, dev, held.parse().unwrap(), &Request::default())
-            .unwrap();
-        ledger.commit(r);
+        hold(&ledger, me, dev, held.parse().unwrap());
         report("holding");
-        let go = std::path::PathBuf::from(child_var("GO_FILE"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !go.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_file(
+            std::path::Path::new(&child_var("GO_FILE")),
+            Duration::from_secs(30),
+        );
     }
     let bytes: u64 = child_var("WAIT_BYTES").parse().unwrap();
     let on_wait = |_: &vramguard_core::ledger::WaitReport| report("waiting");
@@ -71,10 +70,19 @@ fn waiter_vars(name: &str, bytes: u64, hold_ms: u64) -> Vec<(&'static str, Strin
     ]
 }
 
-fn hold(ledger: &Ledger, me: SlotId, bytes: u64) {
-    let dev = device(ledger, BUDGET);
-    let r = ledger.reserve(me, dev, bytes, &Request::default()).unwrap();
-    ledger.commit(r);
+/// Starts a [`waiter`] child (by re-running `test`) and waits (20 s at most) until it waits.
+fn spawn_waiting(
+    test: &str,
+    dir: &std::path::Path,
+    vars: &[(&str, String)],
+) -> (std::process::Child, ledger_support::Reports) {
+    let mut child = spawn(test, "waiter", dir, vars);
+    let reports = ledger_support::Reports::new(&mut child);
+    assert_eq!(
+        reports.next(Duration::from_secs(20), "waiter start"),
+        "waiting"
+    );
+    (child, reports)
 }
 
 fn waiting_count(ledger: &Ledger) -> u32 {
@@ -86,25 +94,12 @@ fn waiter_is_woken_within_milliseconds_of_the_release() {
     if role().is_some() {
         return waiter();
     }
-    let tmp = TempDir::new("latency");
-    let dir = tmp.ledger_dir();
-    let ledger = Ledger::open(&dir).unwrap();
-    let dev = device(&ledger, BUDGET);
-    let me = ledger.join("holder").unwrap();
+    let (_tmp, dir, ledger, dev, me) = fresh_member("latency", BUDGET, "holder");
     let mut latencies = Vec::new();
     for _ in 0..5 {
-        hold(&ledger, me, 900 * MIB);
-        let mut child = spawn(
-            TEST_LATENCY,
-            "waiter",
-            &dir,
-            &waiter_vars("w", 200 * MIB, 0),
-        );
-        let reports = ledger_support::Reports::new(&mut child);
-        assert_eq!(
-            reports.next(Duration::from_secs(20), "waiter start"),
-            "waiting"
-        );
+        hold(&ledger, me, dev, 900 * MIB);
+        let (mut child, reports) =
+            spawn_waiting(TEST_LATENCY, &dir, &waiter_vars("w", 200 * MIB, 0));
         std::thread::sleep(Duration::from_millis(100)); // let it fall asleep
         let released_at = unix_ns();
         ledger.release(me, dev, 900 * MIB);
@@ -143,20 +138,11 @@ fn waiters_are_served_in_arrival_order() {
     if role().is_some() {
         return waiter();
     }
-    let tmp = TempDir::new("fifo");
-    let dir = tmp.ledger_dir();
-    let ledger = Ledger::open(&dir).unwrap();
-    let dev = device(&ledger, BUDGET);
-    let me = ledger.join("holder").unwrap();
-    hold(&ledger, me, BUDGET);
+    let (_tmp, dir, ledger, dev, me) = fresh_member("fifo", BUDGET, "holder");
+    hold(&ledger, me, dev, BUDGET);
     let mut children = Vec::new();
     for (name, bytes) in [("big", 600 * MIB), ("mid", 300 * MIB), ("small", 100 * MIB)] {
-        let mut child = spawn(TEST_FIFO, "waiter", &dir, &waiter_vars(name, bytes, 2000));
-        let reports = ledger_support::Reports::new(&mut child);
-        assert_eq!(
-            reports.next(Duration::from_secs(20), "waiter start"),
-            "waiting"
-        );
+        let (child, reports) = spawn_waiting(TEST_FIFO, &dir, &waiter_vars(name, bytes, 2000));
         children.push((name, child, reports));
     }
     assert_eq!(waiting_count(&ledger), 3);
@@ -348,14 +334,11 @@ fn all_holders_waiting_refuses_the_latest_waiter_at_once() {
 
 #[test]
 fn deadline_is_honoured() {
-    let tmp = TempDir::new("deadline");
-    let ledger = Ledger::open(&tmp.ledger_dir()).unwrap();
-    let dev = device(&ledger, BUDGET);
-    let holder = ledger.join("holder").unwrap();
-    hold(&ledger, holder, 900 * MIB);
+    let (tmp, _, ledger, dev, holder) = fresh_member("deadline", BUDGET, "holder");
+    hold(&ledger, holder, dev, 900 * MIB);
     // A second member of this process (another handle) waits; the holder does not wait, so this
     // is no deadlock: the deadline decides.
-    let other = Ledger::open(&tmp.ledger_dir()).unwrap();
+    let other = tmp.open_ledger();
     let me = other.join("waiter").unwrap();
     let (sender, receiver) = mpsc::channel();
     let started = Instant::now();
@@ -417,16 +400,10 @@ fn a_waiter_gets_the_bytes_of_a_holder_that_dies() {
         doomed_reports.next(Duration::from_secs(20), "doomed holds"),
         "holding"
     );
-    let mut child = spawn(
+    let (mut child, reports) = spawn_waiting(
         TEST_DEAD_HOLDER,
-        "waiter",
         &dir,
         &waiter_vars("survivor", 500 * MIB, 0),
-    );
-    let reports = ledger_support::Reports::new(&mut child);
-    assert_eq!(
-        reports.next(Duration::from_secs(20), "waiter start"),
-        "waiting"
     );
     let killed_at = Instant::now();
     doomed.kill().unwrap();

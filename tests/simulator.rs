@@ -24,12 +24,12 @@ fn card(devices: &str, context_cost: &str) -> Sandbox {
 #[test]
 fn physical_memory_is_shared_and_bounded_across_processes() {
     let sandbox = card("1GiB", "100MiB");
-    let mut holder = sandbox.start_client(
+    let holder = sandbox.start_holding(
         ClientPath::Direct,
         false,
         &["--chunk", "200MiB", "--count", "3", "--hold-ms", "60000"],
+        HOLD_TIMEOUT,
     );
-    holder.wait_for_line("holding", HOLD_TIMEOUT);
     let report = sandbox.sim_report();
     assert_eq!(
         device_u64(&report, 0, "used_bytes"),
@@ -78,7 +78,7 @@ fn physical_memory_is_shared_and_bounded_across_processes() {
 #[test]
 fn memory_of_a_killed_process_returns_to_the_card() {
     let sandbox = card("2GiB", "100MiB");
-    let mut holder = sandbox.start_client(
+    let holder = sandbox.start_holding(
         ClientPath::Procaddr,
         false,
         &[
@@ -91,8 +91,8 @@ fn memory_of_a_killed_process_returns_to_the_card() {
             "--threads",
             "1",
         ],
+        HOLD_TIMEOUT,
     );
-    holder.wait_for_line("holding", HOLD_TIMEOUT);
     let pid = holder.pid();
     assert_eq!(
         device_u64(&sandbox.sim_report(), 0, "used_bytes"),
@@ -121,12 +121,12 @@ fn memory_of_a_killed_process_returns_to_the_card() {
 fn a_killed_process_is_reclaimed_when_a_request_would_not_fit() {
     // No report in between: the allocation that does not fit reclaims the dead holder itself.
     let sandbox = card("1GiB", "100MiB");
-    let mut holder = sandbox.start_client(
+    let holder = sandbox.start_holding(
         ClientPath::Direct,
         false,
         &["--chunk", "700MiB", "--hold-ms", "60000"],
+        HOLD_TIMEOUT,
     );
-    holder.wait_for_line("holding", HOLD_TIMEOUT);
     holder.kill();
     let (after, _) = sandbox.run_client(ClientPath::Direct, false, &["--chunk", "800MiB"]);
     assert_eq!(after.status.code(), Some(0), "{after:?}");
@@ -314,7 +314,7 @@ fn check_family(
     count: &str,
     context: u64,
 ) -> Vec<u64> {
-    let mut running = sandbox.start_client(
+    let running = sandbox.start_holding(
         path,
         false,
         &[
@@ -327,8 +327,8 @@ fn check_family(
             "--hold-ms",
             "60000",
         ],
+        HOLD_TIMEOUT,
     );
-    running.wait_for_line("holding", HOLD_TIMEOUT);
     let report = sandbox.sim_report();
     let pid = running.pid();
     let held =
@@ -380,80 +380,35 @@ fn check_family(
 fn every_allocation_family_is_charged_like_the_driver_charges_it() {
     let context = 100 * MIB;
     let sandbox = card("8GiB", "100MiB");
-    assert_eq!(
-        check_family(
-            &sandbox,
-            ClientPath::Direct,
-            "default",
-            "10MiB",
-            "3",
-            context
-        ),
-        vec![10 * MIB; 3]
-    );
-    assert_eq!(
-        check_family(
-            &sandbox,
-            ClientPath::Direct,
-            "managed",
-            "10MiB",
-            "2",
-            context
-        ),
-        vec![10 * MIB; 2]
-    );
-    // Pitch: width 1000 rounds up to a 1024-byte pitch; 10 MiB / 1024 rows.
-    assert_eq!(
-        check_family(&sandbox, ClientPath::Direct, "pitch", "10MiB", "2", context),
-        vec![10 * MIB; 2]
-    );
-    assert_eq!(
-        check_family(&sandbox, ClientPath::Direct, "async", "30MiB", "2", context),
-        vec![30 * MIB; 2]
-    );
-    assert_eq!(
-        check_family(&sandbox, ClientPath::Direct, "pool", "30MiB", "2", context),
-        vec![30 * MIB; 2]
-    );
-    // VMM: 20 MiB physical pages; 30 MiB rounds up to two of them.
-    assert_eq!(
-        check_family(&sandbox, ClientPath::Direct, "vmm", "30MiB", "3", context),
-        vec![40 * MIB; 3]
-    );
-    assert_eq!(
-        check_family(&sandbox, ClientPath::Direct, "array", "16MiB", "2", context),
-        vec![16 * MIB; 2]
-    );
-    assert_eq!(
-        check_family(
-            &sandbox,
-            ClientPath::Direct,
-            "array3d",
-            "16MiB",
-            "2",
-            context
-        ),
-        vec![16 * MIB; 2]
-    );
-    // Mipmapped 2048x2048 float, two levels: 16 MiB + 4 MiB.
-    assert_eq!(
-        check_family(
-            &sandbox,
-            ClientPath::Direct,
-            "mipmapped",
-            "16MiB",
-            "2",
-            context
-        ),
-        vec![20 * MIB; 2]
-    );
+    // (api, chunk, count, bytes the card charges for each allocation)
+    let families: [(&str, &str, &str, u64); 9] = [
+        ("default", "10MiB", "3", 10 * MIB),
+        ("managed", "10MiB", "2", 10 * MIB),
+        // Pitch: width 1000 rounds up to a 1024-byte pitch; 10 MiB / 1024 rows.
+        ("pitch", "10MiB", "2", 10 * MIB),
+        ("async", "30MiB", "2", 30 * MIB),
+        ("pool", "30MiB", "2", 30 * MIB),
+        // VMM: 20 MiB physical pages; 30 MiB rounds up to two of them.
+        ("vmm", "30MiB", "3", 40 * MIB),
+        ("array", "16MiB", "2", 16 * MIB),
+        ("array3d", "16MiB", "2", 16 * MIB),
+        // Mipmapped 2048x2048 float, two levels: 16 MiB + 4 MiB.
+        ("mipmapped", "16MiB", "2", 20 * MIB),
+    ];
+    for (api, chunk, count, each) in families {
+        assert_eq!(
+            check_family(&sandbox, ClientPath::Direct, api, chunk, count, context),
+            vec![each; count.parse().unwrap()],
+            "{api}"
+        );
+    }
 }
 
 #[test]
 fn pools_keep_freed_memory_until_synchronize_and_vmm_until_unmapped() {
     // The VMM family through Python: the physical pages stay charged while mapped.
     let sandbox = card("1GiB", "100MiB");
-    let mut vmm = sandbox.start_client(
+    let vmm = sandbox.start_holding(
         ClientPath::Python,
         false,
         &[
@@ -467,8 +422,8 @@ fn pools_keep_freed_memory_until_synchronize_and_vmm_until_unmapped() {
             "--hold-ms",
             "60000",
         ],
+        HOLD_TIMEOUT,
     );
-    vmm.wait_for_line("holding", HOLD_TIMEOUT);
     let finished = vmm.kill();
     // 1024 - 100 = 924 MiB: four 200 MiB chunks fit, the fifth fails part-way and is undone.
     assert_eq!(
@@ -653,12 +608,12 @@ fn latency_is_added_to_each_allocation_and_free() {
 #[test]
 fn reset_drops_every_allocation_and_live_processes_notice() {
     let sandbox = card("1GiB", "100MiB");
-    let mut holder = sandbox.start_client(
+    let holder = sandbox.start_holding(
         ClientPath::Direct,
         false,
         &["--chunk", "500MiB", "--hold-ms", "3000"],
+        HOLD_TIMEOUT,
     );
-    holder.wait_for_line("holding", HOLD_TIMEOUT);
     assert_eq!(
         device_u64(&sandbox.sim_report(), 0, "used_bytes"),
         600 * MIB

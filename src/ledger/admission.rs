@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::layout::{self, DeviceRecord, LedgerLayout, SLOT_FREE, SlotDevice};
 use super::{
-    DeviceId, Ledger, LedgerError, Refusal, Request, Reservation, SlotId, WaitReport, futex,
-    liveness, lock,
+    DeviceId, Ledger, Refusal, Request, Reservation, SlotId, WaitReport, futex, liveness, lock,
 };
 
 /// Longest single sleep of a waiter: it then re-checks for dead members even if nobody woke it.
@@ -284,6 +283,9 @@ impl Ledger {
     /// Bytes admitted to other members but not yet taken from the driver: their reservations in
     /// flight plus the unused parts of their claims.
     pub fn unbacked_by_others(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        if self.intact().is_err() {
+            return 0;
+        }
         let device = self.device(dev);
         let all = device
             .charged
@@ -298,6 +300,9 @@ impl Ledger {
 
     /// What this member could still reserve on `dev` now (ignoring the queue), within `limit`.
     pub fn available(&self, slot: SlotId, dev: DeviceId, limit: Option<u64>) -> u64 {
+        if self.intact().is_err() {
+            return 0;
+        }
         let device = self.device(dev);
         let room = room(device);
         let Some(share) = self.own_share(slot, dev) else {
@@ -317,6 +322,9 @@ impl Ledger {
 
     /// This member's charge on `dev`.
     pub fn charge(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        if self.intact().is_err() {
+            return 0;
+        }
         self.own_share(slot, dev).map(share_charge).unwrap_or(0)
     }
 
@@ -358,16 +366,11 @@ impl Ledger {
         self.check_slot(slot)?;
         let device = self.device(dev);
         if device.state.load(Ordering::Acquire) != layout::DEVICE_READY {
-            return Err(LedgerError::UnknownHandle {
-                path: self.path.clone(),
-            }
-            .into());
+            return Err(self.unknown_handle().into());
         }
         let share = self
             .own_share(slot, dev)
-            .ok_or_else(|| LedgerError::UnknownHandle {
-                path: self.path.clone(),
-            })?;
+            .ok_or_else(|| self.unknown_handle())?;
         let token = lock::token(slot.index, slot.generation.into());
         let requested = ask.requested();
         let budget = device.budget.load(Ordering::Relaxed);
@@ -409,7 +412,9 @@ impl Ledger {
         }
         drop(guard);
 
-        // Before refusing or waiting, give back what dead members hold, then decide again.
+        // Before refusing or waiting, make sure the file is whole, give back what dead members
+        // hold, then decide again.
+        self.check_file()?;
         self.reclaim_dead_on(dev);
         let guard = self.lock_device(dev, token)?;
         if admissible_now(device, share, ask) {
@@ -439,9 +444,7 @@ impl Ledger {
         let device = self.device(dev);
         let share = self
             .own_share(slot, dev)
-            .ok_or_else(|| LedgerError::UnknownHandle {
-                path: self.path.clone(),
-            })?;
+            .ok_or_else(|| self.unknown_handle())?;
         let token = lock::token(slot.index, slot.generation.into());
         let requested = ask.requested();
         let started = Instant::now();
@@ -521,6 +524,8 @@ impl Ledger {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             futex::wait(&device.wake_seq, seen, remaining.min(WAIT_SLICE));
+            // A truncated file may be what ended the sleep (the futex word's page is gone).
+            self.check_file()?;
             self.reclaim_dead_on(dev);
         }
     }

@@ -82,6 +82,12 @@ pub enum LedgerError {
         /// the version this build uses
         expected: u32,
     },
+    /// The file was truncated while processes had it mapped: the member that noticed gave it its
+    /// size back (so nobody faults on it) and marked it; its content is lost.
+    Truncated {
+        /// the ledger file
+        path: PathBuf,
+    },
     /// A header field disagrees with this layout.
     BadHeader {
         /// the ledger file
@@ -187,6 +193,13 @@ impl fmt::Display for LedgerError {
             Self::BadMagic { path } => write!(
                 f,
                 "ledger {} is not a vramguard ledger (wrong magic number); {REMOVE_FIX}",
+                path.display()
+            ),
+            Self::Truncated { path } => write!(
+                f,
+                "ledger {} was truncated while in use (by a user with write access to it) and \
+                 its content is lost; processes that had it open no longer use it and follow \
+                 VRAMGUARD_ON_ERROR until they restart; {REMOVE_FIX}",
                 path.display()
             ),
             Self::LayoutVersion {

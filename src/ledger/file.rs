@@ -5,6 +5,9 @@
 //! this layout's sizes and offsets. A new file is built under a temporary name, initialised, and
 //! then hard-linked into place, which fails if another process published one first: nobody ever
 //! maps a half-initialised ledger, and two processes racing to create it end up sharing one.
+//!
+//! Also here: new open file descriptions of an open ledger (through `/proc/self/fd`, so that they
+//! work after the file was removed), and noticing and repairing a file truncated while mapped.
 #![allow(unsafe_code)]
 
 use std::fs::{self, File, OpenOptions, Permissions};
@@ -312,7 +315,13 @@ fn classify_open_error(path: &Path, source: io::Error) -> LedgerError {
 
 fn validate(mapping: &Mapping, path: &Path) -> Result<(), LedgerError> {
     let header = &mapping.layout().header;
-    if header.magic.load(Ordering::Acquire) != MAGIC {
+    let magic = header.magic.load(Ordering::Acquire);
+    if magic == layout::TRUNCATED_MAGIC {
+        return Err(LedgerError::Truncated {
+            path: path.to_owned(),
+        });
+    }
+    if magic != MAGIC {
         return Err(LedgerError::BadMagic {
             path: path.to_owned(),
         });
@@ -338,9 +347,33 @@ fn validate(mapping: &Mapping, path: &Path) -> Result<(), LedgerError> {
 
 /// A new open file description of the same ledger file (for locks that must be this call's
 /// own: a forked child shares the parent's descriptions, and OFD locks never conflict within one).
-pub fn reopen(ledger_path: &Path, identity: (u64, u64)) -> Result<File, LedgerError> {
-    let file = open_descriptor(ledger_path, true)?;
-    let meta = file.metadata().map_err(io_error(ledger_path, "stat"))?;
+///
+/// Reopened through `/proc/self/fd/<fd>` of `file`, the descriptor the mapping came from, so it
+/// still works after the file or its directory was removed (members of a removed ledger must go
+/// on reclaiming each other's bytes). Only where `/proc` is missing is the path used, and then the
+/// file found there must be the same file.
+pub fn reopen(file: &File, ledger_path: &Path, identity: (u64, u64)) -> Result<File, LedgerError> {
+    use std::os::fd::AsRawFd;
+    let through_proc = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    // No O_NOFOLLOW here: following this one magic link to the open file is the point.
+    let reopened = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&through_proc)
+    {
+        Ok(reopened) => reopened,
+        Err(error)
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ENOTDIR)
+            ) =>
+        {
+            open_descriptor(ledger_path, true)?
+        }
+        Err(error) => return Err(classify_open_error(ledger_path, error)),
+    };
+    let meta = reopened.metadata().map_err(io_error(ledger_path, "stat"))?;
     if (meta.dev(), meta.ino()) != identity {
         return Err(LedgerError::Io {
             path: ledger_path.to_owned(),
@@ -348,5 +381,25 @@ pub fn reopen(ledger_path: &Path, identity: (u64, u64)) -> Result<File, LedgerEr
             source: io::Error::other("the ledger file was replaced by another file while in use"),
         });
     }
-    Ok(file)
+    Ok(reopened)
+}
+
+/// Whether the file behind `file` is shorter than the layout (someone truncated it: touching the
+/// missing part of the mapping would fault with `SIGBUS`). An `fstat` that fails says nothing.
+pub fn is_truncated(file: &File) -> bool {
+    file.metadata()
+        .is_ok_and(|meta| meta.len() < FILE_SIZE as u64)
+}
+
+/// Gives a truncated ledger its size back and marks it truncated, without touching the mapping:
+/// the lost pages come back zero-filled, so no process that still maps the file faults on them
+/// any more, and the mark in place of the magic number tells every member (and every newcomer)
+/// that the content is gone. Needs a writable descriptor; best effort otherwise.
+pub fn restore_size_and_mark(file: &File) {
+    use std::os::unix::fs::FileExt;
+    // Growing only: a concurrent restorer sets the same size; the content is lost either way.
+    if is_truncated(file) {
+        let _ = file.set_len(FILE_SIZE as u64);
+    }
+    let _ = file.write_at(&layout::TRUNCATED_MAGIC.to_le_bytes(), 0);
 }

@@ -15,6 +15,9 @@ pub const MAX_PROCESSES: usize = 1024;
 pub const MAX_DEVICES: usize = 64;
 /// The first eight bytes of every ledger file: `VRAMGRD` and a NUL, read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"VRAMGRD\0");
+/// What replaces [`MAGIC`] once a member found the file truncated under it (`VRAMCUT` and a NUL):
+/// the file was given its size back, but its content is gone, and nobody may use it any more.
+pub const TRUNCATED_MAGIC: u64 = u64::from_le_bytes(*b"VRAMCUT\0");
 /// Bumped whenever the layout changes in any way; a process never maps a file of another version.
 pub const LAYOUT_VERSION: u32 = 1;
 /// The ledger file's name inside its directory (the version is part of the name, so a future
@@ -275,94 +278,51 @@ pub fn load_uuid(words: &[AtomicU64; 2]) -> [u8; 16] {
     uuid
 }
 
+/// Hands `$then!` the header fields whose value this layout fixes, each as
+/// `field: width = value`, in the order they are checked at attach: the one list from which the
+/// creator writes them and every attaching process checks them.
+macro_rules! fixed_header_fields {
+    ($then:ident) => {
+        $then! {
+            header_size: u32 = HEADER_SIZE,
+            file_size: u64 = FILE_SIZE,
+            max_processes: u32 = MAX_PROCESSES,
+            max_devices: u32 = MAX_DEVICES,
+            device_record_size: u32 = DEVICE_RECORD_SIZE,
+            slot_record_size: u32 = SLOT_RECORD_SIZE,
+            devices_offset: u64 = DEVICES_OFFSET,
+            slots_offset: u64 = SLOTS_OFFSET,
+            lock_base: u64 = LOCK_BASE,
+            layout_version: u32 = LAYOUT_VERSION,
+        }
+    };
+}
+
 /// Writes the header of a freshly created (zero-filled) file. The magic is written last, with
 /// release ordering, although the file is published only after this returns.
 pub fn initialise_header(header: &Header, now_unix_ms: u64) {
-    header
-        .layout_version
-        .store(LAYOUT_VERSION, Ordering::Relaxed);
-    header
-        .header_size
-        .store(HEADER_SIZE as u32, Ordering::Relaxed);
-    header.file_size.store(FILE_SIZE as u64, Ordering::Relaxed);
-    header
-        .max_processes
-        .store(MAX_PROCESSES as u32, Ordering::Relaxed);
-    header
-        .max_devices
-        .store(MAX_DEVICES as u32, Ordering::Relaxed);
-    header
-        .device_record_size
-        .store(DEVICE_RECORD_SIZE as u32, Ordering::Relaxed);
-    header
-        .slot_record_size
-        .store(SLOT_RECORD_SIZE as u32, Ordering::Relaxed);
-    header
-        .devices_offset
-        .store(DEVICES_OFFSET as u64, Ordering::Relaxed);
-    header
-        .slots_offset
-        .store(SLOTS_OFFSET as u64, Ordering::Relaxed);
-    header.lock_base.store(LOCK_BASE, Ordering::Relaxed);
+    macro_rules! store {
+        ($($field:ident: $width:ty = $value:expr),+ $(,)?) => {
+            $(header.$field.store($value as $width, Ordering::Relaxed);)+
+        };
+    }
+    fixed_header_fields!(store);
     header.created_unix_ms.store(now_unix_ms, Ordering::Relaxed);
     header.magic.store(MAGIC, Ordering::Release);
 }
 
 /// The first header field that differs from what this build expects, as (field, found, expected).
 pub fn header_mismatch(header: &Header) -> Option<(&'static str, u64, u64)> {
-    let checks: [(&'static str, u64, u64); 10] = [
-        (
-            "header_size",
-            header.header_size.load(Ordering::Relaxed).into(),
-            HEADER_SIZE as u64,
-        ),
-        (
-            "file_size",
-            header.file_size.load(Ordering::Relaxed),
-            FILE_SIZE as u64,
-        ),
-        (
-            "max_processes",
-            header.max_processes.load(Ordering::Relaxed).into(),
-            MAX_PROCESSES as u64,
-        ),
-        (
-            "max_devices",
-            header.max_devices.load(Ordering::Relaxed).into(),
-            MAX_DEVICES as u64,
-        ),
-        (
-            "device_record_size",
-            header.device_record_size.load(Ordering::Relaxed).into(),
-            DEVICE_RECORD_SIZE as u64,
-        ),
-        (
-            "slot_record_size",
-            header.slot_record_size.load(Ordering::Relaxed).into(),
-            SLOT_RECORD_SIZE as u64,
-        ),
-        (
-            "devices_offset",
-            header.devices_offset.load(Ordering::Relaxed),
-            DEVICES_OFFSET as u64,
-        ),
-        (
-            "slots_offset",
-            header.slots_offset.load(Ordering::Relaxed),
-            SLOTS_OFFSET as u64,
-        ),
-        (
-            "lock_base",
-            header.lock_base.load(Ordering::Relaxed),
-            LOCK_BASE,
-        ),
-        (
-            "layout_version",
-            header.layout_version.load(Ordering::Relaxed).into(),
-            LAYOUT_VERSION.into(),
-        ),
-    ];
-    checks
+    macro_rules! checks {
+        ($($field:ident: $width:ty = $value:expr),+ $(,)?) => {
+            [$((
+                stringify!($field),
+                u64::from(header.$field.load(Ordering::Relaxed)),
+                $value as u64,
+            )),+]
+        };
+    }
+    fixed_header_fields!(checks)
         .into_iter()
         .find(|(_, found, expected)| found != expected)
 }

@@ -5,7 +5,8 @@
 //! owner is still alive (its slot's liveness lock, its slot generation). A dead owner's lock is
 //! taken over by compare-and-swap, and the new owner is told so, so that it repairs the device
 //! totals the dead owner may have left half-written. A live owner that does not progress (stopped
-//! with SIGSTOP) makes the contender give up at its deadline instead of hanging.
+//! with SIGSTOP) makes the contender give up at its deadline instead of hanging, and a ledger
+//! that can no longer be used (its file was truncated) makes it give up at once.
 //!
 //! Also here: the registration lock, an OFD byte lock, for the rare act of adding a device.
 
@@ -47,6 +48,16 @@ pub struct DeviceGuard<'a> {
     pub taken_from_dead: bool,
 }
 
+impl<'a> DeviceGuard<'a> {
+    fn new(word: &'a AtomicU64, token: u64, taken_from_dead: bool) -> DeviceGuard<'a> {
+        DeviceGuard {
+            word,
+            token,
+            taken_from_dead,
+        }
+    }
+}
+
 impl Drop for DeviceGuard<'_> {
     fn drop(&mut self) {
         // Only release what is still ours (a garbage write by someone else is not undone).
@@ -56,33 +67,38 @@ impl Drop for DeviceGuard<'_> {
     }
 }
 
-/// The lock was not free before the deadline and its owner is alive.
+/// What a contender learned when it looked at the lock's owner.
+pub enum Probe {
+    /// The owner lives: keep waiting (until the deadline).
+    OwnerAlive,
+    /// The owner is gone: take the lock over.
+    OwnerDead,
+    /// Stop trying at once (the ledger can no longer be used).
+    GiveUp,
+}
+
+/// The lock was not taken: not free before the deadline with its owner alive, or given up.
 #[derive(Debug)]
 pub struct Busy {
     /// How long we tried.
     pub waited: Duration,
 }
 
-/// Takes the lock `word` for `token`, waiting `patience` at most. `owner_is_dead` is asked
-/// (every few milliseconds) about the token found in the word. The uncontended path reads no
-/// clock.
+/// Takes the lock `word` for `token`, waiting `patience` at most. `probe` is asked (every few
+/// milliseconds) about the token found in the word. The uncontended path reads no clock.
 pub fn acquire<'a>(
     word: &'a AtomicU64,
     token: u64,
     patience: Duration,
-    owner_is_dead: impl Fn(u64) -> bool,
+    probe: impl Fn(u64) -> Probe,
 ) -> Result<DeviceGuard<'a>, Busy> {
     if word
         .compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed)
         .is_ok()
     {
-        return Ok(DeviceGuard {
-            word,
-            token,
-            taken_from_dead: false,
-        });
+        return Ok(DeviceGuard::new(word, token, false));
     }
-    acquire_contended(word, token, patience, owner_is_dead)
+    acquire_contended(word, token, patience, probe)
 }
 
 #[cold]
@@ -90,7 +106,7 @@ fn acquire_contended<'a>(
     word: &'a AtomicU64,
     token: u64,
     patience: Duration,
-    owner_is_dead: impl Fn(u64) -> bool,
+    probe: impl Fn(u64) -> Probe,
 ) -> Result<DeviceGuard<'a>, Busy> {
     let start = Instant::now();
     let deadline = start + patience;
@@ -103,11 +119,7 @@ fn acquire_contended<'a>(
                 .compare_exchange_weak(0, token, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                return Ok(DeviceGuard {
-                    word,
-                    token,
-                    taken_from_dead: false,
-                });
+                return Ok(DeviceGuard::new(word, token, false));
             }
             continue;
         }
@@ -123,17 +135,21 @@ fn acquire_contended<'a>(
         let now = Instant::now();
         if now >= next_liveness_check {
             next_liveness_check = now + LIVENESS_INTERVAL;
-            if owner != token
-                && owner_is_dead(owner)
-                && word
-                    .compare_exchange(owner, token, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return Ok(DeviceGuard {
-                    word,
-                    token,
-                    taken_from_dead: true,
-                });
+            match probe(owner) {
+                Probe::GiveUp => {
+                    return Err(Busy {
+                        waited: now.saturating_duration_since(start),
+                    });
+                }
+                Probe::OwnerDead
+                    if owner != token
+                        && word
+                            .compare_exchange(owner, token, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok() =>
+                {
+                    return Ok(DeviceGuard::new(word, token, true));
+                }
+                Probe::OwnerDead | Probe::OwnerAlive => {}
             }
         }
         if now >= deadline {

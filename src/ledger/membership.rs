@@ -36,6 +36,7 @@ impl Ledger {
                 path: self.path.clone(),
             });
         }
+        self.check_file()?;
         let member_file = self.reopen()?;
         // The lowest slot whose liveness lock is free: a free slot, or one left by a dead
         // member (reused at once, which keeps the table compact and scans short).
@@ -98,11 +99,10 @@ impl Ledger {
                 path: self.path.clone(),
             });
         }
+        self.intact()?;
         let index = slot.index as usize;
         if index >= MAX_PROCESSES {
-            return Err(LedgerError::UnknownHandle {
-                path: self.path.clone(),
-            });
+            return Err(self.unknown_handle());
         }
         let record = self.slot(index);
         if record.generation.load(Ordering::Acquire) as u32 != slot.generation
@@ -118,6 +118,11 @@ impl Ledger {
     /// Orderly exit of a member: returns all its bytes, drops its claims and wait tickets, wakes
     /// waiters, frees the slot and drops its liveness lock.
     pub fn leave(&self, slot: SlotId) {
+        if self.check_file().is_err() {
+            // The file lost its content: only the liveness lock is left to drop.
+            close_member_file(&self.member_files[(slot.index as usize).min(MAX_PROCESSES - 1)]);
+            return;
+        }
         if self.check_slot(slot).is_err() {
             return;
         }
@@ -150,7 +155,7 @@ impl Ledger {
     }
 
     fn reclaim_where(&self, candidate: impl Fn(usize) -> bool) -> u64 {
-        if self.read_only {
+        if self.read_only || self.check_file().is_err() {
             return 0;
         }
         let mut reclaimed = 0u64;

@@ -4,7 +4,8 @@
 //! The file layout, the protocols and the crash-safety argument are specified in
 //! `docs/ledger.md`. In short:
 //! - [`layout`]: `#[repr(C)]` records of fixed-width atomics, offsets pinned at compile time.
-//! - `file`: opening, creating (atomically published) and validating the file.
+//! - `file`: opening, creating (atomically published) and validating the file; reopening it
+//!   after removal; repairing it after truncation (see `Ledger::check_file`).
 //! - `liveness`: a member is alive exactly while the kernel holds its slot's OFD byte lock.
 //! - `lock`: the per-device compare-and-swap lock, taken over from dead owners.
 //! - `futex`: sleeping and waking on a word of the mapping, always with a timeout.
@@ -25,7 +26,7 @@ mod snapshot;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use error::{LedgerError, Refusal};
@@ -48,6 +49,8 @@ pub struct Ledger {
     identity: (u64, u64),
     /// For each slot joined through this handle, the descriptor holding its liveness lock (-1: none).
     member_files: Box<[AtomicI32]>,
+    /// The file was found truncated: the mapping is never touched again through this handle.
+    detached: AtomicBool,
 }
 
 /// A process's membership: its slot and the slot's generation when it joined.
@@ -146,6 +149,7 @@ impl Ledger {
             read_only: opened.read_only,
             identity: opened.identity,
             member_files: (0..MAX_PROCESSES).map(|_| AtomicI32::new(-1)).collect(),
+            detached: AtomicBool::new(false),
         })
     }
 
@@ -168,6 +172,7 @@ impl Ledger {
         capacity: u64,
         budget: u64,
     ) -> Result<DeviceId, LedgerError> {
+        self.check_file()?;
         if let Some(device) = self.find_device(uuid) {
             return Ok(device);
         }
@@ -229,6 +234,7 @@ impl Ledger {
 
     /// The device registered with `uuid`, if any.
     pub fn find_device(&self, uuid: [u8; 16]) -> Option<DeviceId> {
+        self.intact().ok()?;
         // All 64 records, not just up to the high-water hint: a damaged hint must never lead to
         // a second record (and a second budget) for the same device.
         self.layout()
@@ -245,7 +251,55 @@ impl Ledger {
 
     /// The budget of `dev`.
     pub fn budget(&self, dev: DeviceId) -> u64 {
+        if self.intact().is_err() {
+            return 0;
+        }
         self.device(dev).budget.load(Ordering::Relaxed)
+    }
+
+    /// The cheap check made before every use of the mapping: this handle was not detached, and
+    /// no member marked the file truncated. (Only a system call can tell whether the file is
+    /// still whole; that is [`Ledger::check_file`], made on the slow paths.)
+    fn intact(&self) -> Result<(), LedgerError> {
+        if self.detached.load(Ordering::Relaxed) {
+            return Err(self.truncated());
+        }
+        if self.layout().header.magic.load(Ordering::Relaxed) == layout::TRUNCATED_MAGIC {
+            self.detached.store(true, Ordering::Relaxed);
+            return Err(self.truncated());
+        }
+        Ok(())
+    }
+
+    /// The check made on every slow path (joining, registering, reclaiming, waiting, a contended
+    /// lock, a snapshot): whether the file is still whole, by `fstat`. A truncated file is given
+    /// its size back and marked (see `file::restore_size_and_mark`), and this handle stops using
+    /// the mapping: every later request is refused with [`LedgerError::Truncated`], which the
+    /// guard answers with `VRAMGUARD_ON_ERROR`.
+    fn check_file(&self) -> Result<(), LedgerError> {
+        if self.detached.load(Ordering::Relaxed) {
+            return Err(self.truncated());
+        }
+        if file::is_truncated(&self.file) {
+            self.detached.store(true, Ordering::Relaxed);
+            if !self.read_only {
+                file::restore_size_and_mark(&self.file);
+            }
+            return Err(self.truncated());
+        }
+        self.intact()
+    }
+
+    fn unknown_handle(&self) -> LedgerError {
+        LedgerError::UnknownHandle {
+            path: self.path.clone(),
+        }
+    }
+
+    fn truncated(&self) -> LedgerError {
+        LedgerError::Truncated {
+            path: self.path.clone(),
+        }
     }
 
     fn layout(&self) -> &LedgerLayout {
@@ -262,7 +316,7 @@ impl Ledger {
     }
 
     fn reopen(&self) -> Result<File, LedgerError> {
-        file::reopen(&self.path, self.identity)
+        file::reopen(&self.file, &self.path, self.identity)
     }
 
     /// Whether the member in slot `index` is alive (its liveness lock is held by someone).
@@ -287,12 +341,25 @@ impl Ledger {
     fn lock_device(&self, dev: DeviceId, token: u64) -> Result<lock::DeviceGuard<'_>, LedgerError> {
         let record = self.device(dev);
         let guard = lock::acquire(&record.lock, token, LOCK_DEADLINE, |owner| {
-            self.lock_owner_is_dead(owner)
+            // A contended lock is a slow path: check the file before asking about the owner.
+            if self.check_file().is_err() {
+                lock::Probe::GiveUp
+            } else if self.lock_owner_is_dead(owner) {
+                lock::Probe::OwnerDead
+            } else {
+                lock::Probe::OwnerAlive
+            }
         })
-        .map_err(|busy| LedgerError::LockTimeout {
-            path: self.path.clone(),
-            what: "device",
-            waited: busy.waited,
+        .map_err(|busy| {
+            if self.detached.load(Ordering::Relaxed) {
+                self.truncated()
+            } else {
+                LedgerError::LockTimeout {
+                    path: self.path.clone(),
+                    what: "device",
+                    waited: busy.waited,
+                }
+            }
         })?;
         if guard.taken_from_dead {
             admission::recompute_totals(self.layout(), dev.index as usize);

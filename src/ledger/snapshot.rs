@@ -89,8 +89,15 @@ pub struct ProcessDevice {
 }
 
 impl Ledger {
-    /// An owned copy of the ledger, each member's liveness checked.
+    /// An owned copy of the ledger, each member's liveness checked. Empty once the file was
+    /// found truncated (its content is lost; see [`super::LedgerError::Truncated`]).
     pub fn snapshot(&self) -> Snapshot {
+        if self.check_file().is_err() {
+            return Snapshot {
+                devices: Vec::new(),
+                processes: Vec::new(),
+            };
+        }
         let layout = self.layout();
         let device_count = self.device_count().min(MAX_DEVICES);
         let uuids: Vec<Option<[u8; 16]>> = layout.devices[..device_count]

@@ -12,6 +12,7 @@ static PANIC_REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// Runs `hook`; on panic runs `pass_through` instead (and, should that panic too, answers
 /// `CUDA_ERROR_UNKNOWN`).
+#[inline]
 pub fn guarded(
     name: &str,
     hook: impl FnOnce() -> CuResult,

@@ -6,20 +6,27 @@
 //! success or roll back on failure. Devices are identified by UUID, so processes that see the
 //! cards in different orders (`CUDA_VISIBLE_DEVICES`) share one record per physical card.
 //!
-//! The in-process mutexes (parking_lot) are never held across a driver call or a ledger wait.
+//! The driver's free-memory figure is asked only near the edge of the card or when the last
+//! figure is stale ([`crate::headroom`]). Devices are looked up without a lock (one slot per
+//! ordinal); the in-process mutexes (parking_lot) are never held across a driver call or a ledger
+//! wait.
 
-use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 use vramguard_core::cuda::{CuDevice, CuResult, CuUuid};
-use vramguard_core::ledger::{DeviceId, Ledger, Refusal, Request, Reservation, SlotId, WaitReport};
+use vramguard_core::ledger::{
+    DeviceId, Ledger, MAX_DEVICES, Refusal, Request, Reservation, SlotId, WaitReport,
+};
 use vramguard_core::settings::{Config, OnError, Policy};
-use vramguard_core::units::format_size;
+use vramguard_core::units::{format_duration, format_size};
 
+use crate::current;
 use crate::functions::real;
+use crate::headroom::{self, Watch};
 use crate::log;
 use crate::symbols::{self, aux};
 use crate::tables::{Charge, Tables};
@@ -37,6 +44,10 @@ pub struct Device {
     pub capacity: u64,
     /// The budget: capacity less the reserve.
     pub budget: u64,
+    /// This process's `VRAMGUARD_RESERVE` on this card, in bytes.
+    pub reserve: u64,
+    /// Up to where requests are admitted on the last driver figure ([`headroom::edge`]).
+    pub edge: u64,
 }
 
 /// Why the current device could not be determined.
@@ -48,6 +59,31 @@ pub enum NoDevice {
     Unusable,
 }
 
+/// Where the device of an allocation came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Context {
+    /// The current context, which is on the device (its handle; 0 if unknown).
+    Current(usize),
+    /// A device named by the call (`cuMemCreate`, a context or pool creation): the current
+    /// context may be elsewhere, or missing.
+    Named,
+}
+
+/// What this process knows of one device ordinal.
+#[derive(Default)]
+struct DeviceSlot {
+    /// Set once, at the first use of the ordinal.
+    device: OnceLock<Device>,
+    /// The last driver observation of memory the ledger does not account for.
+    watch: Watch,
+    /// Bytes this process has reserved on the device and not yet committed or rolled back; never
+    /// less than the ledger's figure (added before reserving, taken off after the commit or
+    /// rollback).
+    in_flight: AtomicU64,
+    /// The `VRAMGUARD_EXPECT` claim is in place (or given up on).
+    claimed: AtomicBool,
+}
+
 /// A process attached to the ledger.
 pub struct Process {
     pid: i32,
@@ -56,10 +92,80 @@ pub struct Process {
     slot: SlotId,
     left: AtomicBool,
     tables: Mutex<Tables>,
-    devices: Mutex<HashMap<CuDevice, Device>>,
-    /// Devices whose `VRAMGUARD_EXPECT` claim is in place (or given up on).
-    claimed: Mutex<Vec<CuDevice>>,
+    /// One slot per device ordinal below [`MAX_DEVICES`] (an ordinal beyond is looked up each
+    /// time, and always checked against the driver).
+    devices: Box<[DeviceSlot]>,
     wait_announced: AtomicBool,
+}
+
+/// A refusal of the ledger, said in sizes people read.
+pub fn describe(refusal: &Refusal, uuid: CuUuid) -> String {
+    match refusal {
+        Refusal::NeverFits {
+            requested,
+            budget,
+            limit: Some(limit),
+        } => format!(
+            "{} can never fit (budget {} on {uuid}, per-process limit {})",
+            format_size(*requested),
+            format_size(*budget),
+            format_size(*limit)
+        ),
+        Refusal::NeverFits {
+            requested,
+            budget,
+            limit: None,
+        } => format!(
+            "{} can never fit (budget {} on {uuid})",
+            format_size(*requested),
+            format_size(*budget)
+        ),
+        Refusal::NoRoom {
+            requested,
+            available,
+        } => format!(
+            "{} do not fit now ({} available on {uuid})",
+            format_size(*requested),
+            format_size(*available)
+        ),
+        Refusal::TimedOut { requested, waited } => format!(
+            "waited {} for {} on {uuid} without room appearing",
+            format_duration(*waited),
+            format_size(*requested)
+        ),
+        Refusal::Deadlock { requested } => format!(
+            "{} refused on {uuid}: every process holding memory on the device is waiting",
+            format_size(*requested)
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Bytes admitted by the ledger for one driver call: commit them when the call succeeds, roll
+/// them back when it fails.
+#[must_use = "an admission must be committed or rolled back"]
+#[derive(Debug)]
+pub struct Admitted {
+    reservation: Option<Reservation>,
+    ordinal: CuDevice,
+}
+
+impl Admitted {
+    /// Nothing admitted (nothing asked, or the call passes through unaccounted).
+    pub const NOTHING: Admitted = Admitted {
+        reservation: None,
+        ordinal: -1,
+    };
+}
+
+/// What the driver's free-memory check found for a request.
+enum DriverCheck {
+    /// It fits (or the cached figure shows it is far from the edge).
+    Fits,
+    /// It does not fit: the room the driver leaves.
+    Short(u64),
+    /// The driver cannot tell (no current context on that device).
+    Unknown,
 }
 
 /// The process's command line, for `vramguard status` (first two words, short).
@@ -100,8 +206,7 @@ impl Process {
             slot,
             left: AtomicBool::new(false),
             tables: Mutex::new(Tables::default()),
-            devices: Mutex::new(HashMap::new()),
-            claimed: Mutex::new(Vec::new()),
+            devices: (0..MAX_DEVICES).map(|_| DeviceSlot::default()).collect(),
             wait_announced: AtomicBool::new(false),
         })
     }
@@ -130,11 +235,25 @@ impl Process {
 
     // ----- devices -----------------------------------------------------------------------------
 
+    fn slot_of(&self, ordinal: CuDevice) -> Option<&DeviceSlot> {
+        usize::try_from(ordinal)
+            .ok()
+            .and_then(|index| self.devices.get(index))
+    }
+
     /// The device of `ordinal`, registered in the ledger on first use.
     pub fn device(&self, ordinal: CuDevice) -> Result<Device, NoDevice> {
-        if let Some(device) = self.devices.lock().get(&ordinal) {
+        let slot = self.slot_of(ordinal);
+        if let Some(device) = slot.and_then(|s| s.device.get()) {
             return Ok(*device);
         }
+        let device = self.register(ordinal)?;
+        // A racing first use registered the same record: either copy will do.
+        Ok(slot.map_or(device, |s| *s.device.get_or_init(|| device)))
+    }
+
+    /// Finds the card of `ordinal` and its ledger record (find-or-add by UUID).
+    fn register(&self, ordinal: CuDevice) -> Result<Device, NoDevice> {
         let uuid = query_uuid(ordinal).ok_or(NoDevice::NoContext)?;
         let mut capacity = 0usize;
         // SAFETY: `capacity` is a live usize the driver writes.
@@ -157,20 +276,22 @@ impl Process {
             format_size(capacity),
             format_size(budget)
         ));
-        let device = Device {
+        let reserve = self.config.reserve.of(capacity);
+        Ok(Device {
             ordinal,
             id,
             uuid,
             capacity,
             budget,
-        };
-        Ok(*self.devices.lock().entry(ordinal).or_insert(device))
+            reserve,
+            edge: headroom::edge(capacity, reserve),
+        })
     }
 
-    /// The device of the current context.
-    pub fn current_device(&self) -> Result<Device, NoDevice> {
-        let ordinal = current_ordinal().ok_or(NoDevice::NoContext)?;
-        self.device(ordinal)
+    /// The device of the current context, and that context.
+    pub fn current_device(&self) -> Result<(Device, Context), NoDevice> {
+        let (context, ordinal) = current::context_and_device().ok_or(NoDevice::NoContext)?;
+        Ok((self.device(ordinal)?, Context::Current(context)))
     }
 
     /// What a call does when the device is unknown: pass it through, or refuse it under
@@ -244,10 +365,11 @@ impl Process {
         let Some(expect) = self.config.expect else {
             return Ok(());
         };
-        let expect = expect.saturating_add(self.config.context_size);
-        if self.claimed.lock().contains(&device.ordinal) {
+        let slot = self.slot_of(device.ordinal);
+        if slot.is_some_and(|s| s.claimed.load(Ordering::Acquire)) {
             return Ok(());
         }
+        let expect = expect.saturating_add(self.config.context_size);
         let announce = |report: &WaitReport| self.announce_wait("VRAMGUARD_EXPECT", report);
         match self.ledger.set_claim(
             self.slot,
@@ -267,104 +389,135 @@ impl Process {
             }
             Err(refusal) => {
                 log::warn(&format!(
-                    "cannot reserve VRAMGUARD_EXPECT={} on {}: {refusal}",
+                    "cannot reserve VRAMGUARD_EXPECT={}: {}",
                     format_size(expect),
-                    device.uuid
+                    describe(&refusal, device.uuid)
                 ));
                 return Err(CuResult::OUT_OF_MEMORY);
             }
         }
-        self.claimed.lock().push(device.ordinal);
+        if let Some(slot) = slot {
+            slot.claimed.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
-    /// Memory the driver says is free for a request on `device`, less the reserve and less what
-    /// other processes were admitted but have not taken yet. `None` when the driver cannot tell
-    /// (no current context on that device).
-    fn driver_room(&self, device: &Device) -> Option<u64> {
-        if current_ordinal()? != device.ordinal {
-            return None;
-        }
-        let (mut free, mut total) = (0usize, 0usize);
-        // SAFETY: both are live usizes the driver writes.
-        if !unsafe { real::cuMemGetInfo_v2(&mut free, &mut total) }.is_success() {
-            return None;
-        }
-        let reserve = self.config.reserve.of(device.capacity);
-        Some(
-            (free as u64)
-                .saturating_sub(reserve)
-                .saturating_sub(self.ledger.unbacked_by_others(self.slot, device.id)),
-        )
+    /// What the ledger has admitted on `device`, this request included: every process's held
+    /// bytes, other processes' reservations in flight and unused claims, and this process's
+    /// reservations in flight (the charged total less this process's unused claim, which this
+    /// request may draw on without growing the total).
+    fn admitted(&self, device: &Device) -> u64 {
+        device
+            .budget
+            .saturating_sub(self.ledger.available(self.slot, device.id, None))
     }
 
-    /// Admits `bytes` on `device` for `what`: a reservation to commit or roll back, `None` when
-    /// the ledger cannot decide and `ON_ERROR=open` lets the call through unaccounted, or the
+    /// Whether `bytes`, just reserved on `device`, also fit in what the driver says is free, less
+    /// the reserve and less what other processes were admitted but have not taken yet. Asks the
+    /// driver only near the edge of the card or when its last figure is stale
+    /// ([`crate::headroom`]); every answer of the driver refreshes that figure.
+    fn driver_check(&self, device: &Device, bytes: u64, context: Context) -> DriverCheck {
+        let slot = self.slot_of(device.ordinal);
+        let now = headroom::now();
+        let admitted = self.admitted(device);
+        if let Some(unaccounted) = slot.and_then(|s| s.watch.fresh(now))
+            && headroom::far_from_edge(admitted, unaccounted, device.edge)
+        {
+            return DriverCheck::Fits;
+        }
+        // cuMemGetInfo answers for the current context's device.
+        if context == Context::Named && current::current_ordinal() != Some(device.ordinal) {
+            return DriverCheck::Unknown;
+        }
+        // Read before the driver: a guarded allocation racing with the query is then counted
+        // twice rather than not at all.
+        let unbacked = self.ledger.unbacked_by_others(self.slot, device.id);
+        let own_in_flight = slot.map_or(bytes, |s| s.in_flight.load(Ordering::Acquire));
+        let Some(free) = driver_free() else {
+            return DriverCheck::Unknown;
+        };
+        if let Some(slot) = slot {
+            // What the ledger holds: its admitted total less what is admitted but not taken.
+            let holds = admitted
+                .saturating_sub(unbacked)
+                .saturating_sub(own_in_flight);
+            let unaccounted = headroom::unaccounted(device.capacity, free, holds);
+            slot.watch.observe(unaccounted, now);
+        }
+        let room = free.saturating_sub(device.reserve).saturating_sub(unbacked);
+        if bytes <= room {
+            DriverCheck::Fits
+        } else {
+            DriverCheck::Short(room)
+        }
+    }
+
+    /// Admits `bytes` on `device` for `what`: an admission to commit or roll back (empty when
+    /// the ledger cannot decide and `ON_ERROR=open` lets the call through unaccounted), or the
     /// code to return (`CUDA_ERROR_OUT_OF_MEMORY`).
     pub fn admit(
         &self,
         device: &Device,
+        context: Context,
         bytes: u64,
         what: &str,
-    ) -> Result<Option<Reservation>, CuResult> {
+    ) -> Result<Admitted, CuResult> {
         if bytes == 0 {
-            return Ok(None);
+            return Ok(Admitted::NOTHING);
         }
         self.ensure_claim(device)?;
         let deadline = self.deadline();
         let announce = |report: &WaitReport| self.announce_wait(what, report);
         let mut driver_wait_announced = false;
+        let in_flight = self.slot_of(device.ordinal).map(|s| &s.in_flight);
         loop {
-            let reservation = match self.ledger.reserve(
+            // Counted before the ledger's figure grows, so that it is never below it.
+            if let Some(counter) = in_flight {
+                counter.fetch_add(bytes, Ordering::AcqRel);
+            }
+            let outcome = self.ledger.reserve(
                 self.slot,
                 device.id,
                 bytes,
                 &self.request(deadline, &announce),
-            ) {
-                Ok(reservation) => reservation,
-                Err(Refusal::Ledger(e)) => {
-                    log::error(&format!("the ledger cannot decide {what}: {e}"));
-                    return match self.config.on_error {
-                        OnError::Open => Ok(None),
-                        OnError::Closed => Err(CuResult::OUT_OF_MEMORY),
-                    };
-                }
+            );
+            let reservation = match outcome {
+                Ok(reservation) => Admitted {
+                    reservation: Some(reservation),
+                    ordinal: device.ordinal,
+                },
                 Err(refusal) => {
-                    log::warn(&format!(
-                        "refused {what} of {} on {}: {refusal}",
-                        format_size(bytes),
-                        device.uuid
-                    ));
-                    return Err(CuResult::OUT_OF_MEMORY);
+                    self.landed(device.ordinal, bytes);
+                    return self.refused(device, what, &refusal);
                 }
             };
-            let Some(room) = self.driver_room(device) else {
-                return Ok(Some(reservation));
+            let room = match self.driver_check(device, bytes, context) {
+                DriverCheck::Fits | DriverCheck::Unknown => return Ok(reservation),
+                DriverCheck::Short(room) => room,
             };
-            if bytes <= room {
-                return Ok(Some(reservation));
-            }
-            self.ledger.rollback(reservation);
+            self.rollback(reservation);
             let now = Instant::now();
+            let driver_short = format!(
+                "the driver reports only {} free beyond the reserve and memory admitted to others",
+                format_size(room)
+            );
             match deadline {
                 Some(deadline) if now < deadline => {
                     if !driver_wait_announced {
                         driver_wait_announced = true;
                         log::warn(&format!(
-                            "waiting for {} on {} ({what}): the driver reports only {} free beyond the reserve and memory admitted to others (programs not using the guard hold the rest)",
+                            "waiting for {} on {} ({what}): {driver_short} (programs not using the guard hold the rest)",
                             format_size(bytes),
                             device.uuid,
-                            format_size(room)
                         ));
                     }
                     std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
                 }
                 _ => {
                     log::warn(&format!(
-                        "refused {what} of {} on {}: the driver reports only {} free beyond the reserve and memory admitted to others",
+                        "refused {what} of {} on {}: {driver_short}",
                         format_size(bytes),
                         device.uuid,
-                        format_size(room)
                     ));
                     return Err(CuResult::OUT_OF_MEMORY);
                 }
@@ -372,35 +525,93 @@ impl Process {
         }
     }
 
+    /// Admits `bytes` on `device`, then runs the driver call `call`: `Ok` with the admission to
+    /// commit and the driver's success, or `Err` with the code to return (refused, or the driver
+    /// failed and the admission was rolled back).
+    pub fn call_admitted(
+        &self,
+        device: &Device,
+        context: Context,
+        bytes: u64,
+        what: &str,
+        call: impl FnOnce() -> CuResult,
+    ) -> Result<(Admitted, CuResult), CuResult> {
+        let admitted = self.admit(device, context, bytes, what)?;
+        let result = call();
+        if result.is_success() {
+            Ok((admitted, result))
+        } else {
+            self.rollback_after(admitted, result);
+            Err(result)
+        }
+    }
+
+    /// The answer to a request the ledger did not grant.
+    fn refused(
+        &self,
+        device: &Device,
+        what: &str,
+        refusal: &Refusal,
+    ) -> Result<Admitted, CuResult> {
+        if let Refusal::Ledger(e) = refusal {
+            log::error(&format!("the ledger cannot decide {what}: {e}"));
+            return match self.config.on_error {
+                OnError::Open => Ok(Admitted::NOTHING),
+                OnError::Closed => Err(CuResult::OUT_OF_MEMORY),
+            };
+        }
+        log::warn(&format!(
+            "refused {what}: {}",
+            describe(refusal, device.uuid)
+        ));
+        Err(CuResult::OUT_OF_MEMORY)
+    }
+
+    /// A reservation of `bytes` on `ordinal` is settled (committed or rolled back in the ledger).
+    fn landed(&self, ordinal: CuDevice, bytes: u64) {
+        if let Some(slot) = self.slot_of(ordinal) {
+            slot.in_flight.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+
     /// The driver call succeeded: the reservation becomes held. Returns the bytes charged.
-    pub fn commit(&self, reservation: Option<Reservation>) -> u64 {
-        reservation.map_or(0, |r| {
+    pub fn commit(&self, admitted: Admitted) -> u64 {
+        admitted.reservation.map_or(0, |r| {
             let bytes = r.bytes();
             self.ledger.commit(r);
+            self.landed(admitted.ordinal, bytes);
             bytes
         })
     }
 
-    /// The driver call failed: the reservation is returned.
-    pub fn rollback(&self, reservation: Option<Reservation>) {
-        if let Some(r) = reservation {
+    /// The driver call failed: the reservation is returned. A refusal by the driver of what the
+    /// guard admitted means its last figure was wrong: the next request asks it again.
+    fn rollback_after(&self, admitted: Admitted, result: CuResult) {
+        if result == CuResult::OUT_OF_MEMORY
+            && let Some(slot) = self.slot_of(admitted.ordinal)
+        {
+            slot.watch.invalidate();
+        }
+        self.rollback(admitted);
+    }
+
+    /// The reservation is returned.
+    pub fn rollback(&self, admitted: Admitted) {
+        if let Some(r) = admitted.reservation {
+            let bytes = r.bytes();
             self.ledger.rollback(r);
+            self.landed(admitted.ordinal, bytes);
         }
     }
 
-    /// Commits `reservation` and adjusts the charge to `actual` bytes (pitched allocations learn
+    /// Commits `admitted` and adjusts the charge to `actual` bytes (pitched allocations learn
     /// their size from the driver). Returns the bytes charged, or `None` when more was taken than
     /// admitted and the difference does not fit (the caller undoes the allocation).
-    pub fn commit_actual(
-        &self,
-        device: &Device,
-        reservation: Option<Reservation>,
-        actual: u64,
-    ) -> Option<u64> {
-        let Some(reservation) = reservation else {
+    pub fn commit_actual(&self, device: &Device, admitted: Admitted, actual: u64) -> Option<u64> {
+        if admitted.reservation.is_none() {
             return Some(0);
-        };
-        let admitted = self.commit(Some(reservation));
+        }
+        let admitted = self.commit(admitted);
         if actual <= admitted {
             self.ledger.release(self.slot, device.id, admitted - actual);
             return Some(actual);
@@ -438,7 +649,7 @@ impl Process {
             .config
             .limit
             .map_or(device.budget, |limit| limit.min(device.budget));
-        let reserve = self.config.reserve.of(device.capacity);
+        let reserve = device.reserve;
         let driver_room = driver_free
             .saturating_sub(reserve)
             .saturating_sub(self.ledger.unbacked_by_others(self.slot, device.id));
@@ -464,32 +675,13 @@ impl Process {
     }
 }
 
-/// The ordinal of the current context's device.
-pub fn current_ordinal() -> Option<CuDevice> {
-    type GetDevice = unsafe extern "C" fn(*mut CuDevice) -> CuResult;
-    let address = aux::CU_CTX_GET_DEVICE.resolve()?;
-    // SAFETY: cuCtxGetDevice has this signature.
-    let get: GetDevice = unsafe { std::mem::transmute::<*mut c_void, GetDevice>(address) };
-    let mut ordinal: CuDevice = -1;
-    // SAFETY: `ordinal` is a live int the driver writes.
-    unsafe { get(&mut ordinal) }.is_success().then_some(ordinal)
-}
-
-/// The current context's handle (0 if none or unknown).
-pub fn current_context() -> usize {
-    type GetCurrent = unsafe extern "C" fn(*mut *mut c_void) -> CuResult;
-    let Some(address) = aux::CU_CTX_GET_CURRENT.resolve() else {
-        return 0;
-    };
-    // SAFETY: cuCtxGetCurrent has this signature.
-    let get: GetCurrent = unsafe { std::mem::transmute::<*mut c_void, GetCurrent>(address) };
-    let mut context: *mut c_void = std::ptr::null_mut();
-    // SAFETY: `context` is a live pointer-sized slot the driver writes.
-    if unsafe { get(&mut context) }.is_success() {
-        context as usize
-    } else {
-        0
-    }
+/// The driver's free memory on the current context's device (`cuMemGetInfo_v2`).
+fn driver_free() -> Option<u64> {
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: both are live usizes the driver writes.
+    unsafe { real::cuMemGetInfo_v2(&mut free, &mut total) }
+        .is_success()
+        .then_some(free as u64)
 }
 
 fn query_uuid(ordinal: CuDevice) -> Option<CuUuid> {

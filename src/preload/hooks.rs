@@ -10,9 +10,11 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 
 use vramguard_core::cuda::{CuDevice, CuDevicePtr, CuMemHandle, CuResult};
 use vramguard_core::settings::ManagedPolicy;
+use vramguard_core::units::format_size;
 
+use crate::current;
 use crate::functions::{Handle, real};
-use crate::guard::{self, Device, Process};
+use crate::guard::{self, Context, Device, Process};
 use crate::layouts::{self, Array3dDescriptor, ArrayDescriptor, PropsHead};
 use crate::state::{Session, session};
 use crate::tables::{Charge, Entry, Key, PoolKey};
@@ -36,10 +38,17 @@ fn guarded_process() -> Result<&'static Process, Option<CuResult>> {
     }
 }
 
-fn resolve(process: &Process, on: On) -> Result<Device, guard::NoDevice> {
+/// The process to account `bytes` to, or `Err(code)` as [`guarded_process`] (nothing is
+/// accounted for 0 bytes: `None`, pass the call through).
+fn accountable(bytes: u64) -> Result<&'static Process, Option<CuResult>> {
+    let process = guarded_process()?;
+    if bytes == 0 { Err(None) } else { Ok(process) }
+}
+
+fn resolve(process: &Process, on: On) -> Result<(Device, Context), guard::NoDevice> {
     match on {
         On::Current => process.current_device(),
-        On::Ordinal(ordinal) => process.device(ordinal),
+        On::Ordinal(ordinal) => Ok((process.device(ordinal)?, Context::Named)),
     }
 }
 
@@ -51,46 +60,47 @@ fn allocate(
     call: impl FnOnce() -> CuResult,
     key: impl FnOnce() -> Option<Key>,
 ) -> CuResult {
-    let process = match guarded_process() {
+    let process = match accountable(bytes) {
         Ok(process) => process,
-        Err(Some(code)) => return code,
-        Err(None) => return call(),
+        Err(answer) => return answer.unwrap_or_else(call),
     };
-    if bytes == 0 {
-        return call();
-    }
-    let device = match resolve(process, on) {
-        Ok(device) => device,
+    let (device, context) = match resolve(process, on) {
+        Ok(found) => found,
         Err(why) => return process.unaccounted(why, call),
     };
-    let reservation = match process.admit(&device, bytes, what) {
-        Ok(reservation) => reservation,
+    let (admitted, result) = match process.call_admitted(&device, context, bytes, what, call) {
+        Ok(done) => done,
         Err(code) => return code,
     };
-    let result = call();
-    if !result.is_success() {
-        process.rollback(reservation);
-        return result;
-    }
     let charge = Charge {
         device: device.id,
-        bytes: process.commit(reservation),
+        bytes: process.commit(admitted),
     };
-    record(process, key(), charge, None);
+    record(process, key(), charge, None, context);
     result
 }
 
 /// Records a held thing; a stale entry under the same key (freed behind our back, e.g. with its
-/// context) is released.
-fn record(process: &Process, key: Option<Key>, charge: Charge, pool: Option<PoolKey>) {
+/// context) is released. `context` is where the device was found: linear memory and arrays made
+/// in the current context die with it.
+fn record(
+    process: &Process,
+    key: Option<Key>,
+    charge: Charge,
+    pool: Option<PoolKey>,
+    context: Context,
+) {
     crate::log::debug_with(|| {
-        format!("charged {} bytes for {key:?} (pool {pool:?})", charge.bytes)
+        format!(
+            "charged {} for {key:?} (pool {pool:?})",
+            format_size(charge.bytes)
+        )
     });
     match key {
         Some(key) => {
             // Pool and physical memory outlive contexts; everything else dies with its context.
-            let context = match (pool, key) {
-                (None, Key::Pointer(_) | Key::Array(_)) => guard::current_context(),
+            let context = match (pool, key, context) {
+                (None, Key::Pointer(_) | Key::Array(_), Context::Current(handle)) => handle,
                 _ => 0,
             };
             let stale = process.tables().insert(
@@ -118,7 +128,12 @@ fn free(key: Key, settle: bool, call: impl FnOnce() -> CuResult) -> CuResult {
     let entry = process.tables().remove(key);
     let result = call();
     let Some(entry) = entry else { return result };
-    crate::log::debug_with(|| format!("freed {key:?} ({} bytes): {result}", entry.charge.bytes));
+    crate::log::debug_with(|| {
+        format!(
+            "freed {key:?} ({}): {result}",
+            format_size(entry.charge.bytes)
+        )
+    });
     if !result.is_success() {
         process.tables().restore(key, entry);
         return result;
@@ -129,7 +144,7 @@ fn free(key: Key, settle: bool, call: impl FnOnce() -> CuResult) -> CuResult {
             let gone = process.tables().return_to_pool(pool, entry.charge);
             process.release(gone);
             if settle {
-                settle_pools(process, guard::current_ordinal());
+                settle_pools(process, current::current_ordinal());
             }
         }
     }
@@ -298,33 +313,24 @@ fn allocate_pitched(
     result: impl Fn() -> Option<(u64, u64)>,
     undo: impl FnOnce(u64),
 ) -> CuResult {
-    let process = match guarded_process() {
-        Ok(process) => process,
-        Err(Some(code)) => return code,
-        Err(None) => return call(),
-    };
     let estimate = pitch_estimate(width, height);
-    if estimate == 0 {
-        return call();
-    }
-    let device = match process.current_device() {
-        Ok(device) => device,
+    let process = match accountable(estimate) {
+        Ok(process) => process,
+        Err(answer) => return answer.unwrap_or_else(call),
+    };
+    let (device, context) = match process.current_device() {
+        Ok(found) => found,
         Err(why) => return process.unaccounted(why, call),
     };
-    let reservation = match process.admit(&device, estimate, what) {
-        Ok(reservation) => reservation,
+    let (admitted, outcome) = match process.call_admitted(&device, context, estimate, what, call) {
+        Ok(done) => done,
         Err(code) => return code,
     };
-    let outcome = call();
-    if !outcome.is_success() {
-        process.rollback(reservation);
-        return outcome;
-    }
     let Some((pointer, pitch)) = result() else {
-        process.rollback(reservation);
+        process.rollback(admitted);
         return outcome;
     };
-    match process.commit_actual(&device, reservation, pitch.saturating_mul(height)) {
+    match process.commit_actual(&device, admitted, pitch.saturating_mul(height)) {
         Some(bytes) => {
             record(
                 process,
@@ -334,12 +340,14 @@ fn allocate_pitched(
                     bytes,
                 },
                 None,
+                context,
             );
             outcome
         }
         None => {
             crate::log::warn(&format!(
-                "{what}: the driver's pitch {pitch} takes more than fits; allocation undone"
+                "{what}: the driver's pitch ({pitch} bytes a row, {} in all) takes more than fits; allocation undone",
+                format_size(pitch.saturating_mul(height))
             ));
             undo(pointer);
             CuResult::OUT_OF_MEMORY
@@ -428,7 +436,7 @@ pub unsafe fn cuMemAllocManaged(
 /// The guard's (free, total) for the current device, given the driver's free figure.
 fn guarded_info(driver_free: u64) -> Option<(u64, u64)> {
     let process = guarded_process().ok()?;
-    let device = process.current_device().ok()?;
+    let (device, _) = process.current_device().ok()?;
     Some(process.memory_info(&device, driver_free))
 }
 
@@ -525,21 +533,17 @@ fn allocate_from_pool(
     call: impl FnOnce() -> CuResult,
     pointer: impl FnOnce() -> Option<u64>,
 ) -> CuResult {
-    let process = match guarded_process() {
+    let process = match accountable(bytes) {
         Ok(process) => process,
-        Err(Some(code)) => return code,
-        Err(None) => return call(),
+        Err(answer) => return answer.unwrap_or_else(call),
     };
-    if bytes == 0 {
-        return call();
-    }
     let known = pool.and_then(|h| process.tables().pool_of_handle(h as usize));
-    let device = match known {
-        Some((_, ordinal)) => process.device(ordinal),
+    let found = match known {
+        Some((_, ordinal)) => process.device(ordinal).map(|d| (d, Context::Named)),
         None => process.current_device(),
     };
-    let device = match device {
-        Ok(device) => device,
+    let (device, context) = match found {
+        Ok(found) => found,
         Err(why) => return process.unaccounted(why, call),
     };
     let key = match (known, pool) {
@@ -555,103 +559,55 @@ fn allocate_from_pool(
         (None, None) => PoolKey::Default(device.ordinal),
     };
     let drawn = process.tables().draw_from_cache(key, device.id, bytes);
-    let reservation = match process.admit(&device, bytes - drawn, what) {
-        Ok(reservation) => reservation,
-        Err(code) => {
-            process.tables().undraw(key, drawn);
-            return code;
-        }
-    };
-    let result = call();
-    if !result.is_success() {
-        process.rollback(reservation);
-        process.tables().undraw(key, drawn);
-        return result;
-    }
+    let (admitted, result) =
+        match process.call_admitted(&device, context, bytes - drawn, what, call) {
+            Ok(done) => done,
+            Err(code) => {
+                process.tables().undraw(key, drawn);
+                return code;
+            }
+        };
     let charge = Charge {
         device: device.id,
-        bytes: drawn + process.commit(reservation),
+        bytes: drawn + process.commit(admitted),
     };
-    record(process, pointer().map(Key::Pointer), charge, Some(key));
+    record(
+        process,
+        pointer().map(Key::Pointer),
+        charge,
+        Some(key),
+        context,
+    );
     result
 }
 
-/// The guarded `cuMemAllocAsync`.
-///
-/// # Safety
-/// The caller upholds the driver's contract for `cuMemAllocAsync`.
-pub unsafe fn cuMemAllocAsync(dptr: *mut CuDevicePtr, bytesize: usize, stream: Handle) -> CuResult {
-    allocate_from_pool(
-        "cuMemAllocAsync",
-        bytesize as u64,
-        None,
-        // SAFETY: arguments passed unchanged.
-        || unsafe { real::cuMemAllocAsync(dptr, bytesize, stream) },
-        // SAFETY: written by the driver on success.
-        || unsafe { read(dptr) },
-    )
+/// The four stream-ordered allocation entry points, `name(dptr, bytesize, args...)`: one body
+/// ([`allocate_from_pool`]) with the pool the call names (`None`: the device's current pool).
+macro_rules! stream_ordered_allocations {
+    ($($name:ident($($arg:ident: $ty:ty),*) from $pool:expr;)*) => {$(
+        #[doc = concat!("The guarded `", stringify!($name), "`.")]
+        ///
+        /// # Safety
+        #[doc = concat!("The caller upholds the driver's contract for `", stringify!($name), "`.")]
+        pub unsafe fn $name(dptr: *mut CuDevicePtr, bytesize: usize, $($arg: $ty),*) -> CuResult {
+            allocate_from_pool(
+                stringify!($name),
+                bytesize as u64,
+                $pool,
+                // SAFETY: arguments passed unchanged.
+                || unsafe { real::$name(dptr, bytesize, $($arg),*) },
+                // SAFETY: written by the driver on success.
+                || unsafe { read(dptr) },
+            )
+        }
+    )*};
 }
 
-/// The guarded `cuMemAllocAsync_ptsz`.
-///
-/// # Safety
-/// The caller upholds the driver's contract for `cuMemAllocAsync_ptsz`.
-pub unsafe fn cuMemAllocAsync_ptsz(
-    dptr: *mut CuDevicePtr,
-    bytesize: usize,
-    stream: Handle,
-) -> CuResult {
-    allocate_from_pool(
-        "cuMemAllocAsync_ptsz",
-        bytesize as u64,
-        None,
-        // SAFETY: arguments passed unchanged.
-        || unsafe { real::cuMemAllocAsync_ptsz(dptr, bytesize, stream) },
-        // SAFETY: written by the driver on success.
-        || unsafe { read(dptr) },
-    )
-}
-
-/// The guarded `cuMemAllocFromPoolAsync`.
-///
-/// # Safety
-/// The caller upholds the driver's contract for `cuMemAllocFromPoolAsync`.
-pub unsafe fn cuMemAllocFromPoolAsync(
-    dptr: *mut CuDevicePtr,
-    bytesize: usize,
-    pool: Handle,
-    stream: Handle,
-) -> CuResult {
-    allocate_from_pool(
-        "cuMemAllocFromPoolAsync",
-        bytesize as u64,
-        Some(pool),
-        // SAFETY: arguments passed unchanged.
-        || unsafe { real::cuMemAllocFromPoolAsync(dptr, bytesize, pool, stream) },
-        // SAFETY: written by the driver on success.
-        || unsafe { read(dptr) },
-    )
-}
-
-/// The guarded `cuMemAllocFromPoolAsync_ptsz`.
-///
-/// # Safety
-/// The caller upholds the driver's contract for `cuMemAllocFromPoolAsync_ptsz`.
-pub unsafe fn cuMemAllocFromPoolAsync_ptsz(
-    dptr: *mut CuDevicePtr,
-    bytesize: usize,
-    pool: Handle,
-    stream: Handle,
-) -> CuResult {
-    allocate_from_pool(
-        "cuMemAllocFromPoolAsync_ptsz",
-        bytesize as u64,
-        Some(pool),
-        // SAFETY: arguments passed unchanged.
-        || unsafe { real::cuMemAllocFromPoolAsync_ptsz(dptr, bytesize, pool, stream) },
-        // SAFETY: written by the driver on success.
-        || unsafe { read(dptr) },
-    )
+stream_ordered_allocations! {
+    cuMemAllocAsync(stream: Handle) from None;
+    cuMemAllocAsync_ptsz(stream: Handle) from None;
+    cuMemAllocFromPoolAsync(pool: Handle, stream: Handle) from Some(pool);
+    cuMemAllocFromPoolAsync_ptsz(pool: Handle, stream: Handle) from Some(pool);
 }
 
 /// The guarded `cuMemFreeAsync`.
@@ -693,7 +649,7 @@ pub unsafe fn cuMemPoolCreate(pool: *mut Handle, props: *const c_void) -> CuResu
     let head = unsafe { read(props.cast::<PropsHead>()) };
     let ordinal = match head {
         Some(h) if h.location.location_type == layouts::LOCATION_DEVICE => Some(h.location.id),
-        _ => guard::current_ordinal(),
+        _ => current::current_ordinal(),
     };
     // SAFETY: written by the driver on success.
     if let (Some(handle), Some(ordinal)) = (unsafe { read(pool) }, ordinal) {
@@ -765,7 +721,7 @@ fn synchronized(result: CuResult) -> CuResult {
     if result.is_success()
         && let Ok(process) = guarded_process()
     {
-        settle_pools(process, guard::current_ordinal());
+        settle_pools(process, current::current_ordinal());
     }
     result
 }
@@ -1070,6 +1026,9 @@ pub unsafe fn cuCtxCreate_v4(
 /// A created context is destroyed: its own charge and everything it owned are released.
 fn destroy_context(ctx: Handle, call: impl FnOnce() -> CuResult) -> CuResult {
     let result = free(Key::Context(ctx as usize), false, call);
+    if result.is_success() {
+        current::forget_contexts();
+    }
     if result.is_success()
         && let Ok(process) = guarded_process()
     {
@@ -1113,30 +1072,23 @@ pub unsafe fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CuDevice) -> CuRes
     let call = || unsafe { real::cuDevicePrimaryCtxRetain(ctx, dev) };
     let process = match guarded_process() {
         Ok(process) => process,
-        Err(Some(code)) => return code,
-        Err(None) => return call(),
+        Err(answer) => return answer.unwrap_or_else(call),
     };
     let device = match process.device(dev) {
         Ok(device) => device,
         Err(why) => return process.unaccounted(why, call),
     };
     let first = process.tables().primary_needs_charge(dev);
-    let reservation = if first {
-        match process.admit(&device, process.context_size(), "the primary context") {
-            Ok(reservation) => reservation,
-            Err(code) => return code,
-        }
-    } else {
-        None
+    let bytes = if first { process.context_size() } else { 0 };
+    let what = "the primary context";
+    let (admitted, result) = match process.call_admitted(&device, Context::Named, bytes, what, call)
+    {
+        Ok(done) => done,
+        Err(code) => return code,
     };
-    let result = call();
-    if !result.is_success() {
-        process.rollback(reservation);
-        return result;
-    }
     let charge = first.then(|| Charge {
         device: device.id,
-        bytes: process.commit(reservation),
+        bytes: process.commit(admitted),
     });
     // SAFETY: written by the driver on success.
     let handle = unsafe { read(ctx) }.map_or(0, |c| c as usize);
@@ -1148,6 +1100,9 @@ pub unsafe fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CuDevice) -> CuRes
 /// After a successful primary-context release (`reset`: the context is gone whatever the count).
 /// When the context goes, so does the memory it owned.
 fn primary_released(dev: CuDevice, reset: bool, result: CuResult) -> CuResult {
+    if result.is_success() {
+        current::forget_contexts();
+    }
     if result.is_success()
         && let Ok(process) = guarded_process()
     {

@@ -1,81 +1,11 @@
-//! The few driver structures the guard reads, and the device memory they describe.
+//! The sizes of the device memory that the driver structures the guard reads describe.
 //!
-//! Each mirrors a `cudarc::driver::sys` layout (checked at compile time) with plain integers where
-//! the driver has enums: the caller may pass any value, and an unlisted value in a Rust enum is
-//! undefined behaviour. Only the fields the guard needs are read.
+//! The structures themselves are the shared `#[repr(C)]` mirrors of
+//! [`vramguard_core::cuda::abi`] (plain integers where the driver has enums, layouts checked
+//! against `cudarc::driver::sys` at compile time); only the fields the guard needs are read.
 
-use std::mem::{offset_of, size_of};
-
-use vramguard_core::cuda::sys;
-
-/// `CUmemLocation`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct MemLocation {
-    /// `CUmemLocationType` (1 = device).
-    pub location_type: u32,
-    /// The device ordinal when `location_type` is 1.
-    pub id: i32,
-}
-
-/// `CU_MEM_LOCATION_TYPE_DEVICE`
-pub const LOCATION_DEVICE: u32 = 1;
-
-/// The head of `CUmemAllocationProp` and of `CUmemPoolProps`: both start with two enums and a
-/// location.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct PropsHead {
-    /// `CUmemAllocationType`
-    pub allocation_type: u32,
-    /// requested / supported handle types
-    pub handle_types: u32,
-    /// where the memory lives
-    pub location: MemLocation,
-}
-
-/// `CUDA_ARRAY_DESCRIPTOR` (the `_v2` form).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ArrayDescriptor {
-    /// width in elements
-    pub width: usize,
-    /// height in elements (0 for 1D)
-    pub height: usize,
-    /// `CUarray_format`
-    pub format: u32,
-    /// channels per element
-    pub channels: u32,
-}
-
-/// `CUDA_ARRAY3D_DESCRIPTOR` (the `_v2` form).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct Array3dDescriptor {
-    /// width in elements
-    pub width: usize,
-    /// height in elements
-    pub height: usize,
-    /// depth in elements
-    pub depth: usize,
-    /// `CUarray_format`
-    pub format: u32,
-    /// channels per element
-    pub channels: u32,
-    /// `CUDA_ARRAY3D_*` flags
-    pub flags: u32,
-}
-
-const _: () = {
-    assert!(offset_of!(PropsHead, location) == offset_of!(sys::CUmemAllocationProp, location));
-    assert!(offset_of!(PropsHead, location) == offset_of!(sys::CUmemPoolProps, location));
-    assert!(size_of::<PropsHead>() <= size_of::<sys::CUmemAllocationProp>());
-    assert!(size_of::<ArrayDescriptor>() == size_of::<sys::CUDA_ARRAY_DESCRIPTOR>());
-    assert!(offset_of!(ArrayDescriptor, format) == offset_of!(sys::CUDA_ARRAY_DESCRIPTOR, Format));
-    assert!(size_of::<Array3dDescriptor>() == size_of::<sys::CUDA_ARRAY3D_DESCRIPTOR>());
-    assert!(
-        offset_of!(Array3dDescriptor, flags) == offset_of!(sys::CUDA_ARRAY3D_DESCRIPTOR, Flags)
-    );
+pub use vramguard_core::cuda::abi::{
+    Array3dDescriptor, ArrayDescriptor, LOCATION_DEVICE, PropsHead,
 };
 
 /// Bytes per channel of a `CUarray_format`; formats the guard does not know count as 16 bytes

@@ -14,20 +14,26 @@
 //! - [`symbols`]: the real `dlsym`, our handle on the driver, lock-free function slots.
 //! - [`hooks`]: the body of each guarded function.
 //! - [`guard`]: admission against the ledger and the driver, device identity.
+//! - [`headroom`]: when an allocation asks the driver for its free memory.
+//! - [`current`]: the current context and its device, cached per thread.
 //! - [`tables`]: what this process holds (pointers, handles, arrays, contexts, pools).
 //! - [`layouts`]: the driver structures read, and array sizes.
 //! - [`state`]: configuration, lazy attach, fork and exit.
+//! - [`pid`]: this process's pid, cached in a page the kernel wipes in forked children.
 //! - [`boundary`]: no panic crosses into the host program.
 //! - [`log`]: stderr lines prefixed `vramguard: `.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod boundary;
+mod current;
 mod dlsym;
 mod functions;
 mod guard;
+mod headroom;
 mod hooks;
 mod layouts;
 mod log;
+mod pid;
 mod procaddr;
 mod state;
 mod symbols;

@@ -4,6 +4,7 @@
 
 use vramguard_core::settings::LogLevel;
 
+#[inline]
 fn enabled(level: LogLevel) -> bool {
     crate::state::config().log >= level
 }
@@ -51,6 +52,7 @@ pub fn debug(message: &str) {
 }
 
 /// Every accounted call; the message is only built when debug lines are wanted.
+#[inline]
 pub fn debug_with(message: impl FnOnce() -> String) {
     if enabled(LogLevel::Debug) {
         line(&message());

@@ -5,9 +5,10 @@
 //!   the constructor reads it itself; either way it is read once.
 //! - The first guarded call of a process attaches: opens the ledger, checks the driver, joins.
 //!   A failure is said once on stderr, then `VRAMGUARD_ON_ERROR` decides (pass through / refuse).
-//! - A forked child is recognised by its pid: its first guarded call attaches it as itself, with
-//!   empty tables (the parent's state is left untouched: its locks may be held by threads that do
-//!   not exist in the child).
+//! - A forked child is recognised by its pid (cached without a system call per call, see
+//!   [`crate::pid`]): its first guarded call attaches it as itself, with empty tables (the
+//!   parent's state is left untouched: its locks may be held by threads that do not exist in the
+//!   child).
 //! - At exit (`atexit`) the process leaves the ledger, which never blocks without a deadline.
 
 use std::sync::OnceLock;
@@ -94,11 +95,6 @@ static FAILED_PID: AtomicI32 = AtomicI32::new(0);
 static ATTACHING: AtomicI32 = AtomicI32::new(0);
 static AT_EXIT_REGISTERED: AtomicBool = AtomicBool::new(false);
 
-fn pid() -> i32 {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() }
-}
-
 /// The attached process of this pid, if any.
 fn attached(pid: i32) -> Option<&'static Process> {
     let process = PROCESS.load(Ordering::Acquire);
@@ -115,12 +111,30 @@ fn failure_session() -> Session {
 }
 
 /// How the current call proceeds; attaches on first use.
+#[inline]
 pub fn session() -> Session {
+    // The common case, a few loads: attached in this very process (not a forked child) and not
+    // yet gone. Attaching happens only when enabled, after the settings were reported.
+    let process = PROCESS.load(Ordering::Acquire);
+    // SAFETY: PROCESS is only ever set to a leaked Box (never freed), so the pointer is valid.
+    if let Some(process) = unsafe { process.as_ref() }
+        && process.pid() == crate::pid::current()
+        && !process.has_left()
+    {
+        return Session::Guarded(process);
+    }
+    first_session()
+}
+
+/// [`session`] when this process is not attached yet (or is a forked child, or has left).
+#[cold]
+#[inline(never)]
+fn first_session() -> Session {
     report_setting_errors();
     if config().disable {
         return Session::PassThrough;
     }
-    let pid = pid();
+    let pid = crate::pid::current();
     if let Some(process) = attached(pid) {
         return if process.has_left() {
             Session::PassThrough
@@ -163,6 +177,8 @@ fn attach(pid: i32) -> Session {
         Some(process) => Session::Guarded(process),
         None => match Process::attach(pid, config()) {
             Ok(process) => {
+                // A forked child may find its parent's contexts' handles in its caches.
+                crate::current::forget_contexts();
                 let process: &'static Process = Box::leak(Box::new(process));
                 PROCESS.store(std::ptr::from_ref(process).cast_mut(), Ordering::Release);
                 register_exit_handler();
@@ -185,7 +201,7 @@ fn attach(pid: i32) -> Session {
 
 extern "C" fn leave_at_exit() {
     let _ = std::panic::catch_unwind(|| {
-        if let Some(process) = attached(pid()) {
+        if let Some(process) = attached(crate::pid::current()) {
             process.leave();
         }
     });

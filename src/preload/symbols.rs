@@ -26,11 +26,18 @@ impl Symbol {
     /// The function a call is forwarded to: the next definition after this library (a second
     /// interposer loaded after us, or the driver when it is in the global scope), else the
     /// driver's symbol from our own handle.
+    #[inline]
     pub fn resolve(&self) -> Option<*mut c_void> {
         let cached = self.address.load(Ordering::Acquire);
         if !cached.is_null() {
             return Some(cached);
         }
+        self.resolve_first()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn resolve_first(&self) -> Option<*mut c_void> {
         // Make sure the driver is loaded (and global) before asking for the next definition.
         let from_driver = driver_symbol(self.name);
         let found = next_symbol(self.name).or(from_driver)?;

@@ -4,7 +4,7 @@ exported names), as Python libraries that drive CUDA without the runtime do. Sam
 and output as the C clients (see workload.c):
 
   client.py [--device N] [--api default|pitch|managed|async|pool|vmm|array|array3d|mipmapped|ctx]
-            [--chunk SIZE] [--count N] [--hold-ms MS] [--threads N] [--fork] [--free-each]
+            [--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--threads N] [--fork] [--free-each]
             [--keep-going] [--sleep-between-ms MS]
 """
 import argparse
@@ -334,9 +334,12 @@ def run_process(d, opt, dev, ctx):
     for t in threads:
         t.start()
     hold_start.wait()
-    if opt.hold_ms > 0:
-        say("holding %d" % opt.hold_ms)
-        time.sleep(opt.hold_ms / 1000.0)
+    # Every worker has finished allocating: the barrier orders their results before this.
+    complete = all(res.failed == 0 for res in results)
+    hold = opt.hold_ms + (opt.hold_if_complete_ms if complete else 0)
+    if hold > 0:
+        say("holding %d" % hold)
+        time.sleep(hold / 1000.0)
     hold_end.wait()
     total = Results()
     for t, res in zip(threads, results):
@@ -376,6 +379,7 @@ def main():
     p.add_argument("--chunk", type=parse_size, default=64 << 20)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--hold-ms", type=int, default=0)
+    p.add_argument("--hold-if-complete-ms", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fork", action="store_true")
     p.add_argument("--free-each", action="store_true")

@@ -49,7 +49,8 @@ typedef struct { size_t Width, Height, Depth; int Format; unsigned NumChannels, 
 typedef CUresult (*PFN_cuGetProcAddress_v2)(const char *, void **, int, unsigned long long, int *);
 typedef CUresult (*PFN_cuGetProcAddress)(const char *, void **, int, unsigned long long);
 
-/* Exported driver symbols (only client-direct references them). */
+/* Exported driver symbols (the programs linked -lcuda reference them: client-direct and
+ * tests/interposers/lifecycles.c). */
 CUresult cuInit(unsigned int);
 CUresult cuDeviceGet(CUdevice *, int);
 CUresult cuDeviceGetCount(int *);
@@ -74,6 +75,8 @@ CUresult cuMemAllocAsync(CUdeviceptr *, size_t, CUstream);
 CUresult cuMemFreeAsync(CUdeviceptr, CUstream);
 CUresult cuMemPoolCreate(CUmemoryPool *, const CUmemPoolProps *);
 CUresult cuMemPoolDestroy(CUmemoryPool);
+CUresult cuMemPoolSetAttribute(CUmemoryPool, int, void *);
+CUresult cuMemPoolTrimTo(CUmemoryPool, size_t);
 CUresult cuMemAllocFromPoolAsync(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
 CUresult cuMemGetAllocationGranularity(size_t *, const CUmemAllocationProp *, int);
 CUresult cuMemAddressReserve(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);

@@ -3,7 +3,7 @@
  * report every event on stdout. How the driver is reached is up to the binding file linked in.
  *
  *   client [--device N] [--api default|pitch|managed|async|pool|vmm|array|array3d|mipmapped|ctx]
- *          [--chunk SIZE] [--count N] [--hold-ms MS] [--threads N] [--fork] [--free-each]
+ *          [--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--threads N] [--fork] [--free-each]
  *          [--keep-going] [--sleep-between-ms MS] [--check-abi]
  *
  * stdout: `alloc ok <bytes>` / `alloc fail <bytes> <CUDA_ERROR_NAME>` per allocation, `holding
@@ -49,7 +49,7 @@ struct options {
     int device;
     enum api_kind api;
     unsigned long long chunk;
-    int count, hold_ms, threads, fork, free_each, keep_going, sleep_between_ms;
+    int count, hold_ms, hold_if_complete_ms, threads, fork, free_each, keep_going, sleep_between_ms;
 };
 
 struct results {
@@ -394,9 +394,13 @@ static struct results run_process(const struct options *o, CUcontext ctx, CUdevi
         pthread_create(&tids[i], NULL, thread_main, &jobs[i]);
     }
     pthread_barrier_wait(&start);
-    if (o->hold_ms > 0) {
-        say("holding %d\n", o->hold_ms);
-        sleep_ms(o->hold_ms);
+    /* Every worker has finished allocating (the barrier orders their results before this). */
+    int complete = 1;
+    for (int i = 0; i < n; i++) complete = complete && jobs[i].w.res.failed == 0;
+    int hold = o->hold_ms + (complete ? o->hold_if_complete_ms : 0);
+    if (hold > 0) {
+        say("holding %d\n", hold);
+        sleep_ms(hold);
     }
     pthread_barrier_wait(&end);
     struct results total = {0};
@@ -429,13 +433,13 @@ static int exit_code(const struct results *res) {
 
 static void usage(void) {
     fprintf(stderr, "usage: client [--device N] [--api default|pitch|managed|async|pool|vmm|array|array3d|mipmapped|ctx] "
-                    "[--chunk SIZE] [--count N] [--hold-ms MS] [--threads N] [--fork] [--free-each] [--keep-going] "
+                    "[--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--threads N] [--fork] [--free-each] [--keep-going] "
                     "[--sleep-between-ms MS] [--check-abi]\n");
     exit(1);
 }
 
 int main(int argc, char **argv) {
-    struct options o = {0, API_DEFAULT, 64ull << 20, 1, 0, 1, 0, 0, 0, 0};
+    struct options o = {0, API_DEFAULT, 64ull << 20, 1, 0, 0, 1, 0, 0, 0, 0};
     int check_abi = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -451,6 +455,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--chunk") && v) { o.chunk = parse_size(v); i++; }
         else if (!strcmp(a, "--count") && v) { o.count = atoi(v); i++; }
         else if (!strcmp(a, "--hold-ms") && v) { o.hold_ms = atoi(v); i++; }
+        else if (!strcmp(a, "--hold-if-complete-ms") && v) { o.hold_if_complete_ms = atoi(v); i++; }
         else if (!strcmp(a, "--threads") && v) { o.threads = atoi(v); i++; }
         else if (!strcmp(a, "--sleep-between-ms") && v) { o.sleep_between_ms = atoi(v); i++; }
         else if (!strcmp(a, "--fork")) o.fork = 1;

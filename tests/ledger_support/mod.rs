@@ -1,5 +1,6 @@
 //! Shared helpers of the ledger integration tests: private temporary directories, child
-//! processes that re-run the test binary in a role, deadlines on every wait, a small PRNG.
+//! processes that re-run the test binary in a role (among them the shared "holder" role),
+//! deadlines on every wait, the usual set-ups (a fresh member, bytes held), a small PRNG.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -8,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use vramguard_core::ledger::{DeviceId, Ledger};
+use vramguard_core::ledger::{DeviceId, Ledger, Request, SlotId};
 
 /// The environment variable that tells a re-run test binary which role to play.
 pub const ROLE_VAR: &str = "VRAMGUARD_LEDGER_TEST_ROLE";
@@ -42,12 +43,32 @@ impl TempDir {
     pub fn ledger_dir(&self) -> PathBuf {
         self.0.join("ledger")
     }
+    /// Opens (creating it the first time) the ledger in [`TempDir::ledger_dir`].
+    pub fn open_ledger(&self) -> Ledger {
+        Ledger::open(&self.ledger_dir()).expect("open the test ledger")
+    }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// What most multi-process tests start from: a fresh temporary directory (removed on drop), its
+/// ledger directory (for children), the ledger, test device 0 with `budget`, and this process
+/// joined as `name`.
+pub fn fresh_member(
+    tag: &str,
+    budget: u64,
+    name: &str,
+) -> (TempDir, PathBuf, Ledger, DeviceId, SlotId) {
+    let tmp = TempDir::new(tag);
+    let dir = tmp.ledger_dir();
+    let ledger = tmp.open_ledger();
+    let dev = device(&ledger, budget);
+    let me = ledger.join(name).expect("join the test ledger");
+    (tmp, dir, ledger, dev, me)
 }
 
 /// The role this process was started in, if it is a child of a multi-process test.
@@ -169,6 +190,73 @@ pub fn device(ledger: &Ledger, budget: u64) -> DeviceId {
     ledger
         .register_device(uuid(0), "Test GPU", budget + (256 << 20), budget)
         .expect("register device")
+}
+
+/// Reserves `bytes` for `slot` on `dev` (refusing at once if they do not fit) and commits them.
+pub fn hold(ledger: &Ledger, slot: SlotId, dev: DeviceId, bytes: u64) {
+    let r = ledger
+        .reserve(slot, dev, bytes, &Request::default())
+        .expect("reserve bytes to hold");
+    ledger.commit(r);
+}
+
+/// The first device's (used, reserved, held) in a fresh snapshot.
+pub fn device_totals(ledger: &Ledger) -> (u64, u64, u64) {
+    let snapshot = ledger.snapshot();
+    let device = &snapshot.devices[0];
+    (device.used, device.reserved, device.held)
+}
+
+/// Sleeps until `path` exists or `timeout` passed (the caller then carries on either way).
+pub fn wait_for_file(path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The child role "holder": joins the ledger of [`child_dir`] (device 0 with budget
+/// `HOLD_BUDGET`), holds `HOLD_BYTES`, reports `slot <index> pid <pid>`, then waits (60 s at
+/// most) for `STOP_FILE` and exits without leaving, like a crash: only the kernel drops its lock.
+pub fn holder() {
+    let ledger = Ledger::open(&child_dir()).unwrap();
+    let dev = device(&ledger, child_var("HOLD_BUDGET").parse().unwrap());
+    let me = ledger.join("holder").unwrap();
+    hold(&ledger, me, dev, child_var("HOLD_BYTES").parse().unwrap());
+    report(format!("slot {} pid {}", me.index(), std::process::id()));
+    wait_for_file(Path::new(&child_var("STOP_FILE")), Duration::from_secs(60));
+    std::process::exit(0);
+}
+
+/// The variables of a [`holder`] child.
+pub fn holder_vars(stop: &Path, budget: u64, bytes: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("STOP_FILE", stop.display().to_string()),
+        ("HOLD_BUDGET", budget.to_string()),
+        ("HOLD_BYTES", bytes.to_string()),
+    ]
+}
+
+/// Starts a [`holder`] child (by re-running `test`) holding `bytes` until `stop` appears, and
+/// waits (20 s at most) until it holds them. Returns the child and its slot.
+pub fn spawn_holder(
+    test: &str,
+    dir: &Path,
+    stop: &Path,
+    budget: u64,
+    bytes: u64,
+    what: &str,
+) -> (Child, usize) {
+    let mut child = spawn(test, "holder", dir, &holder_vars(stop, budget, bytes));
+    let reports = Reports::new(&mut child);
+    let (slot, _) = holder_slot(&reports.next(Duration::from_secs(20), what));
+    (child, slot)
+}
+
+/// Parses a [`holder`]'s report into (slot, pid).
+pub fn holder_slot(line: &str) -> (usize, i32) {
+    let words: Vec<&str> = line.split(' ').collect();
+    (words[1].parse().unwrap(), words[3].parse().unwrap())
 }
 
 /// xorshift64*: small, deterministic, good enough for test schedules.

@@ -8,9 +8,12 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "spawn.rs"]
+mod spawn;
 
 /// The `vramguard` executable cargo built for these tests.
 pub fn vramguard() -> PathBuf {
@@ -142,13 +145,7 @@ pub fn run_with_deadline(command: &mut Command, deadline: Duration) -> Output {
 
 /// [`run_with_deadline`], also returning the pid the command ran as.
 pub fn run_with_deadline_and_pid(command: &mut Command, deadline: Duration) -> (u32, Output) {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let mut child = spawn::spawn_piped(command);
     let pid = child.id();
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();

@@ -3,8 +3,7 @@
 //! second `LD_PRELOAD` interposer of `tests/interposers/`.
 #![allow(dead_code)] // each test file uses a different part
 
-use std::fs::{self, File};
-use std::os::fd::AsRawFd;
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -127,35 +126,15 @@ pub fn guard_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Builds `tests/interposers/<source>` into `<target>/clients/<output>` with `cc` and `args`
-/// (once per source change; test binaries serialise on a lock) and returns its path.
+/// Builds `tests/interposers/<source>` (which may include `tests/clients/cuda_min.h`) into
+/// `<target>/clients/<output>` with `cc` and `args`, and returns its path.
 fn build_c(source: &str, output: &str, args: &[&str]) -> PathBuf {
     let source = support::repo().join("tests/interposers").join(source);
-    let out = support::target_dir().join("clients");
-    fs::create_dir_all(&out).expect("create the clients directory");
-    let lock = File::create(out.join(".interposers-lock")).expect("create the build lock");
-    // SAFETY: flock on a descriptor we own; blocks until another test binary has built it.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let target = out.join(output);
-    let modified = |p: &PathBuf| fs::metadata(p).and_then(|m| m.modified()).ok();
-    if modified(&target).is_none() || modified(&target) < modified(&source) {
-        let temporary = out.join(format!("{output}.tmp{}", std::process::id()));
-        let result = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-            .args(["-O1", "-Wall", "-Werror", "-o"])
-            .arg(&temporary)
-            .arg(&source)
-            .args(args)
-            .output()
-            .expect("run the C compiler (cc)");
-        assert!(
-            result.status.success(),
-            "building {} failed: {}",
-            source.display(),
-            String::from_utf8_lossy(&result.stderr)
-        );
-        fs::rename(&temporary, &target).expect("move the build into place");
-    }
-    target
+    let header = support::repo().join("tests/clients/cuda_min.h");
+    let mut cc_args: Vec<&OsStr> = ["-O1", "-Wall", "-Werror"].map(OsStr::new).to_vec();
+    cc_args.push(source.as_os_str());
+    cc_args.extend(args.iter().map(OsStr::new));
+    support::build_c(output, &[source.clone(), header], &cc_args)
 }
 
 /// The second `LD_PRELOAD` interposer (`tests/interposers/second.c`).

@@ -5,18 +5,21 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod spawn;
 
 /// The workspace root.
 pub fn repo() -> PathBuf {
@@ -154,12 +157,62 @@ pub fn clients() -> Clients {
 fn build_clients() -> Clients {
     let (simulator, _) = simulator_artifacts();
     let sources = repo().join("tests/clients");
+    let shared: Vec<PathBuf> = ["workload.c", "workload.h", "cuda_min.h"]
+        .iter()
+        .map(|f| sources.join(f))
+        .chain([simulator.clone()])
+        .collect();
+    let link_simulator = format!(
+        "-L{}",
+        simulator
+            .parent()
+            .expect("the simulator has a directory")
+            .display()
+    );
+    let [direct, dlsym, procaddr] = [
+        ("client-direct", "bind_direct.c"),
+        ("client-dlsym", "bind_dlsym.c"),
+        ("client-procaddr", "bind_procaddr.c"),
+    ]
+    .map(|(name, binding)| {
+        let binding = sources.join(binding);
+        let workload = sources.join("workload.c");
+        let mut args: Vec<&OsStr> = ["-O1", "-Wall", "-Wextra", "-Werror", "-std=c11"]
+            .map(OsStr::new)
+            .to_vec();
+        args.extend([
+            workload.as_os_str(),
+            binding.as_os_str(),
+            OsStr::new("-pthread"),
+        ]);
+        if name == "client-direct" {
+            args.extend([OsStr::new(&link_simulator), OsStr::new("-lcuda")]);
+        } else {
+            args.push(OsStr::new("-ldl"));
+        }
+        let inputs: Vec<PathBuf> = shared.iter().cloned().chain([binding.clone()]).collect();
+        build_c(name, &inputs, &args)
+    });
+    Clients {
+        direct,
+        dlsym,
+        procaddr,
+        python: sources.join("client.py"),
+    }
+}
+
+/// Compiles a C program or library with `cc -o <output> <args>` into `<target>/clients/`, unless
+/// it is already newer than every one of `inputs`, and returns its path. Test binaries building
+/// at once serialise on a lock in that directory (given up after 5 minutes).
+pub fn build_c(output: &str, inputs: &[PathBuf], args: &[&OsStr]) -> PathBuf {
     let out = target_dir().join("clients");
     fs::create_dir_all(&out).expect("create the clients directory");
-    let lock = File::create(out.join(".build-lock")).expect("create the clients build lock");
+    let lock_path = out.join(".build-lock");
+    let lock = File::create(&lock_path).expect("create the clients build lock");
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        // SAFETY: flock on a descriptor we own; non-blocking, retried until the deadline.
+        // SAFETY: flock on a descriptor we own; non-blocking, retried until the deadline. The
+        // lock goes with the descriptor when `lock` is dropped.
         let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
             break;
@@ -167,54 +220,28 @@ fn build_clients() -> Clients {
         assert!(
             Instant::now() < deadline,
             "another test binary held {} for 5 minutes",
-            out.join(".build-lock").display()
+            lock_path.display()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let inputs: Vec<PathBuf> = ["workload.c", "workload.h", "cuda_min.h"]
-        .iter()
-        .map(|f| sources.join(f))
-        .chain([simulator.clone()])
-        .collect();
+    let target = out.join(output);
     let newest_input = inputs.iter().filter_map(|p| modified(p)).max();
-    for (name, binding) in [
-        ("client-direct", "bind_direct.c"),
-        ("client-dlsym", "bind_dlsym.c"),
-        ("client-procaddr", "bind_procaddr.c"),
-    ] {
-        let target = out.join(name);
-        let newest = newest_input.max(modified(&sources.join(binding)));
-        if modified(&target).is_some_and(|built| Some(built) >= newest) {
-            continue;
-        }
-        let temporary = out.join(format!("{name}.tmp{}", std::process::id()));
-        let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".to_string()));
-        cc.args(["-O1", "-Wall", "-Wextra", "-Werror", "-std=c11", "-o"])
-            .arg(&temporary)
-            .arg(sources.join("workload.c"))
-            .arg(sources.join(binding))
-            .arg("-pthread");
-        if name == "client-direct" {
-            let dir = simulator.parent().expect("the simulator has a directory");
-            cc.arg(format!("-L{}", dir.display())).arg("-lcuda");
-        } else {
-            cc.arg("-ldl");
-        }
-        let output = run_with_deadline(cc, Duration::from_secs(120));
-        assert!(
-            output.status.success(),
-            "building {name} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        fs::rename(&temporary, &target).expect("move the client into place");
+    if modified(&target).is_some_and(|built| Some(built) >= newest_input) {
+        return target;
     }
-    Clients {
-        direct: out.join("client-direct"),
-        dlsym: out.join("client-dlsym"),
-        procaddr: out.join("client-procaddr"),
-        python: sources.join("client.py"),
-    }
+    let temporary = out.join(format!("{output}.tmp{}", std::process::id()));
+    let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".to_string()));
+    cc.arg("-o").arg(&temporary).args(args);
+    let output = run_with_deadline(cc, Duration::from_secs(120));
+    assert!(
+        output.status.success(),
+        "building {} failed:\n{}{}",
+        target.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::rename(&temporary, &target).expect("move the build into place");
+    target
 }
 
 /// A private simulated card, library directory and ledger directory; removed on drop.
@@ -335,6 +362,20 @@ impl Sandbox {
         spawn(command)
     }
 
+    /// [`Sandbox::start_client`], then waits (up to `timeout`) until the client prints that it is
+    /// holding its memory.
+    pub fn start_holding(
+        &self,
+        path: ClientPath,
+        guarded: bool,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Running {
+        let mut client = self.start_client(path, guarded, args);
+        client.wait_for_line("holding", timeout);
+        client
+    }
+
     /// A `simcuda` tool command.
     pub fn simcuda(&self, args: &[&str]) -> Command {
         let (_, tool) = simulator_artifacts();
@@ -427,13 +468,7 @@ impl Finished {
 
 /// Starts `command` with piped output.
 pub fn spawn(mut command: Command) -> Running {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let mut child = spawn::spawn_piped(&mut command);
     let stdout = LineReader::new(child.stdout.take().expect("piped stdout"));
     let stderr = LineReader::new(child.stderr.take().expect("piped stderr"));
     Running {

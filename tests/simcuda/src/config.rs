@@ -219,28 +219,10 @@ fn parse_pci(text: &str) -> Option<(u32, u32, u32)> {
     ))
 }
 
-/// Parses a byte size: `4GiB`, `512MiB`, `3.5GiB`, `1000`, `4G` (binary), `2GB` (decimal).
+/// Parses a byte size: `4GiB`, `512MiB`, `3.5GiB`, `1000`, `4G` (binary), `2GB` (decimal); the
+/// guard's own reading of sizes ([`vramguard_core::units::parse_size`]).
 pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        _ => return None,
-    };
-    let bytes = number * multiplier;
-    (bytes.is_finite() && (0.0..1.8e19).contains(&bytes)).then_some(bytes.round() as u64)
+    vramguard_core::units::parse_size(text).ok()
 }
 
 /// Parses `2us`, `1ms`, `0.5s`, `0`.

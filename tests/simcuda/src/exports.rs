@@ -9,13 +9,13 @@
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 
-use crate::abi::{
+use crate::driver::{ArrayShape, CuOutcome, DRIVER_VERSION, Driver, Kind};
+use crate::procaddr::{self, Lookup};
+use crate::result::CuResult;
+use vramguard_core::cuda::abi::{
     AccessDesc, AllocationProp, Array3dDescriptor, ArrayDescriptor, LegacyArray3dDescriptor,
     LegacyArrayDescriptor, PoolProps,
 };
-use crate::driver::{CuOutcome, DRIVER_VERSION, Driver, Kind};
-use crate::procaddr::{self, Lookup};
-use crate::result::CuResult;
 
 /// An opaque driver handle (`CUcontext`, `CUstream`, `CUarray`, `CUmemoryPool`...).
 pub type Handle = *mut c_void;
@@ -508,26 +508,22 @@ entry_points! {
     /// `cuArrayCreate_v2`.
     fn cuArrayCreate_v2(array: *mut Handle, desc: *const ArrayDescriptor) |d| {
         // SAFETY: per the driver API.
-        let desc = unsafe { get(desc) }?;
-        create_array(d, array, desc.width as u64, desc.height as u64, 0, desc.format, desc.channels)
+        unsafe { create_array(d, array, desc) }
     }
     /// Legacy `cuArrayCreate` (32-bit descriptor).
     fn cuArrayCreate(array: *mut Handle, desc: *const LegacyArrayDescriptor) |d| {
         // SAFETY: per the driver API.
-        let desc = unsafe { get(desc) }?;
-        create_array(d, array, u64::from(desc.width), u64::from(desc.height), 0, desc.format, desc.channels)
+        unsafe { create_array(d, array, desc) }
     }
     /// `cuArray3DCreate_v2`.
     fn cuArray3DCreate_v2(array: *mut Handle, desc: *const Array3dDescriptor) |d| {
         // SAFETY: per the driver API.
-        let desc = unsafe { get(desc) }?;
-        create_array(d, array, desc.width as u64, desc.height as u64, desc.depth as u64, desc.format, desc.channels)
+        unsafe { create_array(d, array, desc) }
     }
     /// Legacy `cuArray3DCreate` (32-bit descriptor).
     fn cuArray3DCreate(array: *mut Handle, desc: *const LegacyArray3dDescriptor) |d| {
         // SAFETY: per the driver API.
-        let desc = unsafe { get(desc) }?;
-        create_array(d, array, u64::from(desc.width), u64::from(desc.height), u64::from(desc.depth), desc.format, desc.channels)
+        unsafe { create_array(d, array, desc) }
     }
     /// `cuArrayDestroy`.
     fn cuArrayDestroy(array: Handle) |d| { d.array_destroy(raw(array), Kind::Array) }
@@ -538,7 +534,7 @@ entry_points! {
         if array.is_null() {
             return Err(CuResult::INVALID_VALUE);
         }
-        let value = d.mipmapped_create(desc.width as u64, desc.height as u64, desc.depth as u64, desc.format, desc.channels, levels)?;
+        let value = d.mipmapped_create(desc.into(), levels)?;
         // SAFETY: per the driver API.
         unsafe { put(array, handle(value)) }
     }
@@ -603,19 +599,21 @@ fn alloc_async(
     unsafe { put(dptr, pointer) }
 }
 
-fn create_array(
+/// Creates an array from a descriptor of any of its forms.
+///
+/// # Safety
+/// `desc` is null or valid for reading one `D`; `array` is null or writable.
+unsafe fn create_array<D: Copy + Into<ArrayShape>>(
     d: &mut Driver,
     array: *mut Handle,
-    width: u64,
-    height: u64,
-    depth: u64,
-    format: u32,
-    channels: u32,
+    desc: *const D,
 ) -> CuOutcome {
+    // SAFETY: per this function's contract.
+    let shape = unsafe { get(desc) }?.into();
     if array.is_null() {
         return Err(CuResult::INVALID_VALUE);
     }
-    let value = d.array_create(width, height, depth, format, channels)?;
+    let value = d.array_create(shape)?;
     // SAFETY: non-null; the caller passes a writable CUarray per the driver API.
     unsafe { put(array, handle(value)) }
 }

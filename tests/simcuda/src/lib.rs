@@ -6,7 +6,6 @@
 //! driver's names, signatures and `cuGetProcAddress` versioning ([`procaddr`]). The `simcuda`
 //! tool creates, resets and reports the card ([`report`]). Environment: see [`config`].
 
-pub mod abi;
 pub mod config;
 pub mod driver;
 pub mod exports;
@@ -16,7 +15,8 @@ pub mod result;
 pub mod state;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -25,8 +25,37 @@ use crate::driver::{CuOutcome, Driver};
 use crate::exports::Entry;
 use crate::result::CuResult;
 
-/// This process's driver, attached on the first call (again in a forked child).
-static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
+/// This process's driver, attached on the first call (again in a forked child), with the fork
+/// generation it was attached in.
+static DRIVER: Mutex<Option<Attached>> = Mutex::new(None);
+
+/// A driver and the [`FORK_GENERATION`] of the process it was attached by.
+struct Attached {
+    generation: u64,
+    driver: Driver,
+}
+
+/// Bumped in every forked child by the `pthread_atfork` child handler: a driver attached in an
+/// earlier generation is the parent's. Cheaper than asking the kernel for the pid on every call.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The `pthread_atfork` child handler: async-signal-safe (one atomic add).
+extern "C" fn on_fork_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Registers [`on_fork_child`] once per process (a forked child inherits the registration).
+fn watch_forks() {
+    static REGISTERED: Once = Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: the handler is a plain function that stays valid as long as this library is
+        // loaded (glibc unregisters a library's handlers when it is unloaded).
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(on_fork_child)) };
+        if rc != 0 {
+            report_once("cannot watch for fork: a forked child would share its parent's session");
+        }
+    });
+}
 
 /// Runs one entry point's body: attaches the process, follows a card reset, counts the call,
 /// and turns the outcome (or a panic) into a result code. Nothing unwinds into the caller.
@@ -38,14 +67,18 @@ pub(crate) fn call(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) ->
             report_once("the driver lock stayed taken (a fork during a driver call?)");
             return CuResult::UNKNOWN;
         };
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
-        if slot.as_ref().is_none_or(|driver| driver.pid() != pid) {
+        let generation = FORK_GENERATION.load(Ordering::Relaxed);
+        if slot
+            .as_ref()
+            .is_none_or(|attached| attached.generation != generation)
+        {
+            // Registered before the first attach, so every later fork is seen.
+            watch_forks();
             match Driver::attach() {
                 Ok(driver) => {
                     // A forked child keeps its parent's state open (its descriptor keeps the
                     // parent's memory alive, as the real driver's device files do).
-                    if let Some(inherited) = slot.replace(driver) {
+                    if let Some(inherited) = slot.replace(Attached { generation, driver }) {
                         std::mem::forget(inherited);
                     }
                 }
@@ -55,7 +88,7 @@ pub(crate) fn call(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) ->
                 }
             }
         }
-        let Some(driver) = slot.as_mut() else {
+        let Some(Attached { driver, .. }) = slot.as_mut() else {
             return CuResult::UNKNOWN;
         };
         driver.follow_reset();

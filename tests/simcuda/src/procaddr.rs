@@ -126,51 +126,62 @@ mod tests {
 
     #[test]
     fn versions_pick_the_abi() {
-        assert_eq!(lookup("cuMemAlloc", 3020, 0), Lookup::Found(cuMemAlloc_v2));
-        assert_eq!(lookup("cuMemAlloc", 3010, 0), Lookup::Found(cuMemAlloc));
-        assert_eq!(
-            lookup("cuCtxCreate", 11000, 0),
-            Lookup::Found(cuCtxCreate_v2)
-        );
-        assert_eq!(
-            lookup("cuCtxCreate", 11040, 0),
-            Lookup::Found(cuCtxCreate_v3)
-        );
-        assert_eq!(
-            lookup("cuCtxCreate", 12080, 0),
-            Lookup::Found(cuCtxCreate_v4)
-        );
-        assert_eq!(
-            lookup("cuGetProcAddress", 12000, 0),
-            Lookup::Found(cuGetProcAddress_v2)
-        );
-        assert_eq!(
-            lookup("cuGetProcAddress", 11030, 0),
-            Lookup::Found(cuGetProcAddress)
-        );
-        assert_eq!(
-            lookup("cuDevicePrimaryCtxRelease", 7000, 0),
-            Lookup::Found(cuDevicePrimaryCtxRelease)
-        );
+        // (name, version, flags, answer)
+        let cases = [
+            ("cuMemAlloc", 3020, 0, Lookup::Found(cuMemAlloc_v2)),
+            ("cuMemAlloc", 3010, 0, Lookup::Found(cuMemAlloc)),
+            ("cuCtxCreate", 11000, 0, Lookup::Found(cuCtxCreate_v2)),
+            ("cuCtxCreate", 11040, 0, Lookup::Found(cuCtxCreate_v3)),
+            ("cuCtxCreate", 12080, 0, Lookup::Found(cuCtxCreate_v4)),
+            (
+                "cuGetProcAddress",
+                12000,
+                0,
+                Lookup::Found(cuGetProcAddress_v2),
+            ),
+            (
+                "cuGetProcAddress",
+                11030,
+                0,
+                Lookup::Found(cuGetProcAddress),
+            ),
+            (
+                "cuDevicePrimaryCtxRelease",
+                7000,
+                0,
+                Lookup::Found(cuDevicePrimaryCtxRelease),
+            ),
+        ];
+        check(&cases);
     }
 
     #[test]
     fn per_thread_flag_and_failures() {
-        assert_eq!(
-            lookup("cuMemAllocAsync", 11020, 2),
-            Lookup::Found(cuMemAllocAsync_ptsz)
-        );
-        assert_eq!(
-            lookup("cuMemAllocAsync", 11020, 0),
-            Lookup::Found(cuMemAllocAsync)
-        );
-        assert_eq!(lookup("cuMemAlloc", 3020, 2), Lookup::Found(cuMemAlloc_v2));
-        assert_eq!(
-            lookup("cuMemAllocAsync", 11010, 0),
-            Lookup::VersionNotSufficient
-        );
-        assert_eq!(lookup("", 12000, 0), Lookup::SymbolNotFound);
-        assert_eq!(lookup("cuMemAlloc_v2", 12000, 0), Lookup::SymbolNotFound);
+        let cases = [
+            (
+                "cuMemAllocAsync",
+                11020,
+                2,
+                Lookup::Found(cuMemAllocAsync_ptsz),
+            ),
+            ("cuMemAllocAsync", 11020, 0, Lookup::Found(cuMemAllocAsync)),
+            ("cuMemAlloc", 3020, 2, Lookup::Found(cuMemAlloc_v2)),
+            ("cuMemAllocAsync", 11010, 0, Lookup::VersionNotSufficient),
+            ("", 12000, 0, Lookup::SymbolNotFound),
+            ("cuMemAlloc_v2", 12000, 0, Lookup::SymbolNotFound),
+        ];
+        check(&cases);
+    }
+
+    /// Asserts each (name, version, flags) lookup gives its answer.
+    fn check(cases: &[(&str, i32, u64, Lookup)]) {
+        for &(name, version, flags, expected) in cases {
+            assert_eq!(
+                lookup(name, version, flags),
+                expected,
+                "lookup({name:?}, {version}, {flags})"
+            );
+        }
     }
 
     #[test]

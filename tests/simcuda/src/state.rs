@@ -151,6 +151,17 @@ impl std::fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
+impl StateError {
+    /// Makes [`StateError::Io`]s about `path`: `io_at(path)("open", error)`.
+    fn io_at(path: &Path) -> impl Fn(&'static str, io::Error) -> StateError + '_ {
+        move |action, source| StateError::Io {
+            path: path.to_path_buf(),
+            action,
+            source,
+        }
+    }
+}
+
 /// An open, mapped card state.
 pub struct CardState {
     path: PathBuf,
@@ -245,11 +256,7 @@ impl CardState {
         spec: impl FnOnce() -> Result<CardSpec, ConfigError>,
         overwrite: bool,
     ) -> Result<CardState, StateError> {
-        let io_err = |action, source| StateError::Io {
-            path: path.to_path_buf(),
-            action,
-            source,
-        };
+        let io_err = StateError::io_at(path);
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
@@ -278,11 +285,7 @@ impl CardState {
         spec: impl FnOnce() -> Result<CardSpec, ConfigError>,
         overwrite: bool,
     ) -> Result<CardState, StateError> {
-        let io_err = |action, source| StateError::Io {
-            path: path.to_path_buf(),
-            action,
-            source,
-        };
+        let io_err = StateError::io_at(path);
         let size = size_of::<Layout>() as u64;
         let current = file.metadata().map_err(|e| io_err("inspect", e))?.len();
         let fresh = overwrite || current == 0;

@@ -9,11 +9,11 @@
 use std::ffi::{CStr, c_char, c_void};
 use std::ptr::{null, null_mut};
 
-use cuda::abi::{
-    AccessDesc, AllocationProp, Array3dDescriptor, ArrayDescriptor, MemLocation, PoolProps,
-};
 use cuda::exports::*;
 use cuda::result::CuResult;
+use vramguard_core::cuda::abi::{
+    AccessDesc, AllocationProp, Array3dDescriptor, ArrayDescriptor, MemLocation, PoolProps,
+};
 
 const MIB: usize = 1 << 20;
 const CONTEXT: usize = 100 * MIB;

@@ -1,8 +1,64 @@
 //! CUDA arrays and mipmapped arrays: charged by their element size and dimensions.
 
+use vramguard_core::cuda::abi::{
+    Array3dDescriptor, ArrayDescriptor, LegacyArray3dDescriptor, LegacyArrayDescriptor,
+};
+
 use super::Kind;
 use crate::driver::{CuOutcome, Driver};
 use crate::result::CuResult;
+
+/// What an array descriptor of any form says: dimensions in elements (height 0 for 1D, depth 0
+/// for 1D and 2D) and the element's format and channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArrayShape {
+    pub width: u64,
+    pub height: u64,
+    pub depth: u64,
+    pub format: u32,
+    pub channels: u32,
+}
+
+impl From<ArrayDescriptor> for ArrayShape {
+    fn from(d: ArrayDescriptor) -> Self {
+        Self::new([d.width as u64, d.height as u64, 0], d.format, d.channels)
+    }
+}
+
+impl From<LegacyArrayDescriptor> for ArrayShape {
+    fn from(d: LegacyArrayDescriptor) -> Self {
+        Self::new([d.width.into(), d.height.into(), 0], d.format, d.channels)
+    }
+}
+
+impl From<Array3dDescriptor> for ArrayShape {
+    fn from(d: Array3dDescriptor) -> Self {
+        let dims = [d.width as u64, d.height as u64, d.depth as u64];
+        Self::new(dims, d.format, d.channels)
+    }
+}
+
+impl From<LegacyArray3dDescriptor> for ArrayShape {
+    fn from(d: LegacyArray3dDescriptor) -> Self {
+        Self::new(
+            [d.width.into(), d.height.into(), d.depth.into()],
+            d.format,
+            d.channels,
+        )
+    }
+}
+
+impl ArrayShape {
+    fn new([width, height, depth]: [u64; 3], format: u32, channels: u32) -> Self {
+        Self {
+            width,
+            height,
+            depth,
+            format,
+            channels,
+        }
+    }
+}
 
 impl Driver {
     /// Bytes of one element of `format` with `channels` channels.
@@ -30,8 +86,16 @@ impl Driver {
             .ok_or(CuResult::OUT_OF_MEMORY)
     }
 
-    pub(super) fn create_array_like(&mut self, bytes: u64, kind: Kind) -> CuOutcome<u64> {
+    /// Charges and tracks a new array of `shape`, whose bytes `size` computes from its element
+    /// size; needs a current context.
+    fn create_shaped(
+        &mut self,
+        shape: ArrayShape,
+        kind: Kind,
+        size: impl FnOnce(u64) -> CuOutcome<u64>,
+    ) -> CuOutcome<u64> {
         let (handle, context) = self.current_handle_and_context()?;
+        let bytes = size(Self::element_bytes(shape.format, shape.channels)?)?;
         self.charge(context.machine, bytes)?;
         let array = self.handle();
         self.track(array, context.machine, bytes, kind, Some(handle));
@@ -39,17 +103,10 @@ impl Driver {
     }
 
     /// `cuArrayCreate` / `cuArray3DCreate` (depth 0 for 2D): charges width x height x depth x element.
-    pub fn array_create(
-        &mut self,
-        width: u64,
-        height: u64,
-        depth: u64,
-        format: u32,
-        channels: u32,
-    ) -> CuOutcome<u64> {
-        self.current_context()?;
-        let bytes = Self::volume(width, height, depth, Self::element_bytes(format, channels)?)?;
-        self.create_array_like(bytes, Kind::Array)
+    pub fn array_create(&mut self, shape: ArrayShape) -> CuOutcome<u64> {
+        self.create_shaped(shape, Kind::Array, |element| {
+            Self::volume(shape.width, shape.height, shape.depth, element)
+        })
     }
 
     /// Bytes of a mipmapped array: the sum over its levels.
@@ -80,24 +137,10 @@ impl Driver {
     }
 
     /// `cuMipmappedArrayCreate`.
-    pub fn mipmapped_create(
-        &mut self,
-        width: u64,
-        height: u64,
-        depth: u64,
-        format: u32,
-        channels: u32,
-        levels: u32,
-    ) -> CuOutcome<u64> {
-        self.current_context()?;
-        let bytes = Self::mipmapped_bytes(
-            width,
-            height,
-            depth,
-            Self::element_bytes(format, channels)?,
-            levels,
-        )?;
-        self.create_array_like(bytes, Kind::Mipmapped)
+    pub fn mipmapped_create(&mut self, shape: ArrayShape, levels: u32) -> CuOutcome<u64> {
+        self.create_shaped(shape, Kind::Mipmapped, |element| {
+            Self::mipmapped_bytes(shape.width, shape.height, shape.depth, element, levels)
+        })
     }
 
     /// `cuArrayDestroy` / `cuMipmappedArrayDestroy`.

@@ -25,23 +25,13 @@ impl Driver {
 
     /// The current context, which must be alive.
     pub(super) fn current_context(&self) -> CuOutcome<Context> {
-        let handle = self.current()?;
-        self.contexts
-            .get(&handle)
-            .filter(|c| c.alive)
-            .copied()
-            .ok_or(CuResult::INVALID_CONTEXT)
+        self.current_handle_and_context()
+            .map(|(_, context)| context)
     }
 
     pub(super) fn current_handle_and_context(&self) -> CuOutcome<(u64, Context)> {
         let handle = self.current()?;
-        let context = self
-            .contexts
-            .get(&handle)
-            .filter(|c| c.alive)
-            .copied()
-            .ok_or(CuResult::INVALID_CONTEXT)?;
-        Ok((handle, context))
+        Ok((handle, self.known_context(handle)?))
     }
 
     pub(super) fn known_context(&self, handle: u64) -> CuOutcome<Context> {

@@ -8,6 +8,18 @@ use crate::result::CuResult;
 /// How stale `cuMemGetInfo` may be about processes that died without freeing their memory.
 pub(super) const DEAD_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// The time since boot from the kernel's coarse monotonic clock: a few nanoseconds to read
+/// (the precise clock costs several times more), and precise to a few milliseconds, which is all
+/// the interval above needs.
+fn coarse_now() -> std::time::Duration {
+    // SAFETY: all-zero is a valid `timespec`.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE exists on every Linux
+    // the simulator runs on (on failure `now` stays zero and the scan merely happens less often).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 impl Driver {
     /// `cuMemGetInfo_v2`: (free, total) of the current context's device, all processes counted.
     pub fn mem_get_info(&self) -> CuOutcome<(u64, u64)> {
@@ -15,11 +27,11 @@ impl Driver {
         let total = self.capacity(context.machine);
         // The real driver frees an exited process's memory at once; give back what dead
         // processes still hold before answering, so the figure matches (within the interval).
-        let now = std::time::Instant::now();
+        let now = coarse_now();
         if self
             .last_dead_scan
             .get()
-            .is_none_or(|last| now.duration_since(last) >= DEAD_SCAN_INTERVAL)
+            .is_none_or(|last| now.saturating_sub(last) >= DEAD_SCAN_INTERVAL)
         {
             self.last_dead_scan.set(Some(now));
             let guard = self.state.lock();
@@ -27,6 +39,14 @@ impl Driver {
             drop(guard);
         }
         Ok((total.saturating_sub(self.used(context.machine)), total))
+    }
+
+    /// The live allocation at `pointer` (`CUDA_ERROR_INVALID_VALUE` when unknown or freed).
+    pub(super) fn allocation(&self, pointer: u64) -> CuOutcome<Allocation> {
+        self.allocations
+            .get(&pointer)
+            .copied()
+            .ok_or(CuResult::INVALID_VALUE)
     }
 
     pub(super) fn track(
@@ -114,11 +134,7 @@ impl Driver {
         if pointer == 0 {
             return Ok(());
         }
-        let allocation = self
-            .allocations
-            .get(&pointer)
-            .copied()
-            .ok_or(CuResult::INVALID_VALUE)?;
+        let allocation = self.allocation(pointer)?;
         match allocation.kind {
             Kind::Legacy if !legacy => return Err(CuResult::INVALID_VALUE),
             Kind::Linear if legacy => return Err(CuResult::INVALID_VALUE),

@@ -23,6 +23,8 @@ mod linear;
 mod pool;
 mod vmm;
 
+pub use array::ArrayShape;
+
 /// What a driver call returns on the Rust side.
 pub type CuOutcome<T = ()> = Result<T, CuResult>;
 
@@ -113,7 +115,9 @@ pub struct Driver {
     latency: Duration,
     /// Machine index of each ordinal (after `CUDA_VISIBLE_DEVICES`).
     visible: Vec<usize>,
-    contexts: HashMap<u64, Context>,
+    /// Usually a handful: a B-tree finds one in a few nanoseconds where a `HashMap` hashes first
+    /// (every `cuCtxGetDevice` and allocation looks up the current context).
+    contexts: BTreeMap<u64, Context>,
     primaries: HashMap<usize, Primary>,
     allocations: HashMap<u64, Allocation>,
     physical: HashMap<u64, Physical>,
@@ -127,7 +131,7 @@ pub struct Driver {
     next_legacy_address: u64,
     /// When `cuMemGetInfo` last gave back dead processes' memory (it does so at most every
     /// [`linear::DEAD_SCAN_INTERVAL`], so that the query stays as cheap as the real one).
-    last_dead_scan: std::cell::Cell<Option<std::time::Instant>>,
+    last_dead_scan: std::cell::Cell<Option<Duration>>,
 }
 
 /// Special stream handles every context accepts.
@@ -167,7 +171,7 @@ impl Driver {
             fragile: config::fragile_from_env(),
             latency,
             visible,
-            contexts: HashMap::new(),
+            contexts: BTreeMap::new(),
             primaries: HashMap::new(),
             allocations: HashMap::new(),
             physical: HashMap::new(),
@@ -181,11 +185,6 @@ impl Driver {
             next_legacy_address: 0x1000_0000,
             last_dead_scan: std::cell::Cell::new(None),
         })
-    }
-
-    /// The process this driver belongs to.
-    pub fn pid(&self) -> i32 {
-        self.pid
     }
 
     /// Counts a call of entry point `entry`.

@@ -84,6 +84,13 @@ impl Driver {
         if let Some(handle) = self.default_pools.get(&ordinal) {
             return *handle;
         }
+        let handle = self.new_pool(machine, true);
+        self.default_pools.insert(ordinal, handle);
+        handle
+    }
+
+    /// An empty pool on `machine` (release threshold 0, the driver's default).
+    fn new_pool(&mut self, machine: usize, is_default: bool) -> u64 {
         let handle = self.handle();
         self.pools.insert(
             handle,
@@ -92,11 +99,18 @@ impl Driver {
                 reserved: 0,
                 in_use: 0,
                 release_threshold: 0,
-                is_default: true,
+                is_default,
             },
         );
-        self.default_pools.insert(ordinal, handle);
         handle
+    }
+
+    /// The pool `handle` (`CUDA_ERROR_INVALID_VALUE` when unknown).
+    fn pool(&self, handle: u64) -> CuOutcome<Pool> {
+        self.pools
+            .get(&handle)
+            .copied()
+            .ok_or(CuResult::INVALID_VALUE)
     }
 
     /// `cuDeviceGetDefaultMemPool`.
@@ -112,33 +126,19 @@ impl Driver {
         location_type: u32,
         device: i32,
     ) -> CuOutcome<u64> {
-        self.require_init()?;
-        if allocation_type != 1 || location_type != 1 {
-            return Err(CuResult::INVALID_VALUE);
-        }
-        let machine = self.machine(device).map_err(|_| CuResult::INVALID_VALUE)?;
-        let handle = self.handle();
-        self.pools.insert(
-            handle,
-            Pool {
-                machine,
-                reserved: 0,
-                in_use: 0,
-                release_threshold: 0,
-                is_default: false,
-            },
-        );
-        Ok(handle)
+        let machine = self.check_device_memory(
+            allocation_type,
+            location_type,
+            device,
+            CuResult::INVALID_VALUE,
+        )?;
+        Ok(self.new_pool(machine, false))
     }
 
     /// `cuMemPoolDestroy`: everything the pool holds goes back to the card.
     pub fn pool_destroy(&mut self, handle: u64) -> CuOutcome {
         self.require_init()?;
-        let pool = self
-            .pools
-            .get(&handle)
-            .copied()
-            .ok_or(CuResult::INVALID_VALUE)?;
+        let pool = self.pool(handle)?;
         if pool.is_default {
             return Err(CuResult::INVALID_VALUE);
         }
@@ -193,11 +193,7 @@ impl Driver {
             Some(handle) => handle,
             None => self.default_pool(context.ordinal, context.machine),
         };
-        let pool = self
-            .pools
-            .get(&handle)
-            .copied()
-            .ok_or(CuResult::INVALID_VALUE)?;
+        let pool = self.pool(handle)?;
         let idle = pool.reserved - pool.in_use;
         let grow = bytes.saturating_sub(idle);
         if grow > 0 {
@@ -215,11 +211,7 @@ impl Driver {
     /// `cuMemFreeAsync`: pooled memory goes back to its pool; other linear memory is freed.
     pub fn mem_free_async(&mut self, pointer: u64, stream: u64) -> CuOutcome {
         self.check_stream(stream)?;
-        let allocation = self
-            .allocations
-            .get(&pointer)
-            .copied()
-            .ok_or(CuResult::INVALID_VALUE)?;
+        let allocation = self.allocation(pointer)?;
         match allocation.kind {
             Kind::Pooled(pool) => {
                 self.allocations.remove(&pointer);

@@ -6,17 +6,21 @@ use crate::driver::{CuOutcome, Driver};
 use crate::result::CuResult;
 
 impl Driver {
-    pub(super) fn check_allocation_prop(
+    /// Checks properties that must describe pinned memory on a device (allocation type 1,
+    /// location type 1) and returns the device's machine index; an unknown ordinal gives
+    /// `bad_device` (the virtual memory API and the pool API answer it differently).
+    pub(super) fn check_device_memory(
         &self,
         allocation_type: u32,
         location_type: u32,
         device: i32,
+        bad_device: CuResult,
     ) -> CuOutcome<usize> {
         self.require_init()?;
         if allocation_type != 1 || location_type != 1 {
             return Err(CuResult::INVALID_VALUE);
         }
-        self.machine(device).map_err(|_| CuResult::INVALID_DEVICE)
+        self.machine(device).map_err(|_| bad_device)
     }
 
     /// `cuMemGetAllocationGranularity`.
@@ -27,7 +31,12 @@ impl Driver {
         device: i32,
         option: u32,
     ) -> CuOutcome<u64> {
-        self.check_allocation_prop(allocation_type, location_type, device)?;
+        self.check_device_memory(
+            allocation_type,
+            location_type,
+            device,
+            CuResult::INVALID_DEVICE,
+        )?;
         if option > 1 {
             return Err(CuResult::INVALID_VALUE);
         }
@@ -43,7 +52,12 @@ impl Driver {
         device: i32,
         flags: u64,
     ) -> CuOutcome<u64> {
-        let machine = self.check_allocation_prop(allocation_type, location_type, device)?;
+        let machine = self.check_device_memory(
+            allocation_type,
+            location_type,
+            device,
+            CuResult::INVALID_DEVICE,
+        )?;
         self.current_context()?;
         if flags != 0 || bytes == 0 || !bytes.is_multiple_of(GRANULARITY) {
             return Err(CuResult::INVALID_VALUE);

@@ -4,9 +4,11 @@
 //! the driver (or a newer driver) may return codes we do not list, and receiving an unlisted value
 //! in a Rust enum is undefined behaviour. Struct layouts of the driver API (allocation properties,
 //! array descriptors, pool properties) come from `cudarc::driver::sys`, re-exported here as
-//! [`sys`].
+//! [`sys`]; [`abi`] holds the `#[repr(C)]` mirrors of them that C callers' pointers are read as.
 
 use std::fmt;
+
+pub mod abi;
 
 pub use cudarc::driver::sys;
 
