@@ -17,6 +17,9 @@ fn reserve_commit_release_account_every_byte() {
 
     let r = ledger.reserve(me, dev, 300 * MIB, &deny).unwrap();
     assert_eq!(r.bytes(), 300 * MIB);
+    // The reservation hands back what `available` answers with it counted.
+    assert_eq!(r.available_after(), 700 * MIB);
+    assert_eq!(r.available_after(), ledger.available(me, dev, None));
     assert_eq!(ledger.charge(me, dev), 300 * MIB);
     assert_eq!(device_totals(&ledger), (300 * MIB, 300 * MIB, 0));
     ledger.commit(r);
@@ -78,6 +81,9 @@ fn claims_charge_up_front_and_cover_allocations_inside_them() {
     // Inside the claim: no new room needed.
     let r = ledger.reserve(a, dev, 500 * MIB, &deny).unwrap();
     assert_eq!(ledger.snapshot().devices[0].used, 600 * MIB);
+    // 400 MiB of room plus the 100 MiB of the claim this reservation leaves unused.
+    assert_eq!(r.available_after(), 500 * MIB);
+    assert_eq!(r.available_after(), ledger.available(a, dev, None));
     assert_eq!(ledger.unbacked_by_others(a, dev), 0);
     ledger.commit(r);
     // Past the claim: only the excess counts.

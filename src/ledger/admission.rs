@@ -167,8 +167,9 @@ fn fits(device: &DeviceRecord, share: &SlotDevice, ask: Ask) -> bool {
             .is_some_and(|total| total <= device.budget.load(Ordering::Relaxed))
 }
 
-/// Under the device lock: records a granted `ask` (member counters first, then totals).
-fn apply(device: &DeviceRecord, share: &SlotDevice, ask: Ask) {
+/// Under the device lock: records a granted `ask` (member counters first, then totals), and
+/// returns what [`Ledger::available`] (without a limit) answers right after it.
+fn apply(device: &DeviceRecord, share: &SlotDevice, ask: Ask) -> u64 {
     let change = change_for(share, ask);
     match ask {
         Ask::Reserve(bytes) => {
@@ -183,6 +184,29 @@ fn apply(device: &DeviceRecord, share: &SlotDevice, ask: Ask) {
         charged.saturating_add(change.after.saturating_sub(change.before)),
         Ordering::Relaxed,
     );
+    available_to(device, share)
+}
+
+/// Bytes `share`'s member may still be admitted on `device`: the room under the budget plus the
+/// unused part of its claim.
+fn available_to(device: &DeviceRecord, share: &SlotDevice) -> u64 {
+    room(device).saturating_add(unused_claim(share))
+}
+
+/// The part of the member's claim its held and in-flight bytes do not use.
+fn unused_claim(share: &SlotDevice) -> u64 {
+    share
+        .claim
+        .load(Ordering::Relaxed)
+        .saturating_sub(used(share))
+}
+
+/// The member's held plus in-flight bytes.
+fn used(share: &SlotDevice) -> u64 {
+    share
+        .held
+        .load(Ordering::Relaxed)
+        .saturating_add(share.in_flight.load(Ordering::Relaxed))
 }
 
 /// Whether granting `ask` needs no new room (for example, inside the member's claim): such a
@@ -226,11 +250,12 @@ impl Ledger {
         bytes: u64,
         req: &Request,
     ) -> Result<Reservation, Refusal> {
-        self.admit(slot, dev, Ask::Reserve(bytes), req)?;
+        let available_after = self.admit(slot, dev, Ask::Reserve(bytes), req)?;
         Ok(Reservation {
             slot,
             device: dev,
             bytes,
+            available_after,
         })
     }
 
@@ -277,7 +302,7 @@ impl Ledger {
         bytes: u64,
         req: &Request,
     ) -> Result<(), Refusal> {
-        self.admit(slot, dev, Ask::Claim(bytes), req)
+        self.admit(slot, dev, Ask::Claim(bytes), req).map(|_| ())
     }
 
     /// Bytes admitted to other members but not yet taken from the driver: their reservations in
@@ -308,14 +333,9 @@ impl Ledger {
         let Some(share) = self.own_share(slot, dev) else {
             return room;
         };
-        let used = share
-            .held
-            .load(Ordering::Relaxed)
-            .saturating_add(share.in_flight.load(Ordering::Relaxed));
-        let unused_claim = share.claim.load(Ordering::Relaxed).saturating_sub(used);
-        let available = room.saturating_add(unused_claim);
+        let available = room.saturating_add(unused_claim(share));
         match limit {
-            Some(limit) => available.min(limit.saturating_sub(used)),
+            Some(limit) => available.min(limit.saturating_sub(used(share))),
             None => available,
         }
     }
@@ -362,7 +382,9 @@ impl Ledger {
         }
     }
 
-    fn admit(&self, slot: SlotId, dev: DeviceId, ask: Ask, req: &Request) -> Result<(), Refusal> {
+    /// Grants `ask` or refuses it; on success returns what [`Ledger::available`] (without a
+    /// limit) answered at the moment of the grant.
+    fn admit(&self, slot: SlotId, dev: DeviceId, ask: Ask, req: &Request) -> Result<u64, Refusal> {
         self.check_slot(slot)?;
         let device = self.device(dev);
         if device.state.load(Ordering::Acquire) != layout::DEVICE_READY {
@@ -403,12 +425,12 @@ impl Ledger {
             return Err(never_fits());
         }
         if admissible_now(device, share, ask) {
-            apply(device, share, ask);
+            let available_after = apply(device, share, ask);
             drop(guard);
             if matches!(ask, Ask::Claim(_)) {
                 wake_waiters(device); // a shrunk claim frees room
             }
-            return Ok(());
+            return Ok(available_after);
         }
         drop(guard);
 
@@ -418,8 +440,7 @@ impl Ledger {
         self.reclaim_dead_on(dev);
         let guard = self.lock_device(dev, token)?;
         if admissible_now(device, share, ask) {
-            apply(device, share, ask);
-            return Ok(());
+            return Ok(apply(device, share, ask));
         }
         let Some(deadline) = req.wait_until else {
             return Err(Refusal::NoRoom {
@@ -440,7 +461,7 @@ impl Ledger {
         ask: Ask,
         deadline: Instant,
         req: &Request,
-    ) -> Result<(), Refusal> {
+    ) -> Result<u64, Refusal> {
         let device = self.device(dev);
         let share = self
             .own_share(slot, dev)
@@ -477,12 +498,12 @@ impl Ledger {
             let now = Instant::now();
             if ticket != 0 {
                 if view.head == ticket && fits(device, share, ask) {
-                    apply(device, share, ask);
+                    let available_after = apply(device, share, ask);
                     share.wait_ticket.store(0, Ordering::Relaxed);
                     decrement_waiters(device);
                     drop(guard);
                     wake_waiters(device); // the next in line may fit too
-                    return Ok(());
+                    return Ok(available_after);
                 }
                 let outcome = if view.all_holders_wait && view.latest == ticket {
                     Some(Refusal::Deadlock { requested })

@@ -86,6 +86,7 @@ pub struct Busy {
 
 /// Takes the lock `word` for `token`, waiting `patience` at most. `probe` is asked (every few
 /// milliseconds) about the token found in the word. The uncontended path reads no clock.
+#[inline]
 pub fn acquire<'a>(
     word: &'a AtomicU64,
     token: u64,

@@ -92,27 +92,52 @@ impl Ledger {
         })
     }
 
-    /// Whether `slot` still names a live membership of this ledger.
+    /// Whether `slot` still names a live membership of this ledger. Made at the start of every
+    /// reservation, commit and release: the common answer is checked inline with plain loads,
+    /// and the error is built out of line.
+    #[inline]
     pub(super) fn check_slot(&self, slot: SlotId) -> Result<(), LedgerError> {
-        if self.read_only {
-            return Err(LedgerError::ReadOnly {
-                path: self.path.clone(),
-            });
+        if self.slot_is_live(slot) {
+            Ok(())
+        } else {
+            Err(self.slot_error(slot))
         }
-        self.intact()?;
+    }
+
+    /// The checks of [`Ledger::check_slot`] without building an error.
+    #[inline]
+    fn slot_is_live(&self, slot: SlotId) -> bool {
+        let index = slot.index as usize;
+        !self.read_only
+            && !self.detached.load(Ordering::Relaxed)
+            && self.layout().header.magic.load(Ordering::Relaxed) != layout::TRUNCATED_MAGIC
+            && index < MAX_PROCESSES
+            && {
+                let record = self.slot(index);
+                record.generation.load(Ordering::Acquire) as u32 == slot.generation
+                    && record.state.load(Ordering::Acquire) == SLOT_ACTIVE
+            }
+    }
+
+    /// Why `slot` fails [`Ledger::check_slot`] (the slow path; also marks a truncated file).
+    #[cold]
+    #[inline(never)]
+    fn slot_error(&self, slot: SlotId) -> LedgerError {
+        if self.read_only {
+            return LedgerError::ReadOnly {
+                path: self.path.clone(),
+            };
+        }
+        if let Err(error) = self.intact() {
+            return error;
+        }
         let index = slot.index as usize;
         if index >= MAX_PROCESSES {
-            return Err(self.unknown_handle());
+            return self.unknown_handle();
         }
-        let record = self.slot(index);
-        if record.generation.load(Ordering::Acquire) as u32 != slot.generation
-            || record.state.load(Ordering::Acquire) != SLOT_ACTIVE
-        {
-            return Err(LedgerError::SlotLost {
-                path: self.path.clone(),
-            });
+        LedgerError::SlotLost {
+            path: self.path.clone(),
         }
-        Ok(())
     }
 
     /// Orderly exit of a member: returns all its bytes, drops its claims and wait tickets, wakes

@@ -405,21 +405,27 @@ impl Process {
     /// What the ledger has admitted on `device`, this request included: every process's held
     /// bytes, other processes' reservations in flight and unused claims, and this process's
     /// reservations in flight (the charged total less this process's unused claim, which this
-    /// request may draw on without growing the total).
-    fn admitted(&self, device: &Device) -> u64 {
-        device
-            .budget
-            .saturating_sub(self.ledger.available(self.slot, device.id, None))
+    /// request may draw on without growing the total). `available_after` is the ledger's
+    /// figure handed back with the reservation ([`Reservation::available_after`]), taken under
+    /// the device lock at the grant, so no separate read of the totals is needed.
+    fn admitted(device: &Device, available_after: u64) -> u64 {
+        device.budget.saturating_sub(available_after)
     }
 
     /// Whether `bytes`, just reserved on `device`, also fit in what the driver says is free, less
     /// the reserve and less what other processes were admitted but have not taken yet. Asks the
     /// driver only near the edge of the card or when its last figure is stale
     /// ([`crate::headroom`]); every answer of the driver refreshes that figure.
-    fn driver_check(&self, device: &Device, bytes: u64, context: Context) -> DriverCheck {
+    fn driver_check(
+        &self,
+        device: &Device,
+        bytes: u64,
+        available_after: u64,
+        context: Context,
+    ) -> DriverCheck {
         let slot = self.slot_of(device.ordinal);
         let now = headroom::now();
-        let admitted = self.admitted(device);
+        let admitted = Self::admitted(device, available_after);
         if let Some(unaccounted) = slot.and_then(|s| s.watch.fresh(now))
             && headroom::far_from_edge(admitted, unaccounted, device.edge)
         {
@@ -481,17 +487,21 @@ impl Process {
                 bytes,
                 &self.request(deadline, &announce),
             );
-            let reservation = match outcome {
-                Ok(reservation) => Admitted {
-                    reservation: Some(reservation),
-                    ordinal: device.ordinal,
-                },
+            let (reservation, available_after) = match outcome {
+                Ok(reservation) => {
+                    let available_after = reservation.available_after();
+                    let admitted = Admitted {
+                        reservation: Some(reservation),
+                        ordinal: device.ordinal,
+                    };
+                    (admitted, available_after)
+                }
                 Err(refusal) => {
                     self.landed(device.ordinal, bytes);
                     return self.refused(device, what, &refusal);
                 }
             };
-            let room = match self.driver_check(device, bytes, context) {
+            let room = match self.driver_check(device, bytes, available_after, context) {
                 DriverCheck::Fits | DriverCheck::Unknown => return Ok(reservation),
                 DriverCheck::Short(room) => room,
             };
