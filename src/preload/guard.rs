@@ -235,6 +235,7 @@ impl Process {
 
     // ----- devices -----------------------------------------------------------------------------
 
+    #[inline]
     fn slot_of(&self, ordinal: CuDevice) -> Option<&DeviceSlot> {
         usize::try_from(ordinal)
             .ok()
@@ -242,11 +243,19 @@ impl Process {
     }
 
     /// The device of `ordinal`, registered in the ledger on first use.
+    #[inline]
     pub fn device(&self, ordinal: CuDevice) -> Result<Device, NoDevice> {
         let slot = self.slot_of(ordinal);
-        if let Some(device) = slot.and_then(|s| s.device.get()) {
-            return Ok(*device);
+        match slot.and_then(|s| s.device.get()) {
+            Some(device) => Ok(*device),
+            None => self.first_use(ordinal, slot),
         }
+    }
+
+    /// [`Process::device`] for an ordinal not seen yet (or beyond [`MAX_DEVICES`]).
+    #[cold]
+    #[inline(never)]
+    fn first_use(&self, ordinal: CuDevice, slot: Option<&DeviceSlot>) -> Result<Device, NoDevice> {
         let device = self.register(ordinal)?;
         // A racing first use registered the same record: either copy will do.
         Ok(slot.map_or(device, |s| *s.device.get_or_init(|| device)))
@@ -289,6 +298,7 @@ impl Process {
     }
 
     /// The device of the current context, and that context.
+    #[inline]
     pub fn current_device(&self) -> Result<(Device, Context), NoDevice> {
         let (context, ordinal) = current::context_and_device().ok_or(NoDevice::NoContext)?;
         Ok((self.device(ordinal)?, Context::Current(context)))
@@ -361,6 +371,7 @@ impl Process {
     /// Sets the `VRAMGUARD_EXPECT` claim at the first charge on a device (waiting under `wait`).
     /// The claim is the expected allocations plus one context (`VRAMGUARD_CONTEXT_SIZE`), which
     /// the guard charges on its own: users state what their program loads.
+    #[inline]
     fn ensure_claim(&self, device: &Device) -> Result<(), CuResult> {
         let Some(expect) = self.config.expect else {
             return Ok(());
@@ -369,6 +380,18 @@ impl Process {
         if slot.is_some_and(|s| s.claimed.load(Ordering::Acquire)) {
             return Ok(());
         }
+        self.claim(device, expect, slot)
+    }
+
+    /// [`Process::ensure_claim`] when the claim of `expect` bytes is not in place yet.
+    #[cold]
+    #[inline(never)]
+    fn claim(
+        &self,
+        device: &Device,
+        expect: u64,
+        slot: Option<&DeviceSlot>,
+    ) -> Result<(), CuResult> {
         let expect = expect.saturating_add(self.config.context_size);
         let announce = |report: &WaitReport| self.announce_wait("VRAMGUARD_EXPECT", report);
         match self.ledger.set_claim(
@@ -416,6 +439,7 @@ impl Process {
     /// the reserve and less what other processes were admitted but have not taken yet. Asks the
     /// driver only near the edge of the card or when its last figure is stale
     /// ([`crate::headroom`]); every answer of the driver refreshes that figure.
+    #[inline]
     fn driver_check(
         &self,
         device: &Device,
@@ -431,6 +455,22 @@ impl Process {
         {
             return DriverCheck::Fits;
         }
+        self.ask_driver(device, bytes, admitted, context, now)
+    }
+
+    /// [`Process::driver_check`] near the edge or on a stale figure: asks the driver, and
+    /// refreshes the figure with its answer.
+    #[cold]
+    #[inline(never)]
+    fn ask_driver(
+        &self,
+        device: &Device,
+        bytes: u64,
+        admitted: u64,
+        context: Context,
+        now: u64,
+    ) -> DriverCheck {
+        let slot = self.slot_of(device.ordinal);
         // cuMemGetInfo answers for the current context's device.
         if context == Context::Named && current::current_ordinal() != Some(device.ordinal) {
             return DriverCheck::Unknown;
@@ -506,31 +546,54 @@ impl Process {
                 DriverCheck::Short(room) => room,
             };
             self.rollback(reservation);
-            let now = Instant::now();
-            let driver_short = format!(
-                "the driver reports only {} free beyond the reserve and memory admitted to others",
-                format_size(room)
-            );
-            match deadline {
-                Some(deadline) if now < deadline => {
-                    if !driver_wait_announced {
-                        driver_wait_announced = true;
-                        log::warn(&format!(
-                            "waiting for {} on {} ({what}): {driver_short} (programs not using the guard hold the rest)",
-                            format_size(bytes),
-                            device.uuid,
-                        ));
-                    }
-                    std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
-                }
-                _ => {
+            Self::driver_short(
+                device,
+                bytes,
+                room,
+                what,
+                deadline,
+                &mut driver_wait_announced,
+            )?;
+        }
+    }
+
+    /// The driver leaves only `room` for `bytes` just rolled back: waits a little before the next
+    /// attempt while `deadline` allows (saying so once), else refuses.
+    #[cold]
+    #[inline(never)]
+    fn driver_short(
+        device: &Device,
+        bytes: u64,
+        room: u64,
+        what: &str,
+        deadline: Option<Instant>,
+        announced: &mut bool,
+    ) -> Result<(), CuResult> {
+        let now = Instant::now();
+        let driver_short = format!(
+            "the driver reports only {} free beyond the reserve and memory admitted to others",
+            format_size(room)
+        );
+        match deadline {
+            Some(deadline) if now < deadline => {
+                if !*announced {
+                    *announced = true;
                     log::warn(&format!(
-                        "refused {what} of {} on {}: {driver_short}",
+                        "waiting for {} on {} ({what}): {driver_short} (programs not using the guard hold the rest)",
                         format_size(bytes),
                         device.uuid,
                     ));
-                    return Err(CuResult::OUT_OF_MEMORY);
                 }
+                std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+                Ok(())
+            }
+            _ => {
+                log::warn(&format!(
+                    "refused {what} of {} on {}: {driver_short}",
+                    format_size(bytes),
+                    device.uuid,
+                ));
+                Err(CuResult::OUT_OF_MEMORY)
             }
         }
     }
@@ -538,6 +601,7 @@ impl Process {
     /// Admits `bytes` on `device`, then runs the driver call `call`: `Ok` with the admission to
     /// commit and the driver's success, or `Err` with the code to return (refused, or the driver
     /// failed and the admission was rolled back).
+    #[inline]
     pub fn call_admitted(
         &self,
         device: &Device,
@@ -557,6 +621,8 @@ impl Process {
     }
 
     /// The answer to a request the ledger did not grant.
+    #[cold]
+    #[inline(never)]
     fn refused(
         &self,
         device: &Device,
@@ -578,6 +644,7 @@ impl Process {
     }
 
     /// A reservation of `bytes` on `ordinal` is settled (committed or rolled back in the ledger).
+    #[inline]
     fn landed(&self, ordinal: CuDevice, bytes: u64) {
         if let Some(slot) = self.slot_of(ordinal) {
             slot.in_flight.fetch_sub(bytes, Ordering::AcqRel);
@@ -585,6 +652,7 @@ impl Process {
     }
 
     /// The driver call succeeded: the reservation becomes held. Returns the bytes charged.
+    #[inline]
     pub fn commit(&self, admitted: Admitted) -> u64 {
         admitted.reservation.map_or(0, |r| {
             let bytes = r.bytes();
@@ -596,6 +664,8 @@ impl Process {
 
     /// The driver call failed: the reservation is returned. A refusal by the driver of what the
     /// guard admitted means its last figure was wrong: the next request asks it again.
+    #[cold]
+    #[inline(never)]
     fn rollback_after(&self, admitted: Admitted, result: CuResult) {
         if result == CuResult::OUT_OF_MEMORY
             && let Some(slot) = self.slot_of(admitted.ordinal)
@@ -647,6 +717,7 @@ impl Process {
     }
 
     /// Returns held bytes to the ledger.
+    #[inline]
     pub fn release(&self, charge: Option<Charge>) {
         if let Some(charge) = charge.filter(|c| c.bytes > 0) {
             self.ledger.release(self.slot, charge.device, charge.bytes);

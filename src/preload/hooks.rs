@@ -83,6 +83,7 @@ fn allocate(
 /// Records a held thing; a stale entry under the same key (freed behind our back, e.g. with its
 /// context) is released. `context` is where the device was found: linear memory and arrays made
 /// in the current context die with it.
+#[inline]
 fn record(
     process: &Process,
     key: Option<Key>,

@@ -132,6 +132,7 @@ pub struct Tables {
 
 impl Tables {
     /// Records a held thing (replacing a stale entry of the same key, whose charge is returned).
+    #[inline]
     pub fn insert(&mut self, key: Key, entry: Entry) -> Option<Entry> {
         if let Key::Physical(handle) = key {
             self.physical_refs.insert(handle, 1);
@@ -146,6 +147,7 @@ impl Tables {
 
     /// Removes a held thing (before the driver frees it; [`Tables::insert`] puts it back if the
     /// driver refuses).
+    #[inline]
     pub fn remove(&mut self, key: Key) -> Option<Entry> {
         self.held.remove(&key)
     }
