@@ -31,11 +31,7 @@ fn charge_of(held: u64, in_flight: u64, claim: u64) -> u64 {
 }
 
 fn share_charge(share: &SlotDevice) -> u64 {
-    charge_of(
-        share.held.load(Ordering::Relaxed),
-        share.in_flight.load(Ordering::Relaxed),
-        share.claim.load(Ordering::Relaxed),
-    )
+    Counters::read(share).charge()
 }
 
 /// Whether a member has anything on a device (bytes, a claim, or a place in its queue).
@@ -138,88 +134,102 @@ impl Ask {
     }
 }
 
-/// The member's charge before and after granting `ask`.
-struct Change {
-    before: u64,
-    after: u64,
+/// A member's counters on a device, read once. Under the device lock only their member changes
+/// them, so a decision and the update it leads to work on one consistent reading (and each word
+/// is loaded once, not once per helper).
+#[derive(Clone, Copy)]
+struct Counters {
+    held: u64,
+    in_flight: u64,
+    claim: u64,
 }
 
-fn change_for(share: &SlotDevice, ask: Ask) -> Change {
-    let held = share.held.load(Ordering::Relaxed);
-    let in_flight = share.in_flight.load(Ordering::Relaxed);
-    let claim = share.claim.load(Ordering::Relaxed);
-    let before = charge_of(held, in_flight, claim);
-    let after = match ask {
-        Ask::Reserve(bytes) => charge_of(held, in_flight.saturating_add(bytes), claim),
-        Ask::Claim(bytes) => charge_of(held, in_flight, bytes),
-    };
-    Change { before, after }
+impl Counters {
+    fn read(share: &SlotDevice) -> Counters {
+        Counters {
+            held: share.held.load(Ordering::Relaxed),
+            in_flight: share.in_flight.load(Ordering::Relaxed),
+            claim: share.claim.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The member's charge: `max(held + in_flight, claim)`.
+    fn charge(self) -> u64 {
+        charge_of(self.held, self.in_flight, self.claim)
+    }
+
+    /// Held plus in-flight bytes.
+    fn used(self) -> u64 {
+        self.held.saturating_add(self.in_flight)
+    }
+
+    /// The part of the claim that held and in-flight bytes do not use.
+    fn unused_claim(self) -> u64 {
+        self.claim.saturating_sub(self.used())
+    }
+
+    /// The counters once `ask` is granted.
+    fn granting(self, ask: Ask) -> Counters {
+        match ask {
+            Ask::Reserve(bytes) => Counters {
+                in_flight: self.in_flight.saturating_add(bytes),
+                ..self
+            },
+            Ask::Claim(bytes) => Counters {
+                claim: bytes,
+                ..self
+            },
+        }
+    }
+
+    /// How much granting `ask` raises the member's charge (0: it needs no new room, for
+    /// example inside the member's claim; such a request never queues).
+    fn growth(self, ask: Ask) -> u64 {
+        self.granting(ask).charge().saturating_sub(self.charge())
+    }
 }
 
-/// Under the device lock: whether granting `ask` keeps the device within its budget.
-fn fits(device: &DeviceRecord, share: &SlotDevice, ask: Ask) -> bool {
-    let change = change_for(share, ask);
-    let growth = change.after.saturating_sub(change.before);
-    let charged = device.charged.load(Ordering::Relaxed);
+/// Under the device lock: whether a growth of the member's charge by `growth` keeps the device
+/// within its budget.
+fn fits(device: &DeviceRecord, growth: u64) -> bool {
     growth == 0
-        || charged
+        || device
+            .charged
+            .load(Ordering::Relaxed)
             .checked_add(growth)
             .is_some_and(|total| total <= device.budget.load(Ordering::Relaxed))
 }
 
-/// Under the device lock: records a granted `ask` (member counters first, then totals), and
-/// returns what [`Ledger::available`] (without a limit) answers right after it.
-fn apply(device: &DeviceRecord, share: &SlotDevice, ask: Ask) -> u64 {
-    let change = change_for(share, ask);
+/// Under the device lock: records a granted `ask` for the member whose counters are `now`
+/// (member counters first, then totals), and returns what [`Ledger::available`] (without a
+/// limit) answers right after it.
+fn apply(device: &DeviceRecord, share: &SlotDevice, now: Counters, ask: Ask) -> u64 {
+    let after = now.granting(ask);
     match ask {
         Ask::Reserve(bytes) => {
-            add(&share.in_flight, bytes);
+            share.in_flight.store(after.in_flight, Ordering::Relaxed);
             add(&device.in_flight, bytes);
         }
         Ask::Claim(bytes) => share.claim.store(bytes, Ordering::Relaxed),
     }
-    let charged = device.charged.load(Ordering::Relaxed);
-    let charged = charged.saturating_sub(change.before.saturating_sub(change.after));
-    device.charged.store(
-        charged.saturating_add(change.after.saturating_sub(change.before)),
-        Ordering::Relaxed,
-    );
-    available_to(device, share)
-}
-
-/// Bytes `share`'s member may still be admitted on `device`: the room under the budget plus the
-/// unused part of its claim.
-fn available_to(device: &DeviceRecord, share: &SlotDevice) -> u64 {
-    room(device).saturating_add(unused_claim(share))
-}
-
-/// The part of the member's claim its held and in-flight bytes do not use.
-fn unused_claim(share: &SlotDevice) -> u64 {
-    share
-        .claim
+    let (before, after_charge) = (now.charge(), after.charge());
+    let charged = device
+        .charged
         .load(Ordering::Relaxed)
-        .saturating_sub(used(share))
-}
-
-/// The member's held plus in-flight bytes.
-fn used(share: &SlotDevice) -> u64 {
-    share
-        .held
+        .saturating_sub(before.saturating_sub(after_charge))
+        .saturating_add(after_charge.saturating_sub(before));
+    device.charged.store(charged, Ordering::Relaxed);
+    device
+        .budget
         .load(Ordering::Relaxed)
-        .saturating_add(share.in_flight.load(Ordering::Relaxed))
-}
-
-/// Whether granting `ask` needs no new room (for example, inside the member's claim): such a
-/// request never queues.
-fn needs_no_room(share: &SlotDevice, ask: Ask) -> bool {
-    let change = change_for(share, ask);
-    change.after <= change.before
+        .saturating_sub(charged)
+        .saturating_add(after.unused_claim())
 }
 
 /// Under the device lock: whether `ask` may be granted right now without queueing.
-fn admissible_now(device: &DeviceRecord, share: &SlotDevice, ask: Ask) -> bool {
-    needs_no_room(share, ask)
-        || (device.waiters.load(Ordering::Relaxed) == 0 && fits(device, share, ask))
+fn admissible_now(device: &DeviceRecord, now: Counters, ask: Ask) -> bool {
+    let growth = now.growth(ask);
+    growth == 0 || (device.waiters.load(Ordering::Relaxed) == 0 && fits(device, growth))
 }
 
 /// Bytes free under the budget.
@@ -243,6 +253,7 @@ struct QueueView {
 impl Ledger {
     /// Admits `bytes` more for `slot` on `dev` if they fit under the budget (and `req.limit`),
     /// recording them as in flight; otherwise refuses or, with `req.wait_until`, waits in line.
+    #[inline]
     pub fn reserve(
         &self,
         slot: SlotId,
@@ -262,9 +273,14 @@ impl Ledger {
     /// Moves a reservation from in flight to held (the driver granted the memory).
     pub fn commit(&self, r: Reservation) {
         self.adjust(r.slot, r.device, false, |device, share| {
-            let bytes = r.bytes.min(share.in_flight.load(Ordering::Relaxed));
-            subtract(&share.in_flight, bytes);
-            add(&share.held, bytes);
+            let now = Counters::read(share);
+            let bytes = r.bytes.min(now.in_flight);
+            share
+                .in_flight
+                .store(now.in_flight - bytes, Ordering::Relaxed);
+            share
+                .held
+                .store(now.held.saturating_add(bytes), Ordering::Relaxed);
             subtract(&device.in_flight, bytes);
             add(&device.held, bytes);
         });
@@ -273,22 +289,30 @@ impl Ledger {
     /// Drops a reservation (the driver refused, or the caller gave up); wakes waiters.
     pub fn rollback(&self, r: Reservation) {
         self.adjust(r.slot, r.device, true, |device, share| {
-            let bytes = r.bytes.min(share.in_flight.load(Ordering::Relaxed));
-            let before = share_charge(share);
-            subtract(&share.in_flight, bytes);
+            let now = Counters::read(share);
+            let bytes = r.bytes.min(now.in_flight);
+            let after = Counters {
+                in_flight: now.in_flight - bytes,
+                ..now
+            };
+            share.in_flight.store(after.in_flight, Ordering::Relaxed);
             subtract(&device.in_flight, bytes);
-            subtract(&device.charged, before.saturating_sub(share_charge(share)));
+            subtract(&device.charged, now.charge().saturating_sub(after.charge()));
         });
     }
 
     /// Returns `bytes` held by `slot` on `dev` (saturating at what it holds); wakes waiters.
     pub fn release(&self, slot: SlotId, dev: DeviceId, bytes: u64) {
         self.adjust(slot, dev, true, |device, share| {
-            let bytes = bytes.min(share.held.load(Ordering::Relaxed));
-            let before = share_charge(share);
-            subtract(&share.held, bytes);
+            let now = Counters::read(share);
+            let bytes = bytes.min(now.held);
+            let after = Counters {
+                held: now.held - bytes,
+                ..now
+            };
+            share.held.store(after.held, Ordering::Relaxed);
             subtract(&device.held, bytes);
-            subtract(&device.charged, before.saturating_sub(share_charge(share)));
+            subtract(&device.charged, now.charge().saturating_sub(after.charge()));
         });
     }
 
@@ -333,11 +357,22 @@ impl Ledger {
         let Some(share) = self.own_share(slot, dev) else {
             return room;
         };
-        let available = room.saturating_add(unused_claim(share));
+        let counters = Counters::read(share);
+        let available = room.saturating_add(counters.unused_claim());
         match limit {
-            Some(limit) => available.min(limit.saturating_sub(used(share))),
+            Some(limit) => available.min(limit.saturating_sub(counters.used())),
             None => available,
         }
+    }
+
+    /// This member's reservations in flight on `dev`: admitted, and not yet committed or rolled
+    /// back (0 when the ledger cannot tell).
+    pub fn in_flight(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        if self.intact().is_err() {
+            return 0;
+        }
+        self.own_share(slot, dev)
+            .map_or(0, |share| share.in_flight.load(Ordering::Relaxed))
     }
 
     /// This member's charge on `dev`.
@@ -383,7 +418,8 @@ impl Ledger {
     }
 
     /// Grants `ask` or refuses it; on success returns what [`Ledger::available`] (without a
-    /// limit) answered at the moment of the grant.
+    /// limit) answered at the moment of the grant. Everything past the first look under the lock
+    /// is out of line.
     fn admit(&self, slot: SlotId, dev: DeviceId, ask: Ask, req: &Request) -> Result<u64, Refusal> {
         self.check_slot(slot)?;
         let device = self.device(dev);
@@ -396,16 +432,9 @@ impl Ledger {
         let token = lock::token(slot.index, slot.generation.into());
         let requested = ask.requested();
         let budget = device.budget.load(Ordering::Relaxed);
-        let over_limit = |share: &SlotDevice| {
+        let over_limit = |now: Counters| {
             req.limit.is_some_and(|limit| match ask {
-                Ask::Reserve(bytes) => {
-                    share
-                        .held
-                        .load(Ordering::Relaxed)
-                        .saturating_add(share.in_flight.load(Ordering::Relaxed))
-                        .saturating_add(bytes)
-                        > limit
-                }
+                Ask::Reserve(bytes) => now.used().saturating_add(bytes) > limit,
                 Ask::Claim(bytes) => bytes > limit,
             })
         };
@@ -414,18 +443,19 @@ impl Ledger {
             budget,
             limit: req.limit,
         };
-        if requested > budget || over_limit(share) {
+        if requested > budget || over_limit(Counters::read(share)) {
             return Err(never_fits());
         }
 
         // Fast path: nobody waits and it fits. (The limit is checked again under the lock, as
         // other threads of this process may have reserved meanwhile.)
         let guard = self.lock_device(dev, token)?;
-        if over_limit(share) {
+        let now = Counters::read(share);
+        if over_limit(now) {
             return Err(never_fits());
         }
-        if admissible_now(device, share, ask) {
-            let available_after = apply(device, share, ask);
+        if admissible_now(device, now, ask) {
+            let available_after = apply(device, share, now, ask);
             drop(guard);
             if matches!(ask, Ask::Claim(_)) {
                 wake_waiters(device); // a shrunk claim frees room
@@ -433,14 +463,33 @@ impl Ledger {
             return Ok(available_after);
         }
         drop(guard);
+        self.admit_after_reclaim(slot, dev, ask, req)
+    }
 
-        // Before refusing or waiting, make sure the file is whole, give back what dead members
-        // hold, then decide again.
+    /// [`Ledger::admit`] when `ask` could not be granted at first sight: before refusing or
+    /// waiting, makes sure the file is whole, gives back what dead members hold, then decides
+    /// again.
+    #[cold]
+    #[inline(never)]
+    fn admit_after_reclaim(
+        &self,
+        slot: SlotId,
+        dev: DeviceId,
+        ask: Ask,
+        req: &Request,
+    ) -> Result<u64, Refusal> {
+        let device = self.device(dev);
+        let share = self
+            .own_share(slot, dev)
+            .ok_or_else(|| self.unknown_handle())?;
+        let token = lock::token(slot.index, slot.generation.into());
+        let requested = ask.requested();
         self.check_file()?;
         self.reclaim_dead_on(dev);
         let guard = self.lock_device(dev, token)?;
-        if admissible_now(device, share, ask) {
-            return Ok(apply(device, share, ask));
+        let now = Counters::read(share);
+        if admissible_now(device, now, ask) {
+            return Ok(apply(device, share, now, ask));
         }
         let Some(deadline) = req.wait_until else {
             return Err(Refusal::NoRoom {
@@ -497,8 +546,9 @@ impl Ledger {
             let view = self.queue_view(dev);
             let now = Instant::now();
             if ticket != 0 {
-                if view.head == ticket && fits(device, share, ask) {
-                    let available_after = apply(device, share, ask);
+                let counters = Counters::read(share);
+                if view.head == ticket && fits(device, counters.growth(ask)) {
+                    let available_after = apply(device, share, counters, ask);
                     share.wait_ticket.store(0, Ordering::Relaxed);
                     decrement_waiters(device);
                     drop(guard);

@@ -60,10 +60,14 @@ impl<'a> DeviceGuard<'a> {
 
 impl Drop for DeviceGuard<'_> {
     fn drop(&mut self) {
-        // Only release what is still ours (a garbage write by someone else is not undone).
-        let _ = self
-            .word
-            .compare_exchange(self.token, 0, Ordering::Release, Ordering::Relaxed);
+        // Only release what is still ours (a garbage write by someone else is not undone). A
+        // plain load and store, not a compare-and-swap: while we run, no contender takes the
+        // lock from us (it is taken over only from a dead owner), so the word can change under
+        // us only by damage to the file, and undoing a write that lands between the two steps
+        // frees a lock nobody holds. This saves an atomic read-modify-write per section.
+        if self.word.load(Ordering::Relaxed) == self.token {
+            self.word.store(0, Ordering::Release);
+        }
     }
 }
 

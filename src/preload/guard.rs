@@ -13,7 +13,7 @@
 
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -76,10 +76,6 @@ struct DeviceSlot {
     device: OnceLock<Device>,
     /// The last driver observation of memory the ledger does not account for.
     watch: Watch,
-    /// Bytes this process has reserved on the device and not yet committed or rolled back; never
-    /// less than the ledger's figure (added before reserving, taken off after the commit or
-    /// rollback).
-    in_flight: AtomicU64,
     /// The `VRAMGUARD_EXPECT` claim is in place (or given up on).
     claimed: AtomicBool,
 }
@@ -478,7 +474,9 @@ impl Process {
         // Read before the driver: a guarded allocation racing with the query is then counted
         // twice rather than not at all.
         let unbacked = self.ledger.unbacked_by_others(self.slot, device.id);
-        let own_in_flight = slot.map_or(bytes, |s| s.in_flight.load(Ordering::Acquire));
+        // This process's reservations in flight, this request included (the ledger's figure, or
+        // at least this request when the ledger cannot tell).
+        let own_in_flight = self.ledger.in_flight(self.slot, device.id).max(bytes);
         let Some(free) = driver_free() else {
             return DriverCheck::Unknown;
         };
@@ -515,12 +513,7 @@ impl Process {
         let deadline = self.deadline();
         let announce = |report: &WaitReport| self.announce_wait(what, report);
         let mut driver_wait_announced = false;
-        let in_flight = self.slot_of(device.ordinal).map(|s| &s.in_flight);
         loop {
-            // Counted before the ledger's figure grows, so that it is never below it.
-            if let Some(counter) = in_flight {
-                counter.fetch_add(bytes, Ordering::AcqRel);
-            }
             let outcome = self.ledger.reserve(
                 self.slot,
                 device.id,
@@ -536,10 +529,7 @@ impl Process {
                     };
                     (admitted, available_after)
                 }
-                Err(refusal) => {
-                    self.landed(device.ordinal, bytes);
-                    return self.refused(device, what, &refusal);
-                }
+                Err(refusal) => return self.refused(device, what, &refusal),
             };
             let room = match self.driver_check(device, bytes, available_after, context) {
                 DriverCheck::Fits | DriverCheck::Unknown => return Ok(reservation),
@@ -643,21 +633,12 @@ impl Process {
         Err(CuResult::OUT_OF_MEMORY)
     }
 
-    /// A reservation of `bytes` on `ordinal` is settled (committed or rolled back in the ledger).
-    #[inline]
-    fn landed(&self, ordinal: CuDevice, bytes: u64) {
-        if let Some(slot) = self.slot_of(ordinal) {
-            slot.in_flight.fetch_sub(bytes, Ordering::AcqRel);
-        }
-    }
-
     /// The driver call succeeded: the reservation becomes held. Returns the bytes charged.
     #[inline]
     pub fn commit(&self, admitted: Admitted) -> u64 {
         admitted.reservation.map_or(0, |r| {
             let bytes = r.bytes();
             self.ledger.commit(r);
-            self.landed(admitted.ordinal, bytes);
             bytes
         })
     }
@@ -678,9 +659,7 @@ impl Process {
     /// The reservation is returned.
     pub fn rollback(&self, admitted: Admitted) {
         if let Some(r) = admitted.reservation {
-            let bytes = r.bytes();
             self.ledger.rollback(r);
-            self.landed(admitted.ordinal, bytes);
         }
     }
 

@@ -17,6 +17,7 @@
 //! - [`headroom`]: when an allocation asks the driver for its free memory.
 //! - [`current`]: the current context and its device, cached per thread.
 //! - [`tables`]: what this process holds (pointers, handles, arrays, contexts, pools).
+//! - [`pointers`]: the map from device pointers to what they hold.
 //! - [`layouts`]: the driver structures read, and array sizes.
 //! - [`state`]: configuration, lazy attach, fork and exit.
 //! - [`pid`]: this process's pid, cached in a page the kernel wipes in forked children.
@@ -34,6 +35,7 @@ mod hooks;
 mod layouts;
 mod log;
 mod pid;
+mod pointers;
 mod procaddr;
 mod state;
 mod symbols;

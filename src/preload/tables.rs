@@ -22,6 +22,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use vramguard_core::cuda::CuDevice;
 use vramguard_core::ledger::DeviceId;
 
+use crate::pointers::PointerMap;
+
 /// Something that holds device memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Key {
@@ -120,6 +122,9 @@ type HandleMap<K, V> = HashMap<K, V, BuildHasherDefault<HandleHasher>>;
 /// The per-process tables.
 #[derive(Default, Debug)]
 pub struct Tables {
+    /// Device pointers ([`Key::Pointer`]), the one lookup of every allocation and free.
+    pointers: PointerMap<Entry>,
+    /// Every other held thing.
     held: HandleMap<Key, Entry>,
     pool_handles: HandleMap<usize, (PoolKey, CuDevice)>,
     pools: HandleMap<PoolKey, PoolUse>,
@@ -142,25 +147,45 @@ impl Tables {
         {
             use_.in_use = use_.in_use.saturating_add(entry.charge.bytes);
         }
-        self.held.insert(key, entry)
+        self.put(key, entry)
+    }
+
+    /// Stores `entry` under `key` in the map for its kind.
+    #[inline]
+    fn put(&mut self, key: Key, entry: Entry) -> Option<Entry> {
+        match key {
+            Key::Pointer(pointer) => self.pointers.insert(pointer, entry),
+            other => self.held.insert(other, entry),
+        }
     }
 
     /// Removes a held thing (before the driver frees it; [`Tables::insert`] puts it back if the
     /// driver refuses).
     #[inline]
     pub fn remove(&mut self, key: Key) -> Option<Entry> {
-        self.held.remove(&key)
+        match key {
+            Key::Pointer(pointer) => self.pointers.remove(pointer),
+            other => self.held.remove(&other),
+        }
     }
 
     /// Puts back an entry removed by [`Tables::remove`] without touching pool figures.
     pub fn restore(&mut self, key: Key, entry: Entry) {
-        self.held.insert(key, entry);
+        self.put(key, entry);
+    }
+
+    /// Every held thing with its key.
+    fn entries(&self) -> impl Iterator<Item = (Key, Entry)> + '_ {
+        self.pointers
+            .iter()
+            .map(|(pointer, entry)| (Key::Pointer(pointer), entry))
+            .chain(self.held.iter().map(|(key, entry)| (*key, *entry)))
     }
 
     /// Everything held (for tests).
     #[cfg(test)]
     pub fn total(&self) -> u64 {
-        let held: u64 = self.held.values().map(|e| e.charge.bytes).sum();
+        let held: u64 = self.entries().map(|(_, e)| e.charge.bytes).sum();
         let cached: u64 = self.pools.values().map(|p| p.cached).sum();
         let primaries: u64 = self
             .primaries
@@ -395,14 +420,13 @@ impl Tables {
             return Vec::new();
         }
         let owned: Vec<Key> = self
-            .held
-            .iter()
+            .entries()
             .filter(|(_, e)| e.context == handle)
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect();
         owned
             .into_iter()
-            .filter_map(|k| self.held.remove(&k))
+            .filter_map(|k| self.remove(k))
             .map(|e| e.charge)
             .collect()
     }
