@@ -2,36 +2,120 @@
 //!
 //! An allocation needs both: the device to charge, and the context that owns the memory (its
 //! destruction frees it). The driver is asked only for the current context (`cuCtxGetCurrent`, a
-//! thread-local read in the real driver); the context's device comes from a one-entry cache per
-//! thread, filled by `cuCtxGetDevice` when the thread's current context changes. A context's
-//! device never changes while it lives, but a destroyed context's handle may be reused for a new
-//! one on another device: every destruction the guard sees (`cuCtxDestroy`, a primary context's
-//! release or reset) and every attach (a forked child) bumps a generation that empties all the
-//! caches.
+//! thread-local read in the real driver); the context's device comes from a small cache shared
+//! by all threads, filled by `cuCtxGetDevice` the first time a context is seen. A context's device
+//! never changes while it lives, but a destroyed context's handle may be reused for a new one on
+//! another device: every destruction the guard sees (`cuCtxDestroy`, a primary context's release
+//! or reset) and every attach (a forked child) bumps a generation, and an entry answers only for
+//! the generation it was filled in.
+//!
+//! The cache is direct-mapped by the context handle; each entry is a sequence lock (a counter
+//! that is odd while the entry is written), so a reader never combines one context with another's
+//! device, and neither readers nor writers ever wait: a reader that meets a write in progress
+//! asks the driver, a writer that meets another writer leaves the entry to it. (A thread-local
+//! cache would cost a call into the dynamic loader per allocation: the library's thread-locals
+//! are reached through `__tls_get_addr`.)
 
-use std::cell::Cell;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use vramguard_core::cuda::{CuDevice, CuResult};
 
 use crate::symbols::aux;
 
-/// The context this thread found current last time, with its device and the generation then.
-#[derive(Clone, Copy)]
-struct Remembered {
-    context: usize,
-    ordinal: CuDevice,
-    generation: u64,
-}
-
 /// Bumped whenever a context may have gone (its handle may then be reused).
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
-thread_local! {
-    static LAST: Cell<Remembered> = const {
-        Cell::new(Remembered { context: 0, ordinal: -1, generation: 0 })
-    };
+/// Entries of the cache (a power of two): programs use one context per device, a few at most.
+const ENTRIES: usize = 64;
+
+/// One context whose device is known, behind its sequence counter.
+struct Entry {
+    /// Odd while a writer fills the entry.
+    sequence: AtomicU32,
+    /// The context handle (0: empty).
+    context: AtomicU64,
+    /// The generation the entry was filled in (high half) and the device ordinal (low half).
+    device: AtomicU64,
+}
+
+/// Contexts and their devices, shared by all threads.
+struct DeviceCache {
+    entries: [Entry; ENTRIES],
+}
+
+impl DeviceCache {
+    const fn new() -> DeviceCache {
+        DeviceCache {
+            entries: [const {
+                Entry {
+                    sequence: AtomicU32::new(0),
+                    context: AtomicU64::new(0),
+                    device: AtomicU64::new(0),
+                }
+            }; ENTRIES],
+        }
+    }
+
+    fn entry(&self, context: usize) -> &Entry {
+        // Fibonacci hashing: the top bits of the product pick the entry.
+        let index = (context as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ENTRIES.ilog2());
+        &self.entries[index as usize % ENTRIES]
+    }
+
+    /// The device of `context` if it was filled in `generation`.
+    #[inline]
+    fn get(&self, context: usize, generation: u32) -> Option<CuDevice> {
+        let entry = self.entry(context);
+        let before = entry.sequence.load(Ordering::Acquire);
+        let cached = entry.context.load(Ordering::Relaxed);
+        let device = entry.device.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let unchanged = entry.sequence.load(Ordering::Relaxed) == before;
+        (unchanged
+            && before.is_multiple_of(2)
+            && cached == context as u64
+            && (device >> 32) as u32 == generation)
+            .then_some(device as u32 as CuDevice)
+    }
+
+    /// Records the device of `context`, found in `generation` (skipped if another thread is
+    /// writing the entry).
+    fn put(&self, context: usize, generation: u32, ordinal: CuDevice) {
+        let entry = self.entry(context);
+        let sequence = entry.sequence.load(Ordering::Relaxed);
+        if !sequence.is_multiple_of(2)
+            || entry
+                .sequence
+                .compare_exchange(
+                    sequence,
+                    sequence.wrapping_add(1),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        // Readers that see any of the stores below then see the odd counter.
+        fence(Ordering::Release);
+        entry.context.store(context as u64, Ordering::Relaxed);
+        entry.device.store(
+            (u64::from(generation) << 32) | u64::from(ordinal as u32),
+            Ordering::Relaxed,
+        );
+        entry
+            .sequence
+            .store(sequence.wrapping_add(2), Ordering::Release);
+    }
+}
+
+static DEVICES: DeviceCache = DeviceCache::new();
+
+/// The generation as entries record it (its low 32 bits: an entry could be taken for current
+/// again only after four billion context destructions while it sat unused).
+fn generation() -> u32 {
+    GENERATION.load(Ordering::Acquire) as u32
 }
 
 /// The current context (non-null) and its device ordinal; `None` when no context is current or
@@ -41,23 +125,14 @@ pub fn context_and_device() -> Option<(usize, CuDevice)> {
     if context == 0 {
         return None;
     }
-    let generation = GENERATION.load(Ordering::Acquire);
-    // A thread being torn down has no cache: it asks the driver.
-    let last = LAST.try_with(Cell::get).ok();
-    if let Some(last) = last
-        && last.context == context
-        && last.generation == generation
-    {
-        return Some((context, last.ordinal));
+    // Read before the driver is asked: a destruction racing with the question makes the entry
+    // stale at once.
+    let generation = generation();
+    if let Some(ordinal) = DEVICES.get(context, generation) {
+        return Some((context, ordinal));
     }
     let ordinal = current_ordinal()?;
-    let _ = LAST.try_with(|cell| {
-        cell.set(Remembered {
-            context,
-            ordinal,
-            generation,
-        })
-    });
+    DEVICES.put(context, generation, ordinal);
     Some((context, ordinal))
 }
 
@@ -93,4 +168,68 @@ pub fn current_ordinal() -> Option<CuDevice> {
     let mut ordinal: CuDevice = -1;
     // SAFETY: `ordinal` is a live int the driver writes.
     unsafe { get(&mut ordinal) }.is_success().then_some(ordinal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_answers_only_for_its_context_and_generation() {
+        let cache = DeviceCache::new();
+        assert_eq!(cache.get(0x5000, 7), None);
+        cache.put(0x5000, 7, 3);
+        assert_eq!(cache.get(0x5000, 7), Some(3));
+        assert_eq!(cache.get(0x5000, 8), None, "a later generation");
+        assert_eq!(cache.get(0x6000, 7), None, "another context");
+        cache.put(0x5000, 8, 1);
+        assert_eq!(cache.get(0x5000, 8), Some(1));
+        assert_eq!(cache.get(0x5000, 7), None);
+    }
+
+    #[test]
+    fn a_reader_never_mixes_two_writes() {
+        // Contexts that share one entry, written by two threads while two others read: every
+        // answer must be the device written together with the context asked about.
+        let cache = std::sync::Arc::new(DeviceCache::new());
+        let contexts: Vec<usize> = (1..100_000usize)
+            .map(|i| i * 0x1000)
+            .filter(|c| std::ptr::eq(cache.entry(*c), cache.entry(0x1000)))
+            .take(4)
+            .collect();
+        assert!(contexts.len() >= 2, "no colliding contexts found");
+        let device_of = |context: usize| (context / 0x1000 % 60) as CuDevice;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for writer in 0..2 {
+            let (cache, contexts, stop) = (cache.clone(), contexts.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut n = writer;
+                while !stop.load(Ordering::Relaxed) {
+                    let context = contexts[n % contexts.len()];
+                    cache.put(context, 1, device_of(context));
+                    n += 1;
+                    std::thread::yield_now();
+                }
+                0u64
+            }));
+        }
+        for _ in 0..2 {
+            let (cache, contexts, stop) = (cache.clone(), contexts.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut hits = 0u64;
+                for n in 0..200_000usize {
+                    let context = contexts[n % contexts.len()];
+                    if let Some(ordinal) = cache.get(context, 1) {
+                        assert_eq!(ordinal, device_of(context), "context {context:#x}");
+                        hits += 1;
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+                hits
+            }));
+        }
+        let hits: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(hits > 0, "the readers never hit the cache");
+    }
 }

@@ -240,21 +240,41 @@ impl Process {
 
     /// The device of `ordinal`, registered in the ledger on first use.
     #[inline]
-    pub fn device(&self, ordinal: CuDevice) -> Result<Device, NoDevice> {
-        let slot = self.slot_of(ordinal);
-        match slot.and_then(|s| s.device.get()) {
-            Some(device) => Ok(*device),
+    pub fn device(&self, ordinal: CuDevice) -> Result<&Device, NoDevice> {
+        let Some(slot) = self.slot_of(ordinal) else {
+            return Err(Self::beyond_slots(ordinal));
+        };
+        match slot.device.get() {
+            Some(device) => Ok(device),
             None => self.first_use(ordinal, slot),
         }
     }
 
-    /// [`Process::device`] for an ordinal not seen yet (or beyond [`MAX_DEVICES`]).
+    /// [`Process::device`] for an ordinal not seen yet.
     #[cold]
     #[inline(never)]
-    fn first_use(&self, ordinal: CuDevice, slot: Option<&DeviceSlot>) -> Result<Device, NoDevice> {
+    fn first_use<'a>(
+        &self,
+        ordinal: CuDevice,
+        slot: &'a DeviceSlot,
+    ) -> Result<&'a Device, NoDevice> {
         let device = self.register(ordinal)?;
         // A racing first use registered the same record: either copy will do.
-        Ok(slot.map_or(device, |s| *s.device.get_or_init(|| device)))
+        Ok(slot.device.get_or_init(|| device))
+    }
+
+    /// An ordinal at or beyond [`MAX_DEVICES`]: the ledger has no room for that many cards, so
+    /// the device is unusable (`VRAMGUARD_ON_ERROR` decides); said once.
+    #[cold]
+    #[inline(never)]
+    fn beyond_slots(ordinal: CuDevice) -> NoDevice {
+        static SAID: AtomicBool = AtomicBool::new(false);
+        if !SAID.swap(true, Ordering::Relaxed) {
+            log::error(&format!(
+                "device ordinal {ordinal} is beyond the {MAX_DEVICES} devices the ledger can track"
+            ));
+        }
+        NoDevice::Unusable
     }
 
     /// Finds the card of `ordinal` and its ledger record (find-or-add by UUID).
@@ -295,7 +315,7 @@ impl Process {
 
     /// The device of the current context, and that context.
     #[inline]
-    pub fn current_device(&self) -> Result<(Device, Context), NoDevice> {
+    pub fn current_device(&self) -> Result<(&Device, Context), NoDevice> {
         let (context, ordinal) = current::context_and_device().ok_or(NoDevice::NoContext)?;
         Ok((self.device(ordinal)?, Context::Current(context)))
     }

@@ -45,7 +45,7 @@ fn accountable(bytes: u64) -> Result<&'static Process, Option<CuResult>> {
     if bytes == 0 { Err(None) } else { Ok(process) }
 }
 
-fn resolve(process: &Process, on: On) -> Result<(Device, Context), guard::NoDevice> {
+fn resolve(process: &Process, on: On) -> Result<(&Device, Context), guard::NoDevice> {
     match on {
         On::Current => process.current_device(),
         On::Ordinal(ordinal) => Ok((process.device(ordinal)?, Context::Named)),
@@ -68,7 +68,7 @@ fn allocate(
         Ok(found) => found,
         Err(why) => return process.unaccounted(why, call),
     };
-    let (admitted, result) = match process.call_admitted(&device, context, bytes, what, call) {
+    let (admitted, result) = match process.call_admitted(device, context, bytes, what, call) {
         Ok(done) => done,
         Err(code) => return code,
     };
@@ -323,7 +323,7 @@ fn allocate_pitched(
         Ok(found) => found,
         Err(why) => return process.unaccounted(why, call),
     };
-    let (admitted, outcome) = match process.call_admitted(&device, context, estimate, what, call) {
+    let (admitted, outcome) = match process.call_admitted(device, context, estimate, what, call) {
         Ok(done) => done,
         Err(code) => return code,
     };
@@ -331,7 +331,7 @@ fn allocate_pitched(
         process.rollback(admitted);
         return outcome;
     };
-    match process.commit_actual(&device, admitted, pitch.saturating_mul(height)) {
+    match process.commit_actual(device, admitted, pitch.saturating_mul(height)) {
         Some(bytes) => {
             record(
                 process,
@@ -438,7 +438,7 @@ pub unsafe fn cuMemAllocManaged(
 fn guarded_info(driver_free: u64) -> Option<(u64, u64)> {
     let process = guarded_process().ok()?;
     let (device, _) = process.current_device().ok()?;
-    Some(process.memory_info(&device, driver_free))
+    Some(process.memory_info(device, driver_free))
 }
 
 /// The guarded `cuMemGetInfo`.
@@ -487,7 +487,7 @@ pub unsafe fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CuResult {
 fn guarded_total(dev: CuDevice) -> Option<u64> {
     let process = guarded_process().ok()?;
     let device = process.device(dev).ok()?;
-    Some(process.total_memory(&device))
+    Some(process.total_memory(device))
 }
 
 /// The guarded `cuDeviceTotalMem`.
@@ -560,14 +560,14 @@ fn allocate_from_pool(
         (None, None) => PoolKey::Default(device.ordinal),
     };
     let drawn = process.tables().draw_from_cache(key, device.id, bytes);
-    let (admitted, result) =
-        match process.call_admitted(&device, context, bytes - drawn, what, call) {
-            Ok(done) => done,
-            Err(code) => {
-                process.tables().undraw(key, drawn);
-                return code;
-            }
-        };
+    let (admitted, result) = match process.call_admitted(device, context, bytes - drawn, what, call)
+    {
+        Ok(done) => done,
+        Err(code) => {
+            process.tables().undraw(key, drawn);
+            return code;
+        }
+    };
     let charge = Charge {
         device: device.id,
         bytes: drawn + process.commit(admitted),
@@ -1082,7 +1082,7 @@ pub unsafe fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CuDevice) -> CuRes
     let first = process.tables().primary_needs_charge(dev);
     let bytes = if first { process.context_size() } else { 0 };
     let what = "the primary context";
-    let (admitted, result) = match process.call_admitted(&device, Context::Named, bytes, what, call)
+    let (admitted, result) = match process.call_admitted(device, Context::Named, bytes, what, call)
     {
         Ok(done) => done,
         Err(code) => return code,
