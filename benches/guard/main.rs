@@ -8,12 +8,14 @@
 //! client path), `lookups` (the CUDA runtime's start-up cuGetProcAddress lookups), `start` (a
 //! whole short process, and a process that never touches CUDA), `contention` (1..16 processes on
 //! one device), `wait` (release-to-wakeup under the wait policy), `footprint` (library size,
-//! resident memory, ledger file size). The figures come from the C client `benches/c/vg_bench.c`,
+//! resident memory, ledger file size), `instructions` (instructions per pair counted by valgrind,
+//! the figure a busy machine cannot move; skipped without valgrind). The figures come from the C client `benches/c/vg_bench.c`,
 //! which times the calls from inside the process with CLOCK_MONOTONIC. `docs/benchmarks.md` holds
 //! a table of them and how to read it.
 
 #[path = "../common/cprogs.rs"]
 mod cprogs;
+mod instructions;
 #[allow(dead_code)] // shared with the soak suite, which uses more of it
 #[path = "../common/lab.rs"]
 mod lab;
@@ -41,6 +43,9 @@ const RUN_DEADLINE: Duration = Duration::from_secs(120);
 struct Effort {
     /// Runs of each configuration, alternating unguarded and guarded.
     repeats: usize,
+    /// Runs of each configuration of the pair benchmark, alternating unguarded and guarded
+    /// (short runs, many times: a burst of load on the machine then falls on both sides).
+    pair_runs: usize,
     /// Batches per run of the pair benchmark.
     batches: u32,
     /// Process starts per configuration.
@@ -53,14 +58,16 @@ struct Effort {
 
 const FULL: Effort = Effort {
     repeats: 3,
-    batches: 100,
+    pair_runs: 15,
+    batches: 20,
     starts: 40,
     contention_seconds: 1.0,
     wait_rounds: 100,
 };
 const QUICK: Effort = Effort {
     repeats: 1,
-    batches: 20,
+    pair_runs: 4,
+    batches: 5,
     starts: 8,
     contention_seconds: 0.3,
     wait_rounds: 20,
@@ -116,6 +123,7 @@ fn main() {
     };
     let sections: &[(&str, Section)] = &[
         ("pairs", pairs),
+        ("instructions", instructions::instructions),
         ("lookups", lookups),
         ("start", start),
         ("contention", contention),
@@ -242,7 +250,7 @@ fn pairs(bench: &Bench) {
         for path in PATHS {
             let batches = bench.effort.batches.to_string();
             let batch = BATCH.to_string();
-            let (u, g) = alternate(bench.effort.repeats, |guarded| {
+            let (u, g) = alternate(bench.effort.pair_runs, |guarded| {
                 let out = bench.run(
                     &lab,
                     path,
