@@ -261,7 +261,7 @@ impl Ledger {
         bytes: u64,
         req: &Request,
     ) -> Result<Reservation, Refusal> {
-        let available_after = self.admit(slot, dev, Ask::Reserve(bytes), req)?;
+        let available_after = self.admit_reservation(slot, dev, bytes, req)?;
         Ok(Reservation {
             slot,
             device: dev,
@@ -417,9 +417,23 @@ impl Ledger {
         }
     }
 
+    /// [`Ledger::admit`] of a reservation of `bytes`: its own copy of the admission, in which
+    /// the checks that only concern claims fold away (every allocation comes through here).
+    #[inline(never)]
+    fn admit_reservation(
+        &self,
+        slot: SlotId,
+        dev: DeviceId,
+        bytes: u64,
+        req: &Request,
+    ) -> Result<u64, Refusal> {
+        self.admit(slot, dev, Ask::Reserve(bytes), req)
+    }
+
     /// Grants `ask` or refuses it; on success returns what [`Ledger::available`] (without a
     /// limit) answered at the moment of the grant. Everything past the first look under the lock
     /// is out of line.
+    #[inline(always)]
     fn admit(&self, slot: SlotId, dev: DeviceId, ask: Ask, req: &Request) -> Result<u64, Refusal> {
         self.check_slot(slot)?;
         let device = self.device(dev);

@@ -532,38 +532,78 @@ impl Process {
         self.ensure_claim(device)?;
         let deadline = self.deadline();
         let announce = |report: &WaitReport| self.announce_wait(what, report);
+        let request = self.request(deadline, &announce);
+        match self.ledger.reserve(self.slot, device.id, bytes, &request) {
+            Ok(reservation) if self.far_from_edge(device, reservation.available_after()) => {
+                Ok(Admitted {
+                    reservation: Some(reservation),
+                    ordinal: device.ordinal,
+                })
+            }
+            Ok(reservation) => {
+                self.admit_near_edge(device, context, bytes, what, reservation, &request)
+            }
+            Err(refusal) => self.refused(device, what, &refusal),
+        }
+    }
+
+    /// Whether the driver's last figure is fresh and leaves the ledger's admitted total
+    /// (`available_after` the grant) far from the edge of the card: then the driver is not asked.
+    #[inline]
+    fn far_from_edge(&self, device: &Device, available_after: u64) -> bool {
+        let Some(slot) = self.slot_of(device.ordinal) else {
+            return false;
+        };
+        slot.watch
+            .fresh(headroom::now())
+            .is_some_and(|unaccounted| {
+                headroom::far_from_edge(
+                    Self::admitted(device, available_after),
+                    unaccounted,
+                    device.edge,
+                )
+            })
+    }
+
+    /// [`Process::admit`] once the ledger granted `first` but the driver's figure is stale or
+    /// near the edge: the driver decides; while it is short, the reservation is returned and
+    /// asked for again after a pause as long as `request`'s deadline allows.
+    #[cold]
+    #[inline(never)]
+    fn admit_near_edge(
+        &self,
+        device: &Device,
+        context: Context,
+        bytes: u64,
+        what: &str,
+        first: Reservation,
+        request: &Request,
+    ) -> Result<Admitted, CuResult> {
+        let mut reservation = first;
         let mut driver_wait_announced = false;
         loop {
-            let outcome = self.ledger.reserve(
-                self.slot,
-                device.id,
-                bytes,
-                &self.request(deadline, &announce),
-            );
-            let (reservation, available_after) = match outcome {
-                Ok(reservation) => {
-                    let available_after = reservation.available_after();
-                    let admitted = Admitted {
-                        reservation: Some(reservation),
-                        ordinal: device.ordinal,
-                    };
-                    (admitted, available_after)
-                }
-                Err(refusal) => return self.refused(device, what, &refusal),
+            let available_after = reservation.available_after();
+            let admitted = Admitted {
+                reservation: Some(reservation),
+                ordinal: device.ordinal,
             };
             let room = match self.driver_check(device, bytes, available_after, context) {
-                DriverCheck::Fits | DriverCheck::Unknown => return Ok(reservation),
+                DriverCheck::Fits | DriverCheck::Unknown => return Ok(admitted),
                 DriverCheck::Short(room) => room,
             };
-            self.rollback(reservation);
+            self.rollback(admitted);
             Self::driver_short(
                 device,
                 bytes,
                 room,
                 what,
-                deadline,
+                request.wait_until,
                 &mut driver_wait_announced,
             )?;
+            reservation = match self.ledger.reserve(self.slot, device.id, bytes, request) {
+                Ok(reservation) => reservation,
+                Err(refusal) => return self.refused(device, what, &refusal),
+            };
         }
     }
 
