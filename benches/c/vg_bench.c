@@ -4,7 +4,9 @@
  * "direct"), and plain (paths "dlsym" and "procaddr", see vg_driver.h).
  *
  *   vg-bench --path P pairs --chunk BYTES --batches N --batch B
- *       N batches of B cuMemAlloc_v2 + cuMemFree_v2 pairs; prints `batch_ns <ns>` per batch.
+ *       N batches of B cuMemAlloc_v2 + cuMemFree_v2 pairs; prints `batch_ns <ns>` (elapsed
+ *       time) and `batch_cpu_ns <ns>` (the thread's CPU time, which time the thread spends
+ *       preempted by other processes does not inflate) per batch.
  *   vg-bench --path procaddr lookups --rounds R
  *       R rounds of the CUDA runtime's start-up lookups (a probe for "" then every driver entry
  *       point through cuGetProcAddress); prints `lookups count=<n> ns=<ns>` per round.
@@ -107,8 +109,12 @@ static int run_pairs(const struct vg_driver *d, const struct options *o) {
     for (long i = 0; i < o->batch; i++) alloc_free(d, o->chunk); /* warm-up */
     for (long b = 0; b < o->batches; b++) {
         uint64_t t0 = vg_now_ns();
+        uint64_t c0 = vg_thread_cpu_ns();
         for (long i = 0; i < o->batch; i++) alloc_free(d, o->chunk);
-        printf("batch_ns %llu\n", (unsigned long long)(vg_now_ns() - t0));
+        uint64_t c1 = vg_thread_cpu_ns();
+        uint64_t t1 = vg_now_ns();
+        printf("batch_ns %llu\nbatch_cpu_ns %llu\n", (unsigned long long)(t1 - t0),
+               (unsigned long long)(c1 - c0));
     }
     return 0;
 }

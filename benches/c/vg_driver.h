@@ -59,6 +59,13 @@ static inline uint64_t vg_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* CPU time of the calling thread (user and system), which excludes time spent preempted. */
+static inline uint64_t vg_thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static inline void vg_die(const char *what, CUresult code) {
     fprintf(stderr, "vg: %s failed with CUDA error %u\n", what, code);
     exit(1);

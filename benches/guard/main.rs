@@ -238,11 +238,22 @@ fn alternate(repeats: usize, mut measure: impl FnMut(bool) -> Vec<f64>) -> (Vec<
     (unguarded, guarded)
 }
 
-/// Added cost of one cuMemAlloc_v2 + cuMemFree_v2 pair (1 MiB), uncontended, per client path.
+/// Added cost of one cuMemAlloc_v2 + cuMemFree_v2 pair (1 MiB), uncontended, per client path:
+/// elapsed time, and the calling thread's CPU time (which time spent preempted by other
+/// processes does not inflate: on a busy machine it is the steadier of the two).
 fn pairs(bench: &Bench) {
     const BATCH: u32 = 1000;
+    let per_pair = |output: &str, prefix: &str| -> Vec<f64> {
+        output
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .map(|ns| ns / f64::from(BATCH))
+            .collect()
+    };
+    let mut cpu_rows = Vec::new();
     table_header(
-        "cuMemAlloc_v2 + cuMemFree_v2 pair, uncontended (time per pair; batches of 1000)",
+        "cuMemAlloc_v2 + cuMemFree_v2 pair, uncontended (elapsed time per pair; batches of 1000)",
         "latency / path",
     );
     for latency in LATENCIES {
@@ -250,6 +261,7 @@ fn pairs(bench: &Bench) {
         for path in PATHS {
             let batches = bench.effort.batches.to_string();
             let batch = BATCH.to_string();
+            let (mut cpu_u, mut cpu_g) = (Vec::new(), Vec::new());
             let (u, g) = alternate(bench.effort.pair_runs, |guarded| {
                 let out = bench.run(
                     &lab,
@@ -265,14 +277,21 @@ fn pairs(bench: &Bench) {
                         &batch,
                     ],
                 );
-                out.lines()
-                    .filter_map(|l| l.strip_prefix("batch_ns "))
-                    .filter_map(|v| v.trim().parse::<f64>().ok())
-                    .map(|ns| ns / f64::from(BATCH))
-                    .collect()
+                let cpu = per_pair(&out, "batch_cpu_ns ");
+                if guarded { &mut cpu_g } else { &mut cpu_u }.extend(cpu);
+                per_pair(&out, "batch_ns ")
             });
-            compare_row(&format!("{latency} / {path}"), &u, &g);
+            let label = format!("{latency} / {path}");
+            compare_row(&label, &u, &g);
+            cpu_rows.push((label, cpu_u, cpu_g));
         }
+    }
+    table_header(
+        "the same pairs, CPU time of the calling thread per pair",
+        "latency / path",
+    );
+    for (label, u, g) in cpu_rows {
+        compare_row(&label, &u, &g);
     }
 }
 
