@@ -1,9 +1,16 @@
 //! A short run of the soak and fault suite (the full one is `cargo run --release --example soak`,
 //! see docs/benchmarks.md): 8 guarded processes allocate, free, wait, fork and exit at random on
-//! two simulated devices for 15 seconds while workers are killed and stopped and the ledger is
-//! removed and damaged. The observer's checks must all come out clean: never over budget or over
-//! capacity, ledger and card agree on every quiescent process, nothing leaked, nothing hung,
-//! nothing crashed.
+//! two simulated devices for 15 seconds while workers are killed and stopped (lock holders among
+//! them, when one is caught inside a device lock) and the ledger is removed, damaged and
+//! truncated. The observer's checks must all come out clean: never over budget or over capacity,
+//! ledger and card agree on every quiescent process, nothing leaked, nothing hung, nothing
+//! crashed (a worker killed by SIGBUS after the truncation of a ledger it had mapped is the
+//! documented limitation, counted apart as `truncation_sigbus`).
+//!
+//! Every fault kind is asserted to have been injected except `stop_holder`: every `stop` first
+//! watches the device locks for a holder to catch, but a lock is held for about 100 ns at a time,
+//! so a holder is caught only now and then (`tests/ledger_stopped_holder.rs` stops one
+//! deterministically).
 //!
 //! The seed changes from run to run and is printed; rerun a failure with
 //! `cargo run --release --example soak -- --processes 8 --seconds 15 --seed <seed> --verbose`.
@@ -46,7 +53,8 @@ fn short_soak_with_faults_keeps_every_promise() {
         summary.faults >= 10,
         "too few faults were injected: {summary}"
     );
-    for kind in ["kill", "stop", "remove_dir", "damage"] {
+    // The ledger faults take turns, one every 3 to 4.5 s: all three come within about 10 s.
+    for kind in ["kill", "stop", "remove_dir", "damage", "truncate"] {
         assert!(
             summary
                 .faults_by_kind

@@ -4,9 +4,9 @@
 //!   cargo run --release --example soak -- --processes 64 --seconds 300
 //!
 //! Up to 64 guarded processes allocate, free, wait, fork and exit at random on two simulated
-//! devices while processes are killed and stopped and the ledger is removed and damaged; an
-//! independent observer checks every sample. It ends with one line,
-//! `soak: operations=N faults=N max_overcommit_bytes=0 leaked_bytes=0 hangs=0 crashes=0
+//! devices while processes are killed and stopped (lock holders among them) and the ledger is
+//! removed, damaged and truncated; an independent observer checks every sample. It ends with one
+//! line, `soak: operations=N faults=N max_overcommit_bytes=0 leaked_bytes=0 hangs=0 crashes=0
 //! disagreements=0 card_disagreements=0`, and exits with status 1 if any figure after `faults` is
 //! not zero. See docs/benchmarks.md.
 

@@ -11,7 +11,7 @@
 //! - `futex`: sleeping and waking on a word of the mapping, always with a timeout.
 //! - `membership`: joining, leaving, and reclaiming what dead members held.
 //! - `admission`: reserve, commit, rollback, release, claims, FIFO waiting, deadlock breaking.
-//! - `snapshot`: an owned copy of the ledger for display.
+//! - `snapshot`: an owned copy of the ledger for display; who holds a device lock.
 #![deny(unsafe_code)]
 
 mod admission;
@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 pub use error::{LedgerError, Refusal};
 pub use layout::{MAX_DEVICES, MAX_PROCESSES};
-pub use snapshot::{DeviceSnapshot, ProcessDevice, ProcessSnapshot, ProcessState, Snapshot};
+pub use snapshot::{
+    DeviceSnapshot, LockHolder, ProcessDevice, ProcessSnapshot, ProcessState, Snapshot,
+};
 
 use layout::{DeviceRecord, LedgerLayout, SlotRecord};
 

@@ -1,12 +1,13 @@
-//! An owned copy of the ledger for display (`vramguard status`), with liveness evaluated.
+//! An owned copy of the ledger for display (`vramguard status`), with liveness evaluated, and a
+//! look at who holds a device lock at one instant (for observers such as the soak suite).
 //!
 //! Taken without locks: each value is one atomic load, so the copy is made of real values but
 //! not of one instant (a total may be read just before a member's counter changes).
 
 use std::sync::atomic::Ordering;
 
-use super::layout::{self, DEVICE_READY, SLOT_FREE};
-use super::{Ledger, MAX_DEVICES};
+use super::layout::{self, DEVICE_READY, SLOT_ACTIVE, SLOT_FREE};
+use super::{DeviceId, Ledger, MAX_DEVICES, MAX_PROCESSES, lock};
 
 /// The whole ledger at (about) one moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +89,60 @@ pub struct ProcessDevice {
     pub charged: u64,
 }
 
+/// The member a device-lock owner token names (see [`Ledger::lock_holder`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockHolder {
+    /// The token, as read from the lock word.
+    pub token: u64,
+    /// The member's slot.
+    pub slot: u32,
+    /// The pid its slot records, as the member's own pid namespace sees it (display only).
+    pub pid: i32,
+    /// Whether the member is alive (its slot's liveness lock is held).
+    pub alive: bool,
+}
+
 impl Ledger {
+    /// The owner token in `dev`'s lock word at this instant: 0 while the lock is free (and
+    /// always 0 once the file was found truncated). One atomic load, cheap enough to poll.
+    pub fn device_lock_token(&self, dev: DeviceId) -> u64 {
+        if self.intact().is_err() {
+            return 0;
+        }
+        self.device(dev).lock.load(Ordering::Acquire)
+    }
+
+    /// The active member that owner token `token` names: its slot index is in range, the slot is
+    /// active, and the slot's generation is the token's before and after its pid is read (so the
+    /// pid is the one recorded for that very membership). `None` for 0, garbage, a token of a
+    /// process reclaiming a dead member's slot (the slot's pid is still the dead member's), or a
+    /// slot that changed hands since the token was read.
+    pub fn lock_holder(&self, token: u64) -> Option<LockHolder> {
+        self.intact().ok()?;
+        let (index, generation) = lock::token_owner(token)?;
+        if index >= MAX_PROCESSES {
+            return None;
+        }
+        let slot = self.slot(index);
+        let current = || {
+            slot.generation.load(Ordering::Acquire) as u32 == generation
+                && slot.state.load(Ordering::Acquire) == SLOT_ACTIVE
+        };
+        if !current() {
+            return None;
+        }
+        let pid = slot.pid.load(Ordering::Acquire) as i32;
+        if !current() {
+            return None;
+        }
+        Some(LockHolder {
+            token,
+            slot: index as u32,
+            pid,
+            alive: self.slot_is_alive(index),
+        })
+    }
+
     /// An owned copy of the ledger, each member's liveness checked. Empty once the file was
     /// found truncated (its content is lost; see [`super::LedgerError::Truncated`]).
     pub fn snapshot(&self) -> Snapshot {

@@ -9,7 +9,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use vramguard_core::ledger::{DeviceId, Ledger, Request, SlotId};
+use vramguard_core::ledger::{
+    DeviceId, LOCK_DEADLINE, Ledger, LedgerError, Refusal, Request, SlotId,
+};
 
 /// The environment variable that tells a re-run test binary which role to play.
 pub const ROLE_VAR: &str = "VRAMGUARD_LEDGER_TEST_ROLE";
@@ -290,4 +292,30 @@ pub fn seed() -> u64 {
                 .unwrap_or(0);
             (nanos as u64) ^ u64::from(std::process::id()) << 32
         })
+}
+
+/// Asks for `bytes` on `dev` while another member holds the device lock and cannot progress:
+/// the request must be refused with `LockTimeout` at the lock deadline, not before and not much
+/// later. Returns the refusal.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn refused_at_lock_deadline(
+    ledger: &Ledger,
+    slot: SlotId,
+    dev: DeviceId,
+    bytes: u64,
+) -> Refusal {
+    let start = Instant::now();
+    let refusal = ledger
+        .reserve(slot, dev, bytes, &Request::default())
+        .expect_err("the lock of a holder that cannot progress cannot be taken");
+    let waited = start.elapsed();
+    assert!(
+        matches!(refusal, Refusal::Ledger(LedgerError::LockTimeout { .. })),
+        "{refusal:?}"
+    );
+    assert!(
+        waited >= LOCK_DEADLINE && waited < LOCK_DEADLINE + Duration::from_secs(2),
+        "{waited:?}"
+    );
+    refusal
 }

@@ -1,23 +1,38 @@
 //! The faults the soak injects while the workers run:
 //! - `kill`: SIGKILL of a worker, preferably one inside a driver call (so, sometimes, inside the
 //!   ledger's lock or half-way through an update);
-//! - `stop`: SIGSTOP of a worker, preferably one inside a driver call (a lock holder or a waiter),
-//!   resumed with SIGCONT 50 ms to 1 s later;
+//! - `stop_holder`: SIGSTOP of a worker that provably holds a device lock of the ledger: the
+//!   observer watches the lock words for 25 milliseconds for a holder preempted inside the
+//!   lock (the same owner token for 20 us); once that worker is seen stopped, a lock word must
+//!   still carry a token naming its membership (see [`FaultInjector`]). Resumed 50 ms to 1 s
+//!   later;
+//! - `stop`: otherwise (no such holder in time, or it left the lock before it stopped), SIGSTOP
+//!   of a worker, preferably one inside a driver call (a lock holder or a waiter), resumed with
+//!   SIGCONT 50 ms to 1 s later;
 //! - `remove_dir`: the ledger directory removed while in use (`rm -rf`); attached processes keep
 //!   their mapping, newcomers build a new ledger;
 //! - `damage`: the ledger file overwritten with garbage while in use (its header, or random words
 //!   anywhere); newcomers then find a damaged ledger and must follow `VRAMGUARD_ON_ERROR`. A moment
-//!   later the damaged file is deleted, as an administrator would, so that newcomers build a fresh one.
+//!   later the damaged file is deleted, as an administrator would, so that newcomers build a fresh one;
+//! - `truncate`: the ledger file truncated while in use (to 0 bytes, or to a random smaller size);
+//!   the members must notice, give it its size back, mark it and follow `VRAMGUARD_ON_ERROR`, and a
+//!   member touching a lost page first dies of SIGBUS (a documented limitation: such deaths are
+//!   counted apart, see [`FaultInjector::exposed_to_truncation`]). Deleted a moment later like a
+//!   damaged file.
 //!
+//! The last three change the ledger itself: they take turns, one every 3 to 4.5 seconds.
 //! Workers forking children that exit is part of the workers' own behaviour, not a fault here.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vramguard_core::ledger::layout::FILE_NAME;
+use vramguard_core::ledger::layout::{FILE_NAME, FILE_SIZE};
 
 use super::Config;
 use super::lab::Lab;
@@ -28,17 +43,48 @@ use super::worker::{self, Worker};
 /// The faults that change the ledger itself are spaced at least this far apart, so that the
 /// ledger is usable most of the time and the other checks have something to check.
 const LEDGER_FAULT_SPACING: Duration = Duration::from_secs(3);
+/// ... plus up to this much at random.
+const LEDGER_FAULT_JITTER_MS: u64 = 1500;
+/// How long a `stop` fault watches the device locks for a holder before it picks a victim the
+/// ordinary way.
+const HOLDER_WATCH: Duration = Duration::from_millis(25);
+/// A lock is held for about 100 ns at a time: a holder seen in it for this long is off its CPU
+/// (preempted inside the lock), where it stops before it runs another instruction.
+const HOLDER_MIN_HOLD: Duration = Duration::from_micros(20);
+/// How long a worker sent SIGSTOP may take to be seen stopped (it must be scheduled to stop).
+const STOP_CONFIRM: Duration = Duration::from_millis(200);
+
+/// The faults that change the ledger, in the order they take turns.
+#[derive(Debug, Clone, Copy)]
+enum LedgerFault {
+    RemoveDir,
+    Damage,
+    Truncate,
+}
+
+const LEDGER_FAULTS: [LedgerFault; 3] = [
+    LedgerFault::RemoveDir,
+    LedgerFault::Damage,
+    LedgerFault::Truncate,
+];
 
 /// Chooses and injects faults, and remembers what it did.
+///
+/// A `stop_holder` is proven this way: we send worker p SIGSTOP and wait until `/proc/p/stat`
+/// says it is stopped; then the lock word of a device holds an owner token T that names slot i
+/// in generation g, and slot i is active in generation g and records pid p, before and after p
+/// is read ([`vramguard_core::ledger::Ledger::lock_holder`]), and its member is alive. As p is
+/// stopped, it is stopped while holding that lock.
 pub struct FaultInjector {
     ledger_dir: PathBuf,
     rng: Rng,
     interval: Duration,
     next_at: Instant,
-    last_ledger_fault: Option<Instant>,
-    damage_next: bool,
+    next_ledger_fault_at: Instant,
+    next_ledger_fault: usize,
+    truncation_exposed: HashSet<i32>,
     killed: HashSet<i32>,
-    stopped: Vec<(i32, Instant)>,
+    stopped: Resumer,
     pending_removal: Option<(PathBuf, u64, Instant)>,
     counts: BTreeMap<&'static str, u64>,
     verbose: bool,
@@ -52,10 +98,11 @@ impl FaultInjector {
             rng: Rng::new(seed),
             interval: config.fault_interval,
             next_at: Instant::now() + config.fault_interval,
-            last_ledger_fault: None,
-            damage_next: seed.is_multiple_of(2),
+            next_ledger_fault_at: Instant::now() + config.fault_interval,
+            next_ledger_fault: (seed % LEDGER_FAULTS.len() as u64) as usize,
+            truncation_exposed: HashSet::new(),
             killed: HashSet::new(),
-            stopped: Vec::new(),
+            stopped: Resumer::start(),
             pending_removal: None,
             counts: BTreeMap::new(),
             verbose: config.verbose,
@@ -65,6 +112,20 @@ impl FaultInjector {
     /// Whether `pid` was killed by us.
     pub fn killed(&self, pid: i32) -> bool {
         self.killed.contains(&pid)
+    }
+
+    /// Whether `pid` was exposed to one of our truncations: it mapped the file just before or
+    /// just after the cut, or was still attaching (it may have checked the file's size before
+    /// the cut and mapped it after). A SIGBUS of such a worker is the documented consequence of
+    /// the truncation, not a crash.
+    pub fn exposed_to_truncation(&self, pid: i32) -> bool {
+        self.truncation_exposed.contains(&pid)
+    }
+
+    /// Forgets what we did to `pid`, which has been collected (its number may be reused).
+    pub fn forget(&mut self, pid: i32) {
+        self.killed.remove(&pid);
+        self.truncation_exposed.remove(&pid);
     }
 
     /// Faults injected so far.
@@ -77,18 +138,10 @@ impl FaultInjector {
         self.counts.iter().map(|(k, n)| (*k, *n)).collect()
     }
 
-    /// Resumes stopped workers whose time has come, finishes a pending cleanup, and injects the
-    /// next fault when it is due.
+    /// Finishes a pending cleanup, and injects the next fault when it is due. (Stopped workers
+    /// are resumed by a thread of their own, [`Resumer`].)
     pub fn tick(&mut self, workers: &[Worker], observer: &mut Observer) {
         let now = Instant::now();
-        self.stopped.retain(|&(pid, resume_at)| {
-            if now >= resume_at {
-                worker::signal(pid, libc::SIGCONT);
-                false
-            } else {
-                true
-            }
-        });
         if let Some((path, inode, at)) = &self.pending_removal
             && now >= *at
         {
@@ -103,23 +156,33 @@ impl FaultInjector {
         }
         let jitter = 0.5 + self.rng.below(1000) as f64 / 1000.0;
         self.next_at = now + self.interval.mul_f64(jitter);
-        let ledger_fault_allowed = self
-            .last_ledger_fault
-            .is_none_or(|t| now.duration_since(t) >= LEDGER_FAULT_SPACING);
-        match self.rng.below(100) {
-            // The two ledger faults take turns, so that a short run sees both.
-            0..=19 if ledger_fault_allowed && !self.damage_next => self.remove_dir(),
-            0..=19 if ledger_fault_allowed => self.damage(observer),
-            20..=59 => self.kill(workers),
-            _ => self.stop(workers),
+        if now >= self.next_ledger_fault_at {
+            // The ledger faults take turns, so that a short run sees each of them; one that
+            // finds nothing to hit (no ledger file yet) is tried again at the next fault.
+            let kind = LEDGER_FAULTS[self.next_ledger_fault % LEDGER_FAULTS.len()];
+            let done = match kind {
+                LedgerFault::RemoveDir => self.remove_dir(),
+                LedgerFault::Damage => self.damage(observer),
+                LedgerFault::Truncate => self.truncate(workers, observer),
+            };
+            if done {
+                self.next_ledger_fault = (self.next_ledger_fault + 1) % LEDGER_FAULTS.len();
+                self.next_ledger_fault_at = Instant::now()
+                    + LEDGER_FAULT_SPACING
+                    + Duration::from_millis(self.rng.below(LEDGER_FAULT_JITTER_MS));
+                return;
+            }
+        }
+        if self.rng.percent(40) {
+            self.kill(workers);
+        } else {
+            self.stop(workers, observer);
         }
     }
 
     /// Resumes every stopped worker (the end of the run).
     pub fn resume_all(&mut self) {
-        for (pid, _) in self.stopped.drain(..) {
-            worker::signal(pid, libc::SIGCONT);
-        }
+        self.stopped.resume_all();
     }
 
     fn count(&mut self, kind: &'static str, what: impl FnOnce() -> String) {
@@ -134,9 +197,7 @@ impl FaultInjector {
     fn victim(&mut self, workers: &[Worker]) -> Option<(i32, bool)> {
         let candidates: Vec<(i32, bool)> = workers
             .iter()
-            .filter(|w| {
-                !self.killed.contains(&w.pid()) && !self.stopped.iter().any(|(p, _)| *p == w.pid())
-            })
+            .filter(|w| !self.is_hit(w.pid()))
             .map(|w| (w.pid(), w.status().is_some_and(|s| !s.quiescent())))
             .collect();
         let busy: Vec<(i32, bool)> = candidates
@@ -164,33 +225,130 @@ impl FaultInjector {
         }
     }
 
-    fn stop(&mut self, workers: &[Worker]) {
-        if let Some((pid, busy)) = self.victim(workers) {
-            let pause = Duration::from_millis(50 + self.rng.below(950));
-            if worker::signal(pid, libc::SIGSTOP) {
-                self.stopped.push((pid, Instant::now() + pause));
-                self.count("stop", || {
-                    format!("SIGSTOP {pid} for {pause:?} (in a driver call: {busy})")
-                });
-            }
+    fn is_hit(&self, pid: i32) -> bool {
+        self.killed.contains(&pid) || self.stopped.contains(pid)
+    }
+
+    fn pause(&mut self) -> Duration {
+        Duration::from_millis(50 + self.rng.below(950))
+    }
+
+    /// Stops a lock holder if one shows up within [`HOLDER_WATCH`] (`stop_holder` if it is
+    /// proven to have stopped inside the lock, else `stop`), or else a worker chosen the ordinary
+    /// way, preferably one inside a driver call (`stop`).
+    fn stop(&mut self, workers: &[Worker], observer: &Observer) {
+        let candidates: HashSet<i32> = workers
+            .iter()
+            .map(Worker::pid)
+            .filter(|pid| !self.is_hit(*pid))
+            .collect();
+        let holder =
+            observer.find_lock_holder(Instant::now() + HOLDER_WATCH, HOLDER_MIN_HOLD, |pid| {
+                candidates.contains(&pid)
+            });
+        let (pid, busy) = match holder {
+            Some(pid) => (pid, true),
+            None => match self.victim(workers) {
+                Some(victim) => victim,
+                None => return,
+            },
+        };
+        if !worker::signal(pid, libc::SIGSTOP) {
+            return;
+        }
+        let caught = holder
+            .filter(|_| worker::wait_until_stopped(pid, STOP_CONFIRM))
+            .and_then(|_| observer.lock_held_by(pid));
+        let pause = self.pause();
+        self.stopped.add(pid, Instant::now() + pause);
+        match caught {
+            Some(held) => self.count("stop_holder", || {
+                format!(
+                    "SIGSTOP {pid} for {pause:?}, stopped holding the lock of device record {} \
+                     (token {:#x}, slot {})",
+                    held.device.index(),
+                    held.token,
+                    held.slot
+                )
+            }),
+            None => self.count("stop", || {
+                format!(
+                    "SIGSTOP {pid} for {pause:?} (in a driver call: {busy}; {})",
+                    if holder.is_some() {
+                        "seen in a device lock, left it before it stopped"
+                    } else {
+                        "no lock holder seen"
+                    }
+                )
+            }),
         }
     }
 
-    fn remove_dir(&mut self) {
-        if std::fs::remove_dir_all(&self.ledger_dir).is_ok() {
-            self.last_ledger_fault = Some(Instant::now());
-            self.damage_next = true;
-            let dir = self.ledger_dir.display().to_string();
-            self.count("remove_dir", || format!("rm -rf {dir}"));
+    fn remove_dir(&mut self) -> bool {
+        if std::fs::remove_dir_all(&self.ledger_dir).is_err() {
+            return false;
         }
+        let dir = self.ledger_dir.display().to_string();
+        self.count("remove_dir", || format!("rm -rf {dir}"));
+        true
     }
 
-    fn damage(&mut self, observer: &mut Observer) {
+    /// Deletes the written-off file at `path` (if it is still inode `inode`) 0.3 to 1 s from now.
+    fn remove_later(&mut self, path: PathBuf, inode: u64) {
+        let at = Instant::now() + Duration::from_millis(300 + self.rng.below(700));
+        self.pending_removal = Some((path, inode, at));
+    }
+
+    fn truncate(&mut self, workers: &[Worker], observer: &mut Observer) -> bool {
         let path = self.ledger_dir.join(FILE_NAME);
         let Ok(file) = OpenOptions::new().write(true).open(&path) else {
-            return;
+            return false;
         };
-        let Ok(meta) = file.metadata() else { return };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        // Who may touch a lost page: every worker that maps the file just before the cut (one
+        // that dies of it at once has no maps left to read afterwards), every worker that maps
+        // it just after, and every worker still attaching (it may have checked the size just
+        // before the cut and map the file after it). The guard never unmaps its ledger.
+        let maps_it = |w: &Worker| worker::maps_file(w.pid(), meta.dev(), meta.ino());
+        let mut exposed: HashSet<i32> = workers
+            .iter()
+            .filter(|w| maps_it(w))
+            .map(Worker::pid)
+            .collect();
+        // The observer stops trusting (and touching) this ledger before it loses a byte.
+        observer.mark_damaged(meta.ino());
+        let size = if self.rng.percent(50) {
+            0
+        } else {
+            self.rng.below(FILE_SIZE as u64)
+        };
+        if file.set_len(size).is_err() {
+            return false;
+        }
+        exposed.extend(
+            workers
+                .iter()
+                .filter(|w| maps_it(w) || w.status().is_none_or(|s| s.ops == 0))
+                .map(Worker::pid),
+        );
+        self.truncation_exposed.extend(exposed);
+        self.remove_later(path.clone(), meta.ino());
+        self.count("truncate", || {
+            format!("{} truncated to {size} bytes", path.display())
+        });
+        true
+    }
+
+    fn damage(&mut self, observer: &mut Observer) -> bool {
+        let path = self.ledger_dir.join(FILE_NAME);
+        let Ok(file) = OpenOptions::new().write(true).open(&path) else {
+            return false;
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
         // The observer stops trusting this ledger before the first garbage byte lands.
         observer.mark_damaged(meta.ino());
         let header = self.rng.percent(50);
@@ -205,10 +363,7 @@ impl FaultInjector {
                 let _ = file.write_all_at(&self.rng.next_u64().to_ne_bytes(), offset);
             }
         }
-        let cleanup_at = Instant::now() + Duration::from_millis(300 + self.rng.below(700));
-        self.pending_removal = Some((path.clone(), meta.ino(), cleanup_at));
-        self.last_ledger_fault = Some(Instant::now());
-        self.damage_next = false;
+        self.remove_later(path.clone(), meta.ino());
         self.count("damage", || {
             if header {
                 format!("garbage over the header of {}", path.display())
@@ -216,5 +371,72 @@ impl FaultInjector {
                 format!("{words} random words written into {}", path.display())
             }
         });
+        true
     }
+}
+
+/// Resumes stopped workers (SIGCONT) when their time comes, from a thread of its own: a worker
+/// stopped inside the simulated driver may hold the simulator's state lock, and the observer's
+/// `simcuda report` then blocks until that worker runs again, so the resumption must not wait
+/// for the main loop.
+struct Resumer {
+    schedule: Arc<Mutex<Vec<(i32, Instant)>>>,
+    done: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Resumer {
+    fn start() -> Resumer {
+        let schedule: Arc<Mutex<Vec<(i32, Instant)>>> = Arc::default();
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let schedule = Arc::clone(&schedule);
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    let now = Instant::now();
+                    lock(&schedule).retain(|&(pid, resume_at)| {
+                        now < resume_at || !worker::signal(pid, libc::SIGCONT)
+                    });
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        Resumer {
+            schedule,
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// Resumes `pid` at `at`.
+    fn add(&self, pid: i32, at: Instant) {
+        lock(&self.schedule).push((pid, at));
+    }
+
+    /// Whether `pid` is stopped (waiting to be resumed).
+    fn contains(&self, pid: i32) -> bool {
+        lock(&self.schedule).iter().any(|(p, _)| *p == pid)
+    }
+
+    /// Resumes everybody now.
+    fn resume_all(&self) {
+        for (pid, _) in lock(&self.schedule).drain(..) {
+            worker::signal(pid, libc::SIGCONT);
+        }
+    }
+}
+
+impl Drop for Resumer {
+    fn drop(&mut self) {
+        self.resume_all();
+        self.done.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -51,7 +51,7 @@ pub struct Config {
     pub reserve: String,
     /// Largest single allocation of a worker.
     pub max_chunk: u64,
-    /// Inject faults (kills, stops, ledger removal and damage).
+    /// Inject faults (kills, stops, ledger removal, damage and truncation).
     pub faults: bool,
     /// Let the workers fork children now and then.
     pub forks: bool,
@@ -108,6 +108,10 @@ pub struct Summary {
     pub hangs: u64,
     /// Workers that died of a signal we did not send or exited with an error. Must be 0.
     pub crashes: u64,
+    /// Workers that died of SIGBUS after we truncated a ledger file they had mapped (or were
+    /// attaching to): the documented limitation of a truncation (docs/limitations.md), not a
+    /// crash. Informational.
+    pub truncation_sigbus: u64,
     /// Samples in which the ledger's charges of a quiescent live process differed from what it
     /// holds (its own count, which the card must match too). Must be 0.
     pub disagreements: u64,
@@ -149,13 +153,14 @@ impl Summary {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "soak details: workers={} forks={} samples={} comparisons={} driver_refusals={} stranded_bytes={} faults_by_kind=[{}]",
+            "soak details: workers={} forks={} samples={} comparisons={} driver_refusals={} stranded_bytes={} truncation_sigbus={} faults_by_kind=[{}]",
             self.workers,
             self.forks,
             self.samples,
             self.comparisons,
             self.driver_refusals,
             self.stranded_bytes,
+            self.truncation_sigbus,
             kinds.join(" ")
         )
     }
@@ -216,7 +221,7 @@ pub fn run(config: &Config) -> Summary {
     let mut next_sample = start;
 
     while Instant::now() < end {
-        reap(&mut workers, &mut summary, &injector, config.verbose);
+        reap(&mut workers, &mut summary, &mut injector, config.verbose);
         // Keep the crowd at full size; no newcomers in the last half second.
         while workers.len() < config.processes
             && end.saturating_duration_since(Instant::now()) > Duration::from_millis(500)
@@ -245,7 +250,7 @@ pub fn run(config: &Config) -> Summary {
     injector.resume_all();
     let finish_by = Instant::now() + FINISH_GRACE;
     while !workers.is_empty() && Instant::now() < finish_by {
-        reap(&mut workers, &mut summary, &injector, config.verbose);
+        reap(&mut workers, &mut summary, &mut injector, config.verbose);
         if Instant::now() >= next_sample {
             observer.sample(&workers, &mut summary);
             next_sample = Instant::now() + config.sample_interval;
@@ -272,7 +277,12 @@ pub fn run(config: &Config) -> Summary {
 }
 
 /// Collects the workers that exited, classifying each exit.
-fn reap(workers: &mut Vec<Worker>, summary: &mut Summary, injector: &FaultInjector, verbose: bool) {
+fn reap(
+    workers: &mut Vec<Worker>,
+    summary: &mut Summary,
+    injector: &mut FaultInjector,
+    verbose: bool,
+) {
     workers.retain_mut(|worker| match worker.try_exit() {
         None => true,
         Some(exit) => {
@@ -281,8 +291,19 @@ fn reap(workers: &mut Vec<Worker>, summary: &mut Summary, injector: &FaultInject
             let expected = match exit {
                 Exit::Code(0) => true,
                 Exit::Signal(libc::SIGKILL) => injector.killed(worker.pid()),
+                Exit::Signal(libc::SIGBUS) if injector.exposed_to_truncation(worker.pid()) => {
+                    summary.truncation_sigbus += 1;
+                    eprintln!(
+                        "soak: worker {} ({}) died of SIGBUS after its ledger file was truncated \
+                         (documented limitation)",
+                        worker.pid(),
+                        worker.describe()
+                    );
+                    true
+                }
                 _ => false,
             };
+            injector.forget(worker.pid());
             if !expected {
                 summary.crashes += 1;
                 eprintln!(

@@ -20,17 +20,23 @@
 //!
 //! "Trusted" ledgers are every ledger file the observer has seen in the ledger directory (one
 //! removed with its directory stays mapped and trusted: its members keep using it) except those
-//! the fault injector damaged, which are written off from the moment of the damage.
+//! the fault injector damaged or truncated, which are written off from the moment of the fault
+//! (and never touched again: a truncated file's lost pages would fault).
 //! At the end, after every process has exited, the dead are reclaimed in every trusted ledger and
 //! everything still charged there or used on the card is a leak.
+//!
+//! The observer also watches the device locks of the trusted ledgers for a holder to stop
+//! ([`Observer::find_lock_holder`]) and tells the fault injector whether a worker it stopped
+//! holds one ([`Observer::lock_held_by`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vramguard_core::ledger::layout::FILE_NAME;
-use vramguard_core::ledger::{Ledger, Snapshot};
+use vramguard_core::ledger::{DeviceId, Ledger, Snapshot};
 
 use super::lab::{self, Lab};
 use super::worker::{STATUS_DEVICES, Worker, WorkerStatus};
@@ -43,6 +49,19 @@ struct Tracked {
     inode: u64,
     ledger: Ledger,
     trusted: bool,
+    /// Its devices, as of the last sample.
+    devices: Vec<DeviceId>,
+}
+
+/// A device lock seen held by a live member (see [`Observer::lock_held_by`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HeldLock {
+    /// The device.
+    pub device: DeviceId,
+    /// The owner token in its lock word.
+    pub token: u64,
+    /// The holder's slot.
+    pub slot: u32,
 }
 
 /// The observer of one run.
@@ -71,7 +90,8 @@ impl<'a> Observer<'a> {
         }
     }
 
-    /// The ledger file with inode `inode` is being damaged: never trust it again.
+    /// The ledger file with inode `inode` is being damaged or truncated: never trust (or touch)
+    /// it again.
     pub fn mark_damaged(&mut self, inode: u64) {
         self.damaged.insert(inode);
         for tracked in &mut self.ledgers {
@@ -101,6 +121,7 @@ impl<'a> Observer<'a> {
                 inode: before.ino(),
                 ledger,
                 trusted: true,
+                devices: Vec::new(),
             });
         }
     }
@@ -111,9 +132,17 @@ impl<'a> Observer<'a> {
         let before: Vec<Option<WorkerStatus>> = workers.iter().map(Worker::status).collect();
         let snapshots: Vec<Snapshot> = self
             .ledgers
-            .iter()
+            .iter_mut()
             .filter(|t| t.trusted)
-            .map(|t| t.ledger.snapshot())
+            .map(|t| {
+                let snapshot = t.ledger.snapshot();
+                t.devices = snapshot
+                    .devices
+                    .iter()
+                    .filter_map(|d| t.ledger.find_device(d.uuid))
+                    .collect();
+                snapshot
+            })
             .collect();
         let report = self.lab.sim_report();
         let after: Vec<Option<WorkerStatus>> = workers.iter().map(Worker::status).collect();
@@ -206,6 +235,73 @@ impl<'a> Observer<'a> {
                 }
             }
         }
+    }
+
+    /// Watches the device-lock words of every trusted ledger, in a tight loop, until `until`
+    /// for a lock that carries the same owner token for at least `min_hold` and whose holder is
+    /// a live active member with a pid `wanted` accepts; returns that holder's pid. A lock is held
+    /// for about 100 ns at a time, far less than it takes to stop its holder; a token that stays
+    /// for `min_hold` belongs to a holder preempted inside the lock, which stops before it runs
+    /// another instruction.
+    pub fn find_lock_holder(
+        &self,
+        until: Instant,
+        min_hold: Duration,
+        wanted: impl Fn(i32) -> bool,
+    ) -> Option<i32> {
+        let words: Vec<(&Tracked, DeviceId)> = self
+            .ledgers
+            .iter()
+            .filter(|t| t.trusted)
+            .flat_map(|t| t.devices.iter().map(move |d| (t, *d)))
+            .collect();
+        // Per word: the token seen there and since when.
+        let mut seen: Vec<(u64, Instant)> = vec![(0, Instant::now()); words.len()];
+        let mut rounds = 0u32;
+        while !words.is_empty() {
+            for ((tracked, device), seen) in words.iter().zip(seen.iter_mut()) {
+                let token = tracked.ledger.device_lock_token(*device);
+                if token == 0 {
+                    seen.0 = 0;
+                    continue;
+                }
+                let now = Instant::now();
+                if token != seen.0 {
+                    *seen = (token, now);
+                } else if now.duration_since(seen.1) >= min_hold
+                    && let Some(holder) = tracked.ledger.lock_holder(token)
+                    && holder.alive
+                    && wanted(holder.pid)
+                {
+                    return Some(holder.pid);
+                }
+            }
+            rounds = rounds.wrapping_add(1);
+            if rounds.is_multiple_of(64) && Instant::now() >= until {
+                return None;
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+
+    /// The device lock held by the live active member with pid `pid` right now, if any, in any
+    /// trusted ledger (the owner token in the lock word names its membership: see
+    /// [`Ledger::lock_holder`]).
+    pub fn lock_held_by(&self, pid: i32) -> Option<HeldLock> {
+        self.ledgers
+            .iter()
+            .filter(|t| t.trusted)
+            .flat_map(|t| t.devices.iter().map(move |d| (t, *d)))
+            .find_map(|(tracked, device)| {
+                let token = tracked.ledger.device_lock_token(device);
+                let holder = tracked.ledger.lock_holder(token)?;
+                (holder.alive && holder.pid == pid).then_some(HeldLock {
+                    device,
+                    token,
+                    slot: holder.slot,
+                })
+            })
     }
 
     /// After every process has exited: reclaims the dead in every trusted ledger and counts what

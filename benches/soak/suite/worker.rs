@@ -276,6 +276,46 @@ pub fn signal(pid: i32, signal: i32) -> bool {
     unsafe { libc::kill(pid, signal) == 0 }
 }
 
+/// Waits up to `patience` until process `pid` is stopped (state `T` or `t` in `/proc/pid/stat`).
+pub fn wait_until_stopped(pid: i32, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        if stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Whether process `pid` maps the file with device number `dev` and inode `inode` (from
+/// `/proc/pid/maps`: `address perms offset major:minor inode path`, the device in hex).
+pub fn maps_file(pid: i32, dev: u64, inode: u64) -> bool {
+    let wanted = (libc::major(dev), libc::minor(dev));
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines().any(|line| {
+        let mut fields = line.split_ascii_whitespace().skip(3);
+        let device = fields
+            .next()
+            .and_then(|d| d.split_once(':'))
+            .and_then(|(a, b)| {
+                Some((
+                    u32::from_str_radix(a, 16).ok()?,
+                    u32::from_str_radix(b, 16).ok()?,
+                ))
+            });
+        let node = fields.next().and_then(|n| n.parse::<u64>().ok());
+        device == Some(wanted) && node == Some(inode)
+    })
+}
+
 /// Makes this process the reaper of its orphaned descendants (children forked by workers that
 /// died first), so that the end of the run can wait until they are gone too: until then they
 /// keep their parent's memory alive, as on a real driver.

@@ -1,0 +1,174 @@
+//! A real process stopped (SIGSTOP) while it holds a device lock: a contender waits for it and
+//! proceeds as soon as it runs again; stopped past the lock deadline, the contender gives up at
+//! the deadline with `LockTimeout` instead of hanging; resumed, the holder finishes its work and
+//! nothing stays charged or locked. The holder is caught inside the lock the way the soak suite
+//! does it: the lock word's owner token, through `Ledger::lock_holder`, names the stopped
+//! process's live membership.
+
+mod ledger_support;
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use ledger_support::{Rng, TempDir, child_dir, child_var, device, device_totals, report, role};
+use vramguard_core::ledger::{DeviceId, LOCK_DEADLINE, Ledger, Request};
+
+const TEST: &str = "a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks";
+const MIB: u64 = 1 << 20;
+const BUDGET: u64 = 1 << 30;
+
+/// The child: takes the device lock as often as it can (reserve, commit, release of 1 MiB in a
+/// tight loop) until the stop file appears, then leaves in order.
+fn cycler() {
+    let ledger = Ledger::open(&child_dir()).expect("open");
+    let dev = device(&ledger, BUDGET);
+    let me = ledger.join("cycler").expect("join");
+    let stop = PathBuf::from(child_var("CYCLER_STOP"));
+    report("ready");
+    let mut rounds = 0u64;
+    while !rounds.is_multiple_of(256) || !stop.exists() {
+        rounds += 1;
+        let r = ledger
+            .reserve(me, dev, MIB, &Request::default())
+            .expect("the cycler's 1 MiB always fits");
+        ledger.commit(r);
+        ledger.release(me, dev, MIB);
+    }
+    ledger.leave(me);
+    report(format!("done {rounds}"));
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on a child we started and have not reaped; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+}
+
+fn is_stopped(child: &Child) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    // The state follows the command name in parentheses.
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+}
+
+/// Stops `child` at random moments until it is stopped while the device lock's owner token names
+/// its membership (at most 2,000 tries; it spends a good part of its time inside the lock).
+/// Returns the token; the child is left stopped.
+fn stop_inside_lock(ledger: &Ledger, dev: DeviceId, child: &Child, rng: &mut Rng) -> u64 {
+    for _ in 0..2_000 {
+        signal(child, libc::SIGSTOP);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_stopped(child) {
+            assert!(Instant::now() < deadline, "the cycler did not stop");
+            std::thread::yield_now();
+        }
+        let token = ledger.device_lock_token(dev);
+        if let Some(holder) = ledger.lock_holder(token) {
+            assert_eq!(holder.pid, child.id() as i32, "{holder:?}");
+            assert!(holder.alive, "{holder:?}");
+            return token;
+        }
+        signal(child, libc::SIGCONT);
+        std::thread::sleep(Duration::from_micros(rng.below(500)));
+    }
+    panic!("the cycler was never stopped inside the device lock in 2,000 tries");
+}
+
+#[test]
+fn a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks() {
+    if role().as_deref() == Some("cycler") {
+        return cycler();
+    }
+    let tmp = TempDir::new("stopped-holder");
+    let ledger = tmp.open_ledger();
+    let dev = device(&ledger, BUDGET);
+    let me = ledger.join("contender").unwrap();
+    assert_eq!(ledger.device_lock_token(dev), 0, "a free lock has no token");
+    assert!(ledger.lock_holder(0).is_none());
+    assert!(
+        ledger.lock_holder(u64::MAX).is_none(),
+        "garbage names nobody"
+    );
+
+    let stop = tmp.path().join("stop");
+    let mut child = ledger_support::spawn(
+        TEST,
+        "cycler",
+        &tmp.ledger_dir(),
+        &[("CYCLER_STOP", stop.display().to_string())],
+    );
+    let reports = ledger_support::Reports::new(&mut child);
+    assert_eq!(
+        reports.next(Duration::from_secs(20), "cycler start"),
+        "ready"
+    );
+    let mut rng = Rng::new(ledger_support::seed());
+
+    // Stopped for 300 ms: the contender waits, then proceeds once the holder runs again.
+    let token = stop_inside_lock(&ledger, dev, &child, &mut rng);
+    let start = Instant::now();
+    let reservation = std::thread::scope(|scope| {
+        let contender = scope.spawn(|| ledger.reserve(me, dev, 10 * MIB, &Request::default()));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            ledger.device_lock_token(dev),
+            token,
+            "the stopped holder keeps the lock"
+        );
+        assert!(
+            !contender.is_finished(),
+            "the contender did not wait for the holder"
+        );
+        signal(&child, libc::SIGCONT);
+        contender.join().unwrap()
+    });
+    let waited = start.elapsed();
+    let reservation = reservation.expect("admitted once the holder resumed");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < LOCK_DEADLINE,
+        "{waited:?}"
+    );
+    ledger.rollback(reservation);
+
+    // Stopped past the lock deadline: the contender gives up at the deadline, no later.
+    let token = stop_inside_lock(&ledger, dev, &child, &mut rng);
+    let start = Instant::now();
+    ledger_support::refused_at_lock_deadline(&ledger, me, dev, 10 * MIB);
+    let waited = start.elapsed();
+    assert_eq!(ledger.device_lock_token(dev), token);
+    assert!(
+        ledger
+            .snapshot()
+            .processes
+            .iter()
+            .any(|p| p.alive && p.pid == child.id() as i32)
+    );
+
+    // Resumed, the holder releases the lock and the next request goes through at once.
+    signal(&child, libc::SIGCONT);
+    let start = Instant::now();
+    let r = ledger
+        .reserve(me, dev, 10 * MIB, &Request::default())
+        .expect("admitted after the holder resumed");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    ledger.rollback(r);
+
+    // The holder finishes its work and leaves: nothing stays charged, the lock is free.
+    std::fs::write(&stop, b"").unwrap();
+    let done = reports.next(Duration::from_secs(20), "cycler end");
+    assert!(done.starts_with("done "), "{done}");
+    let status = ledger_support::wait_until(
+        &mut child,
+        Instant::now() + Duration::from_secs(10),
+        "cycler",
+    );
+    assert!(status.success());
+    ledger.leave(me);
+    assert_eq!(device_totals(&ledger), (0, 0, 0));
+    assert_eq!(ledger.device_lock_token(dev), 0, "device lock left held");
+    println!("stopped holder: {done}; gave up after {waited:?} (deadline {LOCK_DEADLINE:?})");
+}
