@@ -15,7 +15,7 @@
 //! - [`hooks`]: the body of each guarded function.
 //! - [`guard`]: admission against the ledger and the driver, device identity.
 //! - [`headroom`]: when an allocation asks the driver for its free memory.
-//! - [`current`]: the current context and its device, cached per thread.
+//! - [`current`]: the current context and its device, cached for all threads.
 //! - [`tables`]: what this process holds (pointers, handles, arrays, contexts, pools).
 //! - [`pointers`]: the map from device pointers to what they hold.
 //! - [`layouts`]: the driver structures read, and array sizes.
