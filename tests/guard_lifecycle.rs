@@ -8,14 +8,16 @@ mod guard_support;
 mod support;
 
 use guard_support::{
-    CLIENT_DEADLINE, MIB, assert_card_safe, charged, lifecycles_program, sim_uuid, snapshot,
+    CLIENT_DEADLINE, MIB, assert_card_safe, charged, lifecycles_program, reused_context_program,
+    sim_uuid, snapshot,
 };
 use support::Sandbox;
 
 const CONTEXT: u64 = 300 * MIB;
 
-/// What the simulated card says process `pid` holds on device 0.
-fn card_holds(sandbox: &Sandbox, pid: u32) -> u64 {
+/// What the simulated card says process `pid` holds on the device with `uuid` (all devices when
+/// `None`).
+fn card_holds_on(sandbox: &Sandbox, pid: u32, uuid: Option<[u8; 16]>) -> u64 {
     let report = sandbox.sim_report();
     let process = support::report::process(&report, pid)
         .unwrap_or_else(|| panic!("pid {pid} not on the card: {report}"));
@@ -23,8 +25,21 @@ fn card_holds(sandbox: &Sandbox, pid: u32) -> u64 {
         .as_array()
         .expect("devices")
         .iter()
+        .filter(|d| {
+            uuid.is_none_or(|uuid| {
+                d["uuid"]
+                    .as_str()
+                    .and_then(vramguard_core::cuda::CuUuid::parse)
+                    .is_some_and(|u| u.0 == uuid)
+            })
+        })
         .filter_map(|d| d["used_bytes"].as_u64())
         .sum()
+}
+
+/// What the simulated card says process `pid` holds (it uses one device).
+fn card_holds(sandbox: &Sandbox, pid: u32) -> u64 {
+    card_holds_on(sandbox, pid, None)
 }
 
 #[test]
@@ -66,4 +81,53 @@ fn the_ledger_follows_the_card_through_pools_and_mappings() {
     let finished = running.finish(CLIENT_DEADLINE);
     assert_eq!(finished.status.code(), Some(0), "{finished:?}");
     assert_card_safe(&sandbox.sim_report(), 0);
+}
+
+/// A context destroyed, and a new one on another device that the driver gives the same handle:
+/// the guard's cache of each context's device must not outlive the first context, so the second
+/// context's memory is charged to the second device. (The simulator reuses handles only with
+/// `SIMCUDA_REUSE_HANDLES=1`; the test checks the handle really was reused.)
+#[test]
+fn a_reused_context_handle_is_charged_to_its_new_device() {
+    let mut sandbox = Sandbox::new("4GiB;4GiB");
+    sandbox.set_env("SIMCUDA_REUSE_HANDLES", "1");
+    sandbox.init();
+    let report = sandbox.sim_report();
+    let (first, second) = (sim_uuid(&report, 0), sim_uuid(&report, 1));
+    let mut command = sandbox.program(reused_context_program());
+    command.env("LD_PRELOAD", support::artifacts().preload);
+    let mut running = support::spawn(command);
+    let pid = running.pid();
+    let stages = [
+        // (stage, on the first device, on the second device)
+        ("first-holding", CONTEXT + 40 * MIB, 0),
+        ("second-holding", 0, CONTEXT + 60 * MIB),
+        ("second-freed", 0, CONTEXT),
+        ("done", 0, 0),
+    ];
+    for (stage, on_first, on_second) in stages {
+        if stage == "second-holding" {
+            let handles = running.wait_for_line("handles ", CLIENT_DEADLINE);
+            let (a, b) = handles
+                .trim_start_matches("handles first=")
+                .split_once(" second=")
+                .expect("handles line");
+            assert_eq!(a, b, "the driver did not reuse the handle: {handles}");
+        }
+        running.wait_for_line(&format!("stage {stage}"), CLIENT_DEADLINE);
+        let ledger = snapshot(&sandbox);
+        for (uuid, expected, which) in [(first, on_first, "first"), (second, on_second, "second")] {
+            let card = card_holds_on(&sandbox, pid, Some(uuid));
+            assert_eq!(card, expected, "the card's {which} device at {stage}");
+            assert_eq!(
+                charged(&ledger, pid, uuid),
+                expected,
+                "the ledger's {which} device at {stage} (card holds {card})"
+            );
+        }
+    }
+    let finished = running.finish(CLIENT_DEADLINE);
+    assert_eq!(finished.status.code(), Some(0), "{finished:?}");
+    assert_card_safe(&sandbox.sim_report(), 0);
+    assert_card_safe(&sandbox.sim_report(), 1);
 }

@@ -8,29 +8,8 @@
  *     last reference is released (the driver frees both with their context).
  * At each checkpoint it prints "stage <name>" and pauses, so the test can look.
  */
-#include <stddef.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-
 #include "../clients/cuda_min.h"
-
-#define MIB (1ull << 20)
-#define CHECK(call)                                                        \
-    do {                                                                   \
-        CUresult r_ = (call);                                              \
-        if (r_ != 0) {                                                     \
-            printf("fail %s %d\n", #call, r_);                             \
-            exit(1);                                                       \
-        }                                                                  \
-    } while (0)
-
-static void stage(const char *name) {
-    printf("stage %s\n", name);
-    fflush(stdout);
-    struct timespec pause = {0, 400 * 1000 * 1000};
-    nanosleep(&pause, NULL);
-}
+#include "steps.h"
 
 int main(void) {
     int dev = 0;

@@ -131,10 +131,11 @@ pub fn guard_lines(stderr: &str) -> Vec<&str> {
 fn build_c(source: &str, output: &str, args: &[&str]) -> PathBuf {
     let source = support::repo().join("tests/interposers").join(source);
     let header = support::repo().join("tests/clients/cuda_min.h");
+    let steps = support::repo().join("tests/interposers/steps.h");
     let mut cc_args: Vec<&OsStr> = ["-O1", "-Wall", "-Werror"].map(OsStr::new).to_vec();
     cc_args.push(source.as_os_str());
     cc_args.extend(args.iter().map(OsStr::new));
-    support::build_c(output, &[source.clone(), header], &cc_args)
+    support::build_c(output, &[source.clone(), header, steps], &cc_args)
 }
 
 /// The second `LD_PRELOAD` interposer (`tests/interposers/second.c`).
@@ -148,6 +149,16 @@ pub fn second_interposer() -> PathBuf {
 
 /// The step-by-step lifecycle program (`tests/interposers/lifecycles.c`), linked with `-lcuda`.
 pub fn lifecycles_program() -> PathBuf {
+    build_with_driver("lifecycles")
+}
+
+/// `tests/interposers/reused_context.c`, linked with `-lcuda` against the simulator.
+pub fn reused_context_program() -> PathBuf {
+    build_with_driver("reused_context")
+}
+
+/// `tests/interposers/<name>.c`, linked with `-lcuda` against the simulator.
+fn build_with_driver(name: &str) -> PathBuf {
     let simulator = support::artifacts().simulator;
     let dir = format!(
         "-L{}",
@@ -156,5 +167,5 @@ pub fn lifecycles_program() -> PathBuf {
             .expect("the simulator's directory")
             .display()
     );
-    build_c("lifecycles.c", "lifecycles", &[&dir, "-lcuda"])
+    build_c(&format!("{name}.c"), name, &[&dir, "-lcuda"])
 }

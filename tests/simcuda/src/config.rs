@@ -1,6 +1,7 @@
 //! What the simulated card looks like, read from the environment: `SIMCUDA_DEVICES`,
-//! `SIMCUDA_CONTEXT_COST`, `SIMCUDA_FRAGILE`, `SIMCUDA_LATENCY`, `SIMCUDA_STATE`, and the
-//! `CUDA_VISIBLE_DEVICES` filter that turns the machine's devices into a process's ordinals.
+//! `SIMCUDA_CONTEXT_COST`, `SIMCUDA_FRAGILE`, `SIMCUDA_LATENCY`, `SIMCUDA_REUSE_HANDLES`,
+//! `SIMCUDA_STATE`, and the `CUDA_VISIBLE_DEVICES` filter that turns the machine's devices into
+//! a process's ordinals.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -68,9 +69,20 @@ pub fn state_path() -> PathBuf {
     }
 }
 
+/// Whether the switch `name` is on (`1`, `true`, `yes` or `on`).
+fn switch_from_env(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
+}
+
 /// Whether `SIMCUDA_FRAGILE` asks for fragile mode in this process.
 pub fn fragile_from_env() -> bool {
-    std::env::var("SIMCUDA_FRAGILE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
+    switch_from_env("SIMCUDA_FRAGILE")
+}
+
+/// Whether `SIMCUDA_REUSE_HANDLES` asks this process to hand out a destroyed context's handle to
+/// the next context it creates, as a real driver may (its contexts are heap objects).
+pub fn reuse_handles_from_env() -> bool {
+    switch_from_env("SIMCUDA_REUSE_HANDLES")
 }
 
 /// The busy-wait added to each allocation and free call (`SIMCUDA_LATENCY`).

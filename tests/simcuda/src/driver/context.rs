@@ -123,7 +123,8 @@ impl Driver {
     pub fn context_create(&mut self, device: i32) -> CuOutcome<u64> {
         let machine = self.machine(device)?;
         self.activate_context(machine)?;
-        let handle = self.handle();
+        let reused = self.freed_contexts.as_mut().and_then(Vec::pop);
+        let handle = reused.unwrap_or_else(|| self.handle());
         self.contexts.insert(
             handle,
             Context {
@@ -146,6 +147,9 @@ impl Driver {
         self.deactivate_context(handle);
         self.contexts.remove(&handle);
         self.with_stack(|stack| stack.retain(|h| *h != handle));
+        if let Some(freed) = self.freed_contexts.as_mut() {
+            freed.push(handle);
+        }
         Ok(())
     }
 

@@ -113,6 +113,9 @@ pub struct Driver {
     initialized: bool,
     fragile: bool,
     latency: Duration,
+    /// Handles of destroyed contexts, handed out again when `SIMCUDA_REUSE_HANDLES` is on
+    /// (`None` when off).
+    freed_contexts: Option<Vec<u64>>,
     /// Machine index of each ordinal (after `CUDA_VISIBLE_DEVICES`).
     visible: Vec<usize>,
     /// Usually a handful: a B-tree finds one in a few nanoseconds where a `HashMap` hashes first
@@ -170,6 +173,7 @@ impl Driver {
             initialized: false,
             fragile: config::fragile_from_env(),
             latency,
+            freed_contexts: config::reuse_handles_from_env().then(Vec::new),
             visible,
             contexts: BTreeMap::new(),
             primaries: HashMap::new(),
