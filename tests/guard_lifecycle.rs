@@ -1,7 +1,9 @@
 //! Memory that outlives the call that seems to free it: stream-ordered pools that keep freed
 //! blocks (release threshold) and are trimmed, and a physical allocation released right after it
-//! was mapped, memory that goes with its context. At every stage the guard's ledger charges the
-//! process exactly what the card says it holds.
+//! was mapped, memory that goes with its context; and memory charged to the device of its context
+//! when the driver reuses a destroyed context's handle on another device, or when threads work on
+//! different devices at once. At every stage the guard's ledger charges the process exactly what
+//! the card says it holds.
 
 #[path = "support/guard.rs"]
 mod guard_support;
@@ -9,7 +11,7 @@ mod support;
 
 use guard_support::{
     CLIENT_DEADLINE, MIB, assert_card_safe, charged, lifecycles_program, reused_context_program,
-    sim_uuid, snapshot,
+    sim_uuid, snapshot, threads_devices_program,
 };
 use support::Sandbox;
 
@@ -130,4 +132,33 @@ fn a_reused_context_handle_is_charged_to_its_new_device() {
     assert_eq!(finished.status.code(), Some(0), "{finished:?}");
     assert_card_safe(&sandbox.sim_report(), 0);
     assert_card_safe(&sandbox.sim_report(), 1);
+}
+
+/// Two threads allocating at the same time, each in the primary context of its own device (the
+/// guard's cache of contexts' devices is shared by the threads): every byte is charged to the
+/// device of the thread's context.
+#[test]
+fn threads_on_two_devices_are_charged_to_their_own_devices() {
+    let sandbox = Sandbox::new("4GiB;4GiB");
+    sandbox.init();
+    let report = sandbox.sim_report();
+    let uuids = [sim_uuid(&report, 0), sim_uuid(&report, 1)];
+    let mut command = sandbox.program(threads_devices_program());
+    command.env("LD_PRELOAD", support::artifacts().preload);
+    let mut running = support::spawn(command);
+    let pid = running.pid();
+    running.wait_for_line("stage held", CLIENT_DEADLINE);
+    let ledger = snapshot(&sandbox);
+    for (ordinal, uuid) in uuids.into_iter().enumerate() {
+        let expected = CONTEXT + (ordinal as u64 + 1) * 10 * MIB;
+        let card = card_holds_on(&sandbox, pid, Some(uuid));
+        assert_eq!(card, expected, "the card's device {ordinal}");
+        assert_eq!(
+            charged(&ledger, pid, uuid),
+            expected,
+            "the ledger's device {ordinal} (card holds {card})"
+        );
+    }
+    let finished = running.finish(CLIENT_DEADLINE);
+    assert_eq!(finished.status.code(), Some(0), "{finished:?}");
 }

@@ -157,7 +157,12 @@ pub fn reused_context_program() -> PathBuf {
     build_with_driver("reused_context")
 }
 
-/// `tests/interposers/<name>.c`, linked with `-lcuda` against the simulator.
+/// `tests/interposers/threads_devices.c`, linked with `-lcuda` against the simulator.
+pub fn threads_devices_program() -> PathBuf {
+    build_with_driver("threads_devices")
+}
+
+/// `tests/interposers/<name>.c`, linked with `-lcuda` (and `-lpthread`) against the simulator.
 fn build_with_driver(name: &str) -> PathBuf {
     let simulator = support::artifacts().simulator;
     let dir = format!(
@@ -167,5 +172,5 @@ fn build_with_driver(name: &str) -> PathBuf {
             .expect("the simulator's directory")
             .display()
     );
-    build_c(&format!("{name}.c"), name, &[&dir, "-lcuda"])
+    build_c(&format!("{name}.c"), name, &[&dir, "-lcuda", "-lpthread"])
 }
