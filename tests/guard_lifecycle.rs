@@ -39,6 +39,24 @@ fn card_holds_on(sandbox: &Sandbox, pid: u32, uuid: Option<[u8; 16]>) -> u64 {
         .sum()
 }
 
+/// Both the card and the ledger say process `pid` holds `expected` bytes on the device `uuid`.
+fn assert_device_holds(
+    sandbox: &Sandbox,
+    ledger: &vramguard_core::ledger::Snapshot,
+    pid: u32,
+    uuid: [u8; 16],
+    expected: u64,
+    what: &str,
+) {
+    let card = card_holds_on(sandbox, pid, Some(uuid));
+    assert_eq!(card, expected, "the card's {what}");
+    assert_eq!(
+        charged(ledger, pid, uuid),
+        expected,
+        "the ledger's {what} (card holds {card})"
+    );
+}
+
 /// What the simulated card says process `pid` holds (it uses one device).
 fn card_holds(sandbox: &Sandbox, pid: u32) -> u64 {
     card_holds_on(sandbox, pid, None)
@@ -119,12 +137,13 @@ fn a_reused_context_handle_is_charged_to_its_new_device() {
         running.wait_for_line(&format!("stage {stage}"), CLIENT_DEADLINE);
         let ledger = snapshot(&sandbox);
         for (uuid, expected, which) in [(first, on_first, "first"), (second, on_second, "second")] {
-            let card = card_holds_on(&sandbox, pid, Some(uuid));
-            assert_eq!(card, expected, "the card's {which} device at {stage}");
-            assert_eq!(
-                charged(&ledger, pid, uuid),
+            assert_device_holds(
+                &sandbox,
+                &ledger,
+                pid,
+                uuid,
                 expected,
-                "the ledger's {which} device at {stage} (card holds {card})"
+                &format!("{which} device at {stage}"),
             );
         }
     }
@@ -151,12 +170,13 @@ fn threads_on_two_devices_are_charged_to_their_own_devices() {
     let ledger = snapshot(&sandbox);
     for (ordinal, uuid) in uuids.into_iter().enumerate() {
         let expected = CONTEXT + (ordinal as u64 + 1) * 10 * MIB;
-        let card = card_holds_on(&sandbox, pid, Some(uuid));
-        assert_eq!(card, expected, "the card's device {ordinal}");
-        assert_eq!(
-            charged(&ledger, pid, uuid),
+        assert_device_holds(
+            &sandbox,
+            &ledger,
+            pid,
+            uuid,
             expected,
-            "the ledger's device {ordinal} (card holds {card})"
+            &format!("device {ordinal}"),
         );
     }
     let finished = running.finish(CLIENT_DEADLINE);
