@@ -109,12 +109,34 @@ fn the_ledger_follows_the_card_through_pools_and_mappings() {
 /// `SIMCUDA_REUSE_HANDLES=1`; the test checks the handle really was reused.)
 #[test]
 fn a_reused_context_handle_is_charged_to_its_new_device() {
+    reused_handle_on_another_device(None);
+}
+
+/// The same while the destroying call has not returned yet: another thread creates the new
+/// context (same handle) and allocates in it meanwhile. Its memory must be charged to the second
+/// device, and must not be released with the first context when the destroying call returns.
+#[test]
+fn a_context_reused_before_its_destruction_returns_keeps_its_memory() {
+    reused_handle_on_another_device(Some("cuCtxDestroy_v2:400ms"));
+}
+
+/// Runs `tests/interposers/reused_context.c` (a context on device 0 holding 40 MiB, destroyed; one
+/// on device 1 with the same handle holding 60 MiB, then freed and destroyed), racing the
+/// destruction when the destroying call is slowed by `return_delay`, and checks both devices at
+/// each stage.
+fn reused_handle_on_another_device(return_delay: Option<&str>) {
     let mut sandbox = Sandbox::new("4GiB;4GiB");
     sandbox.set_env("SIMCUDA_REUSE_HANDLES", "1");
+    if let Some(delay) = return_delay {
+        sandbox.set_env("SIMCUDA_RETURN_DELAY", delay);
+    }
     sandbox.init();
     let report = sandbox.sim_report();
     let (first, second) = (sim_uuid(&report, 0), sim_uuid(&report, 1));
     let mut command = sandbox.program(reused_context_program());
+    if return_delay.is_some() {
+        command.arg("--race");
+    }
     command.env("LD_PRELOAD", support::artifacts().preload);
     let mut running = support::spawn(command);
     let pid = running.pid();

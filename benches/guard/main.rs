@@ -58,16 +58,16 @@ struct Effort {
 
 const FULL: Effort = Effort {
     repeats: 3,
-    pair_runs: 15,
-    batches: 20,
+    pair_runs: 60,
+    batches: 5,
     starts: 40,
     contention_seconds: 1.0,
     wait_rounds: 100,
 };
 const QUICK: Effort = Effort {
     repeats: 1,
-    pair_runs: 4,
-    batches: 5,
+    pair_runs: 10,
+    batches: 2,
     starts: 8,
     contention_seconds: 0.3,
     wait_rounds: 20,
@@ -252,46 +252,92 @@ fn pairs(bench: &Bench) {
             .collect()
     };
     let mut cpu_rows = Vec::new();
-    table_header(
+    pairs_header(
         "cuMemAlloc_v2 + cuMemFree_v2 pair, uncontended (elapsed time per pair; batches of 1000)",
-        "latency / path",
     );
     for latency in LATENCIES {
         let lab = bench.lab("16GiB", latency);
         for path in PATHS {
             let batches = bench.effort.batches.to_string();
             let batch = BATCH.to_string();
-            let (mut cpu_u, mut cpu_g) = (Vec::new(), Vec::new());
-            let (u, g) = alternate(bench.effort.pair_runs, |guarded| {
-                let out = bench.run(
-                    &lab,
-                    path,
-                    guarded,
-                    &[
-                        "pairs",
-                        "--chunk",
-                        "1048576",
-                        "--batches",
-                        &batches,
-                        "--batch",
-                        &batch,
-                    ],
-                );
-                let cpu = per_pair(&out, "batch_cpu_ns ");
-                if guarded { &mut cpu_g } else { &mut cpu_u }.extend(cpu);
-                per_pair(&out, "batch_ns ")
-            });
+            let (mut wall, mut cpu) = (Runs::default(), Runs::default());
+            for _ in 0..bench.effort.pair_runs {
+                for guarded in [false, true] {
+                    let out = bench.run(
+                        &lab,
+                        path,
+                        guarded,
+                        &[
+                            "pairs",
+                            "--chunk",
+                            "1048576",
+                            "--batches",
+                            &batches,
+                            "--batch",
+                            &batch,
+                        ],
+                    );
+                    wall.push(guarded, per_pair(&out, "batch_ns "));
+                    cpu.push(guarded, per_pair(&out, "batch_cpu_ns "));
+                }
+            }
             let label = format!("{latency} / {path}");
-            compare_row(&label, &u, &g);
-            cpu_rows.push((label, cpu_u, cpu_g));
+            wall.print_row(&label);
+            cpu_rows.push((label, cpu));
         }
     }
-    table_header(
-        "the same pairs, CPU time of the calling thread per pair",
-        "latency / path",
+    pairs_header("the same pairs, CPU time of the calling thread per pair");
+    for (label, cpu) in cpu_rows {
+        cpu.print_row(&label);
+    }
+}
+
+fn pairs_header(title: &str) {
+    table_header(title, "latency / path");
+    println!(
+        "{:<28} (paired: the median over alternating runs of guarded minus unguarded)",
+        ""
     );
-    for (label, u, g) in cpu_rows {
-        compare_row(&label, &u, &g);
+}
+
+/// The samples of each run of a pair benchmark, unguarded and guarded, in the order taken.
+#[derive(Default)]
+struct Runs {
+    unguarded: Vec<Vec<f64>>,
+    guarded: Vec<Vec<f64>>,
+}
+
+impl Runs {
+    fn push(&mut self, guarded: bool, samples: Vec<f64>) {
+        if guarded {
+            &mut self.guarded
+        } else {
+            &mut self.unguarded
+        }
+        .push(samples);
+    }
+
+    /// The median over the runs, taken in alternation, of the guarded run's median less the
+    /// unguarded one's: a slow spell of the machine (a neighbour, a frequency change) then
+    /// falls on both sides of most differences instead of on one side of the pooled samples.
+    fn paired_added(&self) -> Option<f64> {
+        let differences: Vec<f64> = self
+            .unguarded
+            .iter()
+            .zip(&self.guarded)
+            .filter_map(|(u, g)| Some(stats::quantile(g, 0.5)? - stats::quantile(u, 0.5)?))
+            .collect();
+        stats::quantile(&differences, 0.5)
+    }
+
+    /// The comparison row of the pooled samples, then the paired difference.
+    fn print_row(&self, label: &str) {
+        let unguarded: Vec<f64> = self.unguarded.concat();
+        let guarded: Vec<f64> = self.guarded.concat();
+        compare_row(label, &unguarded, &guarded);
+        if let Some(paired) = self.paired_added() {
+            println!("{:<28} paired: {}", "", format_ns(paired));
+        }
     }
 }
 

@@ -60,14 +60,14 @@ impl<'a> DeviceGuard<'a> {
 
 impl Drop for DeviceGuard<'_> {
     fn drop(&mut self) {
-        // Only release what is still ours (a garbage write by someone else is not undone). A
-        // plain load and store, not a compare-and-swap: while we run, no contender takes the
-        // lock from us (it is taken over only from a dead owner), so the word can change under
-        // us only by damage to the file, and undoing a write that lands between the two steps
-        // frees a lock nobody holds. This saves an atomic read-modify-write per section.
-        if self.word.load(Ordering::Relaxed) == self.token {
-            self.word.store(0, Ordering::Release);
-        }
+        // Only release what is still ours: a compare-and-swap, not a plain store. A contender
+        // takes the lock over from an owner it judges dead by its slot (generation, liveness
+        // lock), which a live thread can outlast, e.g. one still in a section while its process
+        // leaves the ledger at exit; a plain store could then free the new owner's lock. Nor is a
+        // garbage write by someone else undone.
+        let _ = self
+            .word
+            .compare_exchange(self.token, 0, Ordering::Release, Ordering::Relaxed);
     }
 }
 

@@ -60,7 +60,7 @@ impl DeviceCache {
     fn entry(&self, context: usize) -> &Entry {
         // Fibonacci hashing: the top bits of the product pick the entry.
         let index = (context as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ENTRIES.ilog2());
-        &self.entries[index as usize % ENTRIES]
+        &self.entries[index as usize]
     }
 
     /// The device of `context` if it was filled in `generation`.

@@ -88,8 +88,8 @@ pub struct Process {
     slot: SlotId,
     left: AtomicBool,
     tables: Mutex<Tables>,
-    /// One slot per device ordinal below [`MAX_DEVICES`] (an ordinal beyond is looked up each
-    /// time, and always checked against the driver).
+    /// One slot per device ordinal below [`MAX_DEVICES`] (a real device beyond is unusable:
+    /// the ledger holds no more devices than that).
     devices: Box<[DeviceSlot]>,
     wait_announced: AtomicBool,
 }
@@ -242,7 +242,7 @@ impl Process {
     #[inline]
     pub fn device(&self, ordinal: CuDevice) -> Result<&Device, NoDevice> {
         let Some(slot) = self.slot_of(ordinal) else {
-            return Err(Self::beyond_slots(ordinal));
+            return Err(Self::without_slot(ordinal));
         };
         match slot.device.get() {
             Some(device) => Ok(device),
@@ -263,12 +263,17 @@ impl Process {
         Ok(slot.device.get_or_init(|| device))
     }
 
-    /// An ordinal at or beyond [`MAX_DEVICES`]: the ledger has no room for that many cards, so
-    /// the device is unusable (`VRAMGUARD_ON_ERROR` decides); said once.
+    /// An ordinal without a slot: negative, or at or beyond [`MAX_DEVICES`]. One the driver does
+    /// not know is the caller's mistake, which the driver answers (`CUDA_ERROR_INVALID_DEVICE`);
+    /// a real device beyond the ledger's room is unusable (`VRAMGUARD_ON_ERROR` decides; said
+    /// once).
     #[cold]
     #[inline(never)]
-    fn beyond_slots(ordinal: CuDevice) -> NoDevice {
+    fn without_slot(ordinal: CuDevice) -> NoDevice {
         static SAID: AtomicBool = AtomicBool::new(false);
+        if ordinal < 0 || query_uuid(ordinal).is_none() {
+            return NoDevice::NoContext;
+        }
         if !SAID.swap(true, Ordering::Relaxed) {
             log::error(&format!(
                 "device ordinal {ordinal} is beyond the {MAX_DEVICES} devices the ledger can track"

@@ -964,9 +964,21 @@ fn create_context(
 ) -> CuResult {
     let size = crate::state::config().context_size;
     // SAFETY: written by the driver on success.
-    allocate(what, size, On::Ordinal(dev), call, || {
+    let result = allocate(what, size, On::Ordinal(dev), call, || {
         unsafe { read(ctx) }.map(|c| Key::Context(c as usize))
-    })
+    });
+    context_made(result)
+}
+
+/// After the driver's answer to a call that may have made a context: on success the handle may
+/// be one the driver reused from a context destroyed a moment ago (on another device, perhaps),
+/// whose device some thread may have cached before the destruction was seen; every cached
+/// context device is forgotten before the program can use the new handle.
+fn context_made(result: CuResult) -> CuResult {
+    if result.is_success() {
+        current::forget_contexts();
+    }
+    result
 }
 
 /// The guarded `cuCtxCreate`.
@@ -1026,16 +1038,36 @@ pub unsafe fn cuCtxCreate_v4(
 
 /// A created context is destroyed: its own charge and everything it owned are released.
 fn destroy_context(ctx: Handle, call: impl FnOnce() -> CuResult) -> CuResult {
+    let process = guarded_process().ok();
+    let owned = process.map_or_else(Vec::new, |p| p.tables().take_context(ctx as usize));
     let result = free(Key::Context(ctx as usize), false, call);
+    context_gone(process, owned, None, result)
+}
+
+/// After the driver's answer to a call that may have destroyed a context: on success, forgets
+/// every cached context device and releases `own` (the context's own charge) and what the
+/// context `owned`; on failure, puts `owned` back.
+fn context_gone(
+    process: Option<&Process>,
+    owned: Vec<(Key, Entry)>,
+    own: Option<Charge>,
+    result: CuResult,
+) -> CuResult {
     if result.is_success() {
         current::forget_contexts();
     }
-    if result.is_success()
-        && let Ok(process) = guarded_process()
-    {
-        let owned = process.tables().drop_context(ctx as usize);
-        release_all(process, owned);
+    let Some(process) = process else {
+        return result;
+    };
+    if !result.is_success() {
+        process.tables().put_back(owned);
+        return result;
     }
+    let charges = own
+        .into_iter()
+        .chain(owned.into_iter().map(|(_, entry)| entry.charge))
+        .collect();
+    release_all(process, charges);
     result
 }
 
@@ -1069,6 +1101,15 @@ pub unsafe fn cuCtxDestroy_v2(ctx: Handle) -> CuResult {
 /// # Safety
 /// The caller upholds the driver's contract for `cuDevicePrimaryCtxRetain`.
 pub unsafe fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CuDevice) -> CuResult {
+    // SAFETY: the caller's arguments, passed on unchanged.
+    context_made(unsafe { retain_primary(ctx, dev) })
+}
+
+/// The body of [`cuDevicePrimaryCtxRetain`]: the context's memory is charged at the first retain.
+///
+/// # Safety
+/// The caller upholds the driver's contract for `cuDevicePrimaryCtxRetain`.
+unsafe fn retain_primary(ctx: *mut Handle, dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
     let call = || unsafe { real::cuDevicePrimaryCtxRetain(ctx, dev) };
     let process = match guarded_process() {
@@ -1098,23 +1139,24 @@ pub unsafe fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CuDevice) -> CuRes
     result
 }
 
-/// After a successful primary-context release (`reset`: the context is gone whatever the count).
-/// When the context goes, so does the memory it owned.
-fn primary_released(dev: CuDevice, reset: bool, result: CuResult) -> CuResult {
-    if result.is_success() {
-        current::forget_contexts();
-    }
-    if result.is_success()
-        && let Ok(process) = guarded_process()
-    {
-        let charges = if reset {
-            process.tables().primary_reset(dev)
-        } else {
-            process.tables().primary_released(dev)
-        };
-        release_all(process, charges);
-    }
-    result
+/// A primary-context release (`reset`: the context is gone whatever the count). When the
+/// context goes, so does the memory it owned, taken out of the tables before the driver call.
+fn primary_released(dev: CuDevice, reset: bool, call: impl FnOnce() -> CuResult) -> CuResult {
+    let process = guarded_process().ok();
+    let owned = process.map_or_else(Vec::new, |p| {
+        let mut tables = p.tables();
+        match tables.primary_handle_if_gone(dev, reset) {
+            Some(handle) => tables.take_context(handle),
+            None => Vec::new(),
+        }
+    });
+    let result = call();
+    let own = match process {
+        Some(p) if result.is_success() && reset => p.tables().primary_reset(dev),
+        Some(p) if result.is_success() => p.tables().primary_released(dev),
+        _ => None,
+    };
+    context_gone(process, owned, own, result)
 }
 
 /// The guarded `cuDevicePrimaryCtxRelease`.
@@ -1123,7 +1165,9 @@ fn primary_released(dev: CuDevice, reset: bool, result: CuResult) -> CuResult {
 /// The caller upholds the driver's contract for `cuDevicePrimaryCtxRelease`.
 pub unsafe fn cuDevicePrimaryCtxRelease(dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
-    primary_released(dev, false, unsafe { real::cuDevicePrimaryCtxRelease(dev) })
+    primary_released(dev, false, || unsafe {
+        real::cuDevicePrimaryCtxRelease(dev)
+    })
 }
 
 /// The guarded `cuDevicePrimaryCtxRelease_v2`.
@@ -1132,7 +1176,7 @@ pub unsafe fn cuDevicePrimaryCtxRelease(dev: CuDevice) -> CuResult {
 /// The caller upholds the driver's contract for `cuDevicePrimaryCtxRelease_v2`.
 pub unsafe fn cuDevicePrimaryCtxRelease_v2(dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
-    primary_released(dev, false, unsafe {
+    primary_released(dev, false, || unsafe {
         real::cuDevicePrimaryCtxRelease_v2(dev)
     })
 }
@@ -1143,7 +1187,7 @@ pub unsafe fn cuDevicePrimaryCtxRelease_v2(dev: CuDevice) -> CuResult {
 /// The caller upholds the driver's contract for `cuDevicePrimaryCtxReset`.
 pub unsafe fn cuDevicePrimaryCtxReset(dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
-    primary_released(dev, true, unsafe { real::cuDevicePrimaryCtxReset(dev) })
+    primary_released(dev, true, || unsafe { real::cuDevicePrimaryCtxReset(dev) })
 }
 
 /// The guarded `cuDevicePrimaryCtxReset_v2`.
@@ -1152,5 +1196,7 @@ pub unsafe fn cuDevicePrimaryCtxReset(dev: CuDevice) -> CuResult {
 /// The caller upholds the driver's contract for `cuDevicePrimaryCtxReset_v2`.
 pub unsafe fn cuDevicePrimaryCtxReset_v2(dev: CuDevice) -> CuResult {
     // SAFETY: arguments passed unchanged.
-    primary_released(dev, true, unsafe { real::cuDevicePrimaryCtxReset_v2(dev) })
+    primary_released(dev, true, || unsafe {
+        real::cuDevicePrimaryCtxReset_v2(dev)
+    })
 }

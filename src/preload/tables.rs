@@ -360,6 +360,15 @@ impl Tables {
             .is_none_or(|p| p.charge.is_none())
     }
 
+    /// The handle of `ordinal`'s primary context if a release (or, with `reset`, a reset) now
+    /// destroys it: its last retain, or any reset.
+    pub fn primary_handle_if_gone(&self, ordinal: CuDevice, reset: bool) -> Option<usize> {
+        self.primaries
+            .get(&ordinal)
+            .filter(|p| reset || p.retains <= 1)
+            .map(|p| p.handle)
+    }
+
     /// A retain of context `handle` succeeded; `charge` is the context's cost when this was the
     /// first retain.
     pub fn primary_retained(
@@ -386,36 +395,36 @@ impl Tables {
         }
     }
 
-    /// A release succeeded. When it was the last retain the context is gone, with everything it
-    /// owned: returns those charges (the context's own first).
-    pub fn primary_released(&mut self, ordinal: CuDevice) -> Vec<Charge> {
+    /// A release succeeded. When it was the last retain the context is gone: returns its charge.
+    pub fn primary_released(&mut self, ordinal: CuDevice) -> Option<Charge> {
         self.primary_drop(ordinal, |retains| retains.saturating_sub(1))
     }
 
-    /// A reset succeeded: the context is gone whatever the count, with everything it owned.
-    pub fn primary_reset(&mut self, ordinal: CuDevice) -> Vec<Charge> {
+    /// A reset succeeded: the context is gone whatever the count: returns its charge.
+    pub fn primary_reset(&mut self, ordinal: CuDevice) -> Option<Charge> {
         self.primary_drop(ordinal, |_| 0)
     }
 
     /// Sets the retain count of `ordinal`'s primary context to `retains(count)`; at zero the
-    /// context is gone: returns its charge and those of everything it owned.
-    fn primary_drop(&mut self, ordinal: CuDevice, retains: impl FnOnce(u32) -> u32) -> Vec<Charge> {
-        let Some(p) = self.primaries.get_mut(&ordinal) else {
-            return Vec::new();
-        };
+    /// context is gone: returns its own charge (what it owned is taken out beforehand, with
+    /// [`Tables::take_context`]).
+    fn primary_drop(
+        &mut self,
+        ordinal: CuDevice,
+        retains: impl FnOnce(u32) -> u32,
+    ) -> Option<Charge> {
+        let p = self.primaries.get_mut(&ordinal)?;
         p.retains = retains(p.retains);
         if p.retains > 0 {
-            return Vec::new();
+            return None;
         }
-        let (charge, handle) = (p.charge.take(), p.handle);
-        charge
-            .into_iter()
-            .chain(self.drop_context(handle))
-            .collect()
+        p.charge.take()
     }
 
-    /// Context `handle` was destroyed: forgets what it owned; returns the charges to release.
-    pub fn drop_context(&mut self, handle: usize) -> Vec<Charge> {
+    /// Takes out everything context `handle` owns, before the driver destroys it: from that
+    /// moment the driver may give the same handle to a new context, whose memory is not the old
+    /// one's. [`Tables::put_back`] undoes it if the driver refuses.
+    pub fn take_context(&mut self, handle: usize) -> Vec<(Key, Entry)> {
         if handle == 0 {
             return Vec::new();
         }
@@ -426,9 +435,15 @@ impl Tables {
             .collect();
         owned
             .into_iter()
-            .filter_map(|k| self.remove(k))
-            .map(|e| e.charge)
+            .filter_map(|k| self.remove(k).map(|e| (k, e)))
             .collect()
+    }
+
+    /// Puts back what [`Tables::take_context`] took.
+    pub fn put_back(&mut self, entries: Vec<(Key, Entry)>) {
+        for (key, entry) in entries {
+            self.put(key, entry);
+        }
     }
 }
 
@@ -546,11 +561,20 @@ mod tests {
         };
         t.insert(Key::Pointer(1), entry(0x77));
         t.insert(Key::Pointer(2), entry(0x99));
-        assert_eq!(t.primary_released(0), []);
+        assert_eq!(t.primary_handle_if_gone(0, false), None, "two retains");
+        assert_eq!(t.primary_released(0), None);
         // The last release destroys the context and what it owned, not another context's memory.
-        assert_eq!(t.primary_released(0), [c, owned]);
-        assert_eq!(t.primary_released(0), []);
-        assert_eq!(t.drop_context(0x99), [owned]);
+        assert_eq!(t.primary_handle_if_gone(0, false), Some(0x77));
+        let owned_by_primary = t.take_context(0x77);
+        assert_eq!(owned_by_primary, [(Key::Pointer(1), entry(0x77))]);
+        assert_eq!(t.primary_released(0), Some(c));
+        assert_eq!(t.primary_released(0), None);
+        // A refused destruction puts back what was taken.
+        let owned_by_other = t.take_context(0x99);
+        assert_eq!(owned_by_other, [(Key::Pointer(2), entry(0x99))]);
+        t.put_back(owned_by_other);
+        assert_eq!(t.total(), 5);
+        assert_eq!(t.take_context(0x99), [(Key::Pointer(2), entry(0x99))]);
         assert_eq!(t.total(), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! What the simulated card looks like, read from the environment: `SIMCUDA_DEVICES`,
 //! `SIMCUDA_CONTEXT_COST`, `SIMCUDA_FRAGILE`, `SIMCUDA_LATENCY`, `SIMCUDA_REUSE_HANDLES`,
-//! `SIMCUDA_STATE`, and the `CUDA_VISIBLE_DEVICES` filter that turns the machine's devices into
+//! `SIMCUDA_RETURN_DELAY`, `SIMCUDA_STATE`, and the `CUDA_VISIBLE_DEVICES` filter that turns the machine's devices into
 //! a process's ordinals.
 
 use std::fmt;
@@ -77,6 +77,15 @@ fn switch_from_env(name: &str) -> bool {
 /// Whether `SIMCUDA_FRAGILE` asks for fragile mode in this process.
 pub fn fragile_from_env() -> bool {
     switch_from_env("SIMCUDA_FRAGILE")
+}
+
+/// `SIMCUDA_RETURN_DELAY=<entry point>:<duration>` (e.g. `cuCtxDestroy_v2:300ms`): that entry
+/// point, its work done and the driver's lock released, waits this long before it returns, as a
+/// slow driver call would, so that a test can run other threads' calls in between.
+pub fn return_delay_from_env() -> Option<(String, Duration)> {
+    let text = std::env::var("SIMCUDA_RETURN_DELAY").ok()?;
+    let (name, delay) = text.trim().split_once(':')?;
+    Some((name.to_owned(), parse_duration(delay)?))
 }
 
 /// Whether `SIMCUDA_REUSE_HANDLES` asks this process to hand out a destroyed context's handle to

@@ -58,8 +58,33 @@ fn watch_forks() {
 }
 
 /// Runs one entry point's body: attaches the process, follows a card reset, counts the call,
-/// and turns the outcome (or a panic) into a result code. Nothing unwinds into the caller.
+/// and turns the outcome (or a panic) into a result code. Nothing unwinds into the caller. An
+/// entry point named by `SIMCUDA_RETURN_DELAY` then waits before it returns, the driver's lock
+/// released, so that other threads' calls run in between.
 pub(crate) fn call(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) -> CuResult {
+    let result = run(entry, body);
+    if let Some((delayed, delay)) = return_delay()
+        && *delayed == entry
+    {
+        std::thread::sleep(*delay);
+    }
+    result
+}
+
+/// The entry point and delay of `SIMCUDA_RETURN_DELAY` (read once; ignored if unreadable).
+fn return_delay() -> Option<&'static (Entry, Duration)> {
+    static DELAY: std::sync::OnceLock<Option<(Entry, Duration)>> = std::sync::OnceLock::new();
+    DELAY
+        .get_or_init(|| {
+            let (name, delay) = config::return_delay_from_env()?;
+            let entry = Entry::ALL.iter().find(|e| e.name() == name)?;
+            Some((*entry, delay))
+        })
+        .as_ref()
+}
+
+/// [`call`] without the delay.
+fn run(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) -> CuResult {
     catch_unwind(AssertUnwindSafe(|| {
         // Bounded: a child forked while another thread was inside the driver would otherwise
         // wait forever on a lock nobody will release.
