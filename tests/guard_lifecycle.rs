@@ -39,6 +39,25 @@ fn card_holds_on(sandbox: &Sandbox, pid: u32, uuid: Option<[u8; 16]>) -> u64 {
         .sum()
 }
 
+/// Starts `command` (made by [`Sandbox::program`]) with the guard preloaded.
+fn start_guarded(mut command: std::process::Command) -> support::Running {
+    command.env("LD_PRELOAD", support::artifacts().preload);
+    support::spawn(command)
+}
+
+/// A simulated machine with two 4 GiB cards and the simulator settings `env`, and the cards'
+/// UUIDs.
+fn two_cards(env: &[(&str, &str)]) -> (Sandbox, [[u8; 16]; 2]) {
+    let mut sandbox = Sandbox::new("4GiB;4GiB");
+    for (key, value) in env {
+        sandbox.set_env(key, value);
+    }
+    sandbox.init();
+    let report = sandbox.sim_report();
+    let uuids = [sim_uuid(&report, 0), sim_uuid(&report, 1)];
+    (sandbox, uuids)
+}
+
 /// Both the card and the ledger say process `pid` holds `expected` bytes on the device `uuid`.
 fn assert_device_holds(
     sandbox: &Sandbox,
@@ -67,9 +86,7 @@ fn the_ledger_follows_the_card_through_pools_and_mappings() {
     let sandbox = Sandbox::new("4GiB");
     sandbox.init();
     let uuid = sim_uuid(&sandbox.sim_report(), 0);
-    let mut command = sandbox.program(lifecycles_program());
-    command.env("LD_PRELOAD", support::artifacts().preload);
-    let mut running = support::spawn(command);
+    let mut running = start_guarded(sandbox.program(lifecycles_program()));
     let pid = running.pid();
     let stages = [
         ("start", CONTEXT),
@@ -125,20 +142,14 @@ fn a_context_reused_before_its_destruction_returns_keeps_its_memory() {
 /// destruction when the destroying call is slowed by `return_delay`, and checks both devices at
 /// each stage.
 fn reused_handle_on_another_device(return_delay: Option<&str>) {
-    let mut sandbox = Sandbox::new("4GiB;4GiB");
-    sandbox.set_env("SIMCUDA_REUSE_HANDLES", "1");
-    if let Some(delay) = return_delay {
-        sandbox.set_env("SIMCUDA_RETURN_DELAY", delay);
-    }
-    sandbox.init();
-    let report = sandbox.sim_report();
-    let (first, second) = (sim_uuid(&report, 0), sim_uuid(&report, 1));
+    let mut env = vec![("SIMCUDA_REUSE_HANDLES", "1")];
+    env.extend(return_delay.map(|delay| ("SIMCUDA_RETURN_DELAY", delay)));
+    let (sandbox, [first, second]) = two_cards(&env);
     let mut command = sandbox.program(reused_context_program());
     if return_delay.is_some() {
         command.arg("--race");
     }
-    command.env("LD_PRELOAD", support::artifacts().preload);
-    let mut running = support::spawn(command);
+    let mut running = start_guarded(command);
     let pid = running.pid();
     let stages = [
         // (stage, on the first device, on the second device)
@@ -180,13 +191,8 @@ fn reused_handle_on_another_device(return_delay: Option<&str>) {
 /// device of the thread's context.
 #[test]
 fn threads_on_two_devices_are_charged_to_their_own_devices() {
-    let sandbox = Sandbox::new("4GiB;4GiB");
-    sandbox.init();
-    let report = sandbox.sim_report();
-    let uuids = [sim_uuid(&report, 0), sim_uuid(&report, 1)];
-    let mut command = sandbox.program(threads_devices_program());
-    command.env("LD_PRELOAD", support::artifacts().preload);
-    let mut running = support::spawn(command);
+    let (sandbox, uuids) = two_cards(&[]);
+    let mut running = start_guarded(sandbox.program(threads_devices_program()));
     let pid = running.pid();
     running.wait_for_line("stage held", CLIENT_DEADLINE);
     let ledger = snapshot(&sandbox);

@@ -301,6 +301,42 @@ fn label(value: &str) -> String {
         .replace('\n', r"\n")
 }
 
+/// The per-device gauges: name, help text, and the figure of a device.
+type DeviceFamily = (&'static str, &'static str, fn(&DeviceView) -> u64);
+
+const DEVICE_FAMILIES: [DeviceFamily; 6] = [
+    (
+        "vramguard_device_capacity_bytes",
+        "Memory of the card.",
+        |d| d.capacity_bytes,
+    ),
+    (
+        "vramguard_device_budget_bytes",
+        "What guarded processes may use together on the card (capacity less the reserve).",
+        |d| d.budget_bytes,
+    ),
+    (
+        "vramguard_device_used_bytes",
+        "Charged to guarded processes: held, in flight and unused up-front reservations.",
+        |d| d.used_bytes,
+    ),
+    (
+        "vramguard_device_held_bytes",
+        "Allocated by guarded processes.",
+        |d| d.held_bytes,
+    ),
+    (
+        "vramguard_device_reserved_bytes",
+        "Admitted but not yet returned by the driver (in flight).",
+        |d| d.reserved_bytes,
+    ),
+    (
+        "vramguard_device_waiting",
+        "Guarded processes waiting for memory on the card.",
+        |d| u64::from(d.waiting),
+    ),
+];
+
 /// The Prometheus text exposition format (version 0.0.4).
 pub fn prometheus(report: &StatusReport) -> String {
     let mut out = String::new();
@@ -318,43 +354,14 @@ pub fn prometheus(report: &StatusReport) -> String {
             label(&d.name)
         )
     };
-    let device_family = |f: fn(&DeviceView) -> u64| {
-        report
+    for (name, help, value) in DEVICE_FAMILIES {
+        let samples = report
             .devices
             .iter()
-            .map(|d| (device_labels(d), f(d)))
-            .collect::<Vec<_>>()
-    };
-    family(
-        "vramguard_device_capacity_bytes",
-        "Memory of the card.",
-        device_family(|d| d.capacity_bytes),
-    );
-    family(
-        "vramguard_device_budget_bytes",
-        "What guarded processes may use together on the card (capacity less the reserve).",
-        device_family(|d| d.budget_bytes),
-    );
-    family(
-        "vramguard_device_used_bytes",
-        "Charged to guarded processes: held, in flight and unused up-front reservations.",
-        device_family(|d| d.used_bytes),
-    );
-    family(
-        "vramguard_device_held_bytes",
-        "Allocated by guarded processes.",
-        device_family(|d| d.held_bytes),
-    );
-    family(
-        "vramguard_device_reserved_bytes",
-        "Admitted but not yet returned by the driver (in flight).",
-        device_family(|d| d.reserved_bytes),
-    );
-    family(
-        "vramguard_device_waiting",
-        "Guarded processes waiting for memory on the card.",
-        device_family(|d| u64::from(d.waiting)),
-    );
+            .map(|d| (device_labels(d), value(d)))
+            .collect();
+        family(name, help, samples);
+    }
     let live: Vec<&ProcessView> = report
         .processes
         .iter()

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use super::layout::{self, DeviceRecord, LedgerLayout, SLOT_FREE, SlotDevice};
 use super::{
-    DeviceId, Ledger, Refusal, Request, Reservation, SlotId, WaitReport, futex, liveness, lock,
+    DeviceId, Ledger, LedgerError, Refusal, Request, Reservation, SlotId, WaitReport, futex,
+    liveness, lock,
 };
 
 /// Longest single sleep of a waiter: it then re-checks for dead members even if nobody woke it.
@@ -383,6 +384,20 @@ impl Ledger {
         self.own_share(slot, dev).map(share_charge).unwrap_or(0)
     }
 
+    /// `dev`'s record, `slot`'s share of it, and the token `slot` takes the device's lock with.
+    #[inline]
+    fn member_share(
+        &self,
+        slot: SlotId,
+        dev: DeviceId,
+    ) -> Result<(&DeviceRecord, &SlotDevice, u64), LedgerError> {
+        let share = self
+            .own_share(slot, dev)
+            .ok_or_else(|| self.unknown_handle())?;
+        let token = lock::token(slot.index, slot.generation.into());
+        Ok((self.device(dev), share, token))
+    }
+
     fn own_share(&self, slot: SlotId, dev: DeviceId) -> Option<&SlotDevice> {
         let index = slot.index as usize;
         (index < layout::MAX_PROCESSES)
@@ -402,12 +417,10 @@ impl Ledger {
         if self.check_slot(slot).is_err() {
             return;
         }
-        let device = self.device(dev);
-        let Some(share) = self.own_share(slot, dev) else {
+        let Ok((device, share, token)) = self.member_share(slot, dev) else {
             return;
         };
-        let Ok(guard) = self.lock_device(dev, lock::token(slot.index, slot.generation.into()))
-        else {
+        let Ok(guard) = self.lock_device(dev, token) else {
             return;
         };
         change(device, share);
@@ -436,14 +449,10 @@ impl Ledger {
     #[inline(always)]
     fn admit(&self, slot: SlotId, dev: DeviceId, ask: Ask, req: &Request) -> Result<u64, Refusal> {
         self.check_slot(slot)?;
-        let device = self.device(dev);
+        let (device, share, token) = self.member_share(slot, dev)?;
         if device.state.load(Ordering::Acquire) != layout::DEVICE_READY {
             return Err(self.unknown_handle().into());
         }
-        let share = self
-            .own_share(slot, dev)
-            .ok_or_else(|| self.unknown_handle())?;
-        let token = lock::token(slot.index, slot.generation.into());
         let requested = ask.requested();
         let budget = device.budget.load(Ordering::Relaxed);
         let over_limit = |now: Counters| {
@@ -492,11 +501,7 @@ impl Ledger {
         ask: Ask,
         req: &Request,
     ) -> Result<u64, Refusal> {
-        let device = self.device(dev);
-        let share = self
-            .own_share(slot, dev)
-            .ok_or_else(|| self.unknown_handle())?;
-        let token = lock::token(slot.index, slot.generation.into());
+        let (device, share, token) = self.member_share(slot, dev)?;
         let requested = ask.requested();
         self.check_file()?;
         self.reclaim_dead_on(dev);
@@ -525,11 +530,7 @@ impl Ledger {
         deadline: Instant,
         req: &Request,
     ) -> Result<u64, Refusal> {
-        let device = self.device(dev);
-        let share = self
-            .own_share(slot, dev)
-            .ok_or_else(|| self.unknown_handle())?;
-        let token = lock::token(slot.index, slot.generation.into());
+        let (device, share, token) = self.member_share(slot, dev)?;
         let requested = ask.requested();
         let started = Instant::now();
         let mut ticket = 0u64;

@@ -152,6 +152,13 @@ impl Admitted {
         reservation: None,
         ordinal: -1,
     };
+
+    fn of(reservation: Reservation, device: &Device) -> Admitted {
+        Admitted {
+            reservation: Some(reservation),
+            ordinal: device.ordinal,
+        }
+    }
 }
 
 /// What the driver's free-memory check found for a request.
@@ -456,31 +463,11 @@ impl Process {
         device.budget.saturating_sub(available_after)
     }
 
-    /// Whether `bytes`, just reserved on `device`, also fit in what the driver says is free, less
-    /// the reserve and less what other processes were admitted but have not taken yet. Asks the
-    /// driver only near the edge of the card or when its last figure is stale
-    /// ([`crate::headroom`]); every answer of the driver refreshes that figure.
-    #[inline]
-    fn driver_check(
-        &self,
-        device: &Device,
-        bytes: u64,
-        available_after: u64,
-        context: Context,
-    ) -> DriverCheck {
-        let slot = self.slot_of(device.ordinal);
-        let now = headroom::now();
-        let admitted = Self::admitted(device, available_after);
-        if let Some(unaccounted) = slot.and_then(|s| s.watch.fresh(now))
-            && headroom::far_from_edge(admitted, unaccounted, device.edge)
-        {
-            return DriverCheck::Fits;
-        }
-        self.ask_driver(device, bytes, admitted, context, now)
-    }
-
-    /// [`Process::driver_check`] near the edge or on a stale figure: asks the driver, and
-    /// refreshes the figure with its answer.
+    /// Whether `bytes`, just reserved on `device` (the ledger's admitted total then `admitted`),
+    /// also fit in what the driver says is free, less the reserve and less what other processes
+    /// were admitted but have not taken yet. Asked only near the edge of the card or when the
+    /// last figure is stale ([`Process::far_from_edge`], [`crate::headroom`]); the answer
+    /// refreshes the figure.
     #[cold]
     #[inline(never)]
     fn ask_driver(
@@ -540,10 +527,7 @@ impl Process {
         let request = self.request(deadline, &announce);
         match self.ledger.reserve(self.slot, device.id, bytes, &request) {
             Ok(reservation) if self.far_from_edge(device, reservation.available_after()) => {
-                Ok(Admitted {
-                    reservation: Some(reservation),
-                    ordinal: device.ordinal,
-                })
+                Ok(Admitted::of(reservation, device))
             }
             Ok(reservation) => {
                 self.admit_near_edge(device, context, bytes, what, reservation, &request)
@@ -587,12 +571,10 @@ impl Process {
         let mut reservation = first;
         let mut driver_wait_announced = false;
         loop {
-            let available_after = reservation.available_after();
-            let admitted = Admitted {
-                reservation: Some(reservation),
-                ordinal: device.ordinal,
-            };
-            let room = match self.driver_check(device, bytes, available_after, context) {
+            let admitted_total = Self::admitted(device, reservation.available_after());
+            let admitted = Admitted::of(reservation, device);
+            let now = headroom::now();
+            let room = match self.ask_driver(device, bytes, admitted_total, context, now) {
                 DriverCheck::Fits | DriverCheck::Unknown => return Ok(admitted),
                 DriverCheck::Short(room) => room,
             };
@@ -606,6 +588,9 @@ impl Process {
                 &mut driver_wait_announced,
             )?;
             reservation = match self.ledger.reserve(self.slot, device.id, bytes, request) {
+                Ok(reservation) if self.far_from_edge(device, reservation.available_after()) => {
+                    return Ok(Admitted::of(reservation, device));
+                }
                 Ok(reservation) => reservation,
                 Err(refusal) => return self.refused(device, what, &refusal),
             };

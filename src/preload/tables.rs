@@ -81,8 +81,8 @@ struct Primary {
     handle: usize,
 }
 
-/// A hasher for the tables' keys: device addresses and driver handles, which the driver hands
-/// out (nobody chooses them to collide), so a multiply-rotate hash (the Fx hash of rustc, with
+/// A hasher for the tables' other keys (device pointers have [`PointerMap`]): driver handles and
+/// addresses, which the driver hands out (nobody chooses them to collide), so a multiply-rotate hash (the Fx hash of rustc, with
 /// its final rotation) serves as well as SipHash at a fraction of its cost on every allocation
 /// and free.
 #[derive(Default, Clone, Copy)]
@@ -111,7 +111,7 @@ impl Hasher for HandleHasher {
 
     fn finish(&self) -> u64 {
         // The product's high bits are the well-mixed ones, and the map picks buckets by the low
-        // bits: device addresses aligned to 2 MiB would otherwise all land in one bucket.
+        // bits: aligned addresses would otherwise all land in one bucket.
         self.0.rotate_left(26)
     }
 }

@@ -39,13 +39,15 @@ fn main() {
     let (mut device, mut free, mut total) = (0i32, 0usize, 0usize);
     let mut current: *mut c_void = std::ptr::null_mut();
     println!("# {calls} calls per round, best of {ROUNDS} rounds");
-    // SAFETY (each closure): valid, writable out-parameters.
+    // SAFETY: `current` is a valid, writable out-parameter.
     measure("cuCtxGetCurrent", calls, || unsafe {
         cuCtxGetCurrent(&mut current)
     });
+    // SAFETY: `device` is a valid, writable out-parameter.
     measure("cuCtxGetDevice", calls, || unsafe {
         cuCtxGetDevice(&mut device)
     });
+    // SAFETY: `free` and `total` are valid, writable out-parameters.
     measure("cuMemGetInfo_v2", calls, || unsafe {
         cuMemGetInfo_v2(&mut free, &mut total)
     });
