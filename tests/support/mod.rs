@@ -244,6 +244,11 @@ pub fn build_c(output: &str, inputs: &[PathBuf], args: &[&OsStr]) -> PathBuf {
     target
 }
 
+/// The ways the simulated driver may answer `cuGetProcAddress` (`SIMCUDA_PROCADDR`): with its
+/// exported symbols, or with internal functions that `dlsym` cannot find, as real drivers do.
+/// Tests of the runtime's path run under each.
+pub const ANSWER_MODES: [&str; 2] = ["exported", "internal"];
+
 /// A private simulated card, library directory and ledger directory; removed on drop.
 pub struct Sandbox {
     root: PathBuf,
@@ -294,6 +299,12 @@ impl Sandbox {
     pub fn set_env(&mut self, key: &str, value: &str) -> &mut Sandbox {
         self.env.insert(key.to_string(), value.to_string());
         self
+    }
+
+    /// Makes the simulated driver answer `cuGetProcAddress` in `mode` (one of [`ANSWER_MODES`]).
+    pub fn answering(&mut self, mode: &str) -> &mut Sandbox {
+        assert!(ANSWER_MODES.contains(&mode), "no answer mode {mode:?}");
+        self.set_env("SIMCUDA_PROCADDR", mode)
     }
 
     /// Removes a variable set with [`Sandbox::set_env`].

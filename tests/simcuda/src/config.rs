@@ -1,6 +1,6 @@
 //! What the simulated card looks like, read from the environment: `SIMCUDA_DEVICES`,
 //! `SIMCUDA_CONTEXT_COST`, `SIMCUDA_FRAGILE`, `SIMCUDA_LATENCY`, `SIMCUDA_REUSE_HANDLES`,
-//! `SIMCUDA_RETURN_DELAY`, `SIMCUDA_STATE`, and the `CUDA_VISIBLE_DEVICES` filter that turns the machine's devices into
+//! `SIMCUDA_RETURN_DELAY`, `SIMCUDA_STATE` (`SIMCUDA_PROCADDR`: [`crate::procaddr::answer_mode`]), and the `CUDA_VISIBLE_DEVICES` filter that turns the machine's devices into
 //! a process's ordinals.
 
 use std::fmt;
