@@ -106,6 +106,11 @@ pub struct DeviceRecord {
     pub next_ticket: AtomicU64,
     /// The device name, NUL-padded.
     pub name: [AtomicU64; TEXT_WORDS],
+    /// What the last context measured on this device took on the card, in bytes (meaningful
+    /// once [`DeviceRecord::context_measured_unix_ms`] is not 0). Hint: clamped by readers.
+    pub context_bytes: AtomicU64,
+    /// Unix time in milliseconds of that measurement; 0: no context was measured yet.
+    pub context_measured_unix_ms: AtomicU64,
 }
 
 /// One member's standing on one device. Each word is written only under the device's lock.
@@ -173,6 +178,9 @@ pub const FILE_SIZE: usize = size_of::<LedgerLayout>();
 pub const LOCK_BASE: u64 = FILE_SIZE as u64;
 /// The byte locked while a device is being registered.
 pub const REGISTRATION_LOCK_BYTE: u64 = LOCK_BASE + MAX_PROCESSES as u64;
+/// The first context-creation lock byte: device record `i` locks byte `CONTEXT_LOCK_BASE + i`
+/// while a member creates a context on it and measures what it took.
+pub const CONTEXT_LOCK_BASE: u64 = REGISTRATION_LOCK_BYTE + 1;
 
 // The layout is a wire format shared by processes built from different builds: pin every offset.
 const _: () = {
@@ -206,6 +214,8 @@ const _: () = {
     assert!(offset_of!(DeviceRecord, repairs) == 76);
     assert!(offset_of!(DeviceRecord, next_ticket) == 80);
     assert!(offset_of!(DeviceRecord, name) == 88);
+    assert!(offset_of!(DeviceRecord, context_bytes) == 152);
+    assert!(offset_of!(DeviceRecord, context_measured_unix_ms) == 160);
 
     assert!(size_of::<SlotDevice>() == 48);
     assert!(offset_of!(SlotDevice, held) == 0);

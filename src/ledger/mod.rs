@@ -11,10 +11,13 @@
 //! - `futex`: sleeping and waking on a word of the mapping, always with a timeout.
 //! - `membership`: joining, leaving, and reclaiming what dead members held.
 //! - `admission`: reserve, commit, rollback, release, claims, FIFO waiting, deadlock breaking.
+//! - `contexts`: what a context costs on each device, as last measured, and the lock that lets
+//!   one member at a time create a context on a device and measure it.
 //! - `snapshot`: an owned copy of the ledger for display; who holds a device lock.
 #![deny(unsafe_code)]
 
 mod admission;
+mod contexts;
 mod error;
 mod file;
 mod futex;
@@ -29,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+pub use contexts::ContextCreation;
 pub use error::{LedgerError, Refusal};
 pub use layout::{MAX_DEVICES, MAX_PROCESSES};
 pub use snapshot::{
@@ -191,7 +195,7 @@ impl Ledger {
             });
         }
         let fresh = self.reopen()?;
-        let _guard = lock::acquire_registration(
+        let _guard = lock::acquire_byte_lock(
             fresh,
             layout::REGISTRATION_LOCK_BYTE,
             Instant::now() + LOCK_DEADLINE,
