@@ -10,10 +10,15 @@
 //! - [`units`]: sizes (`512MiB`, `3.5GiB`, `5%`) and durations (`10m`), parsed and printed.
 //! - [`settings`]: the one table of `VRAMGUARD_*` variables and the typed configuration.
 //! - [`ledger`]: the shared-memory ledger every guarded process on the machine maps.
+//! - [`nvml`]: a client of the NVIDIA management library (the card's used memory and each
+//!   process's, without a CUDA context), loaded at run time.
+//! - [`dynlib`]: opening a shared library at run time and finding its symbols.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod cuda;
+pub mod dynlib;
 pub mod ledger;
+pub mod nvml;
 pub mod settings;
 pub mod units;

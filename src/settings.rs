@@ -114,6 +114,14 @@ pub const SETTINGS: &[Setting] = &[
         doc: "The driver library the guard opens to find the real functions (for testing against \
               a simulated driver).",
     },
+    Setting {
+        name: "VRAMGUARD_NVML",
+        default: "libnvidia-ml.so.1",
+        accepts: "library name or path",
+        doc: "The NVIDIA management library (NVML, as `nvidia-smi` uses) that `vramguard status` and \
+              `doctor` read the card's used memory from, to show memory held outside the guard. \
+              Without it they fall back to the figure guarded processes last learned from the driver.",
+    },
 ];
 
 /// The `VRAMGUARD_POLICY` values.
@@ -185,6 +193,8 @@ pub struct Config {
     pub disable: bool,
     /// `VRAMGUARD_DRIVER`
     pub driver: PathBuf,
+    /// `VRAMGUARD_NVML`
+    pub nvml: PathBuf,
 }
 
 /// A variable whose value could not be used; its default was used instead.
@@ -256,6 +266,15 @@ fn parse_timeout(value: &str) -> Result<Option<Duration>, String> {
     })
 }
 
+/// A path (of a directory or a library): anything but empty.
+fn parse_path(value: &str) -> Result<PathBuf, String> {
+    if value.trim().is_empty() {
+        Err("empty path".to_string())
+    } else {
+        Ok(PathBuf::from(value))
+    }
+}
+
 fn parse_optional_size(value: &str) -> Result<Option<u64>, String> {
     if value.trim().is_empty() {
         return Ok(None);
@@ -321,11 +340,7 @@ impl Config {
                     ("ignore", ManagedPolicy::Ignore)
                 ]
             )),
-            dir: field!("VRAMGUARD_DIR", |v: &str| if v.trim().is_empty() {
-                Err("empty path".to_string())
-            } else {
-                Ok(PathBuf::from(v))
-            }),
+            dir: field!("VRAMGUARD_DIR", parse_path),
             log: field!("VRAMGUARD_LOG", |v| parse_keyword(
                 v,
                 &[
@@ -341,11 +356,8 @@ impl Config {
                 &[("open", OnError::Open), ("closed", OnError::Closed)]
             )),
             disable: field!("VRAMGUARD_DISABLE", parse_flag),
-            driver: field!("VRAMGUARD_DRIVER", |v: &str| if v.trim().is_empty() {
-                Err("empty path".to_string())
-            } else {
-                Ok(PathBuf::from(v))
-            }),
+            driver: field!("VRAMGUARD_DRIVER", parse_path),
+            nvml: field!("VRAMGUARD_NVML", parse_path),
         };
         (config, errors)
     }
@@ -381,6 +393,8 @@ mod tests {
         assert_eq!(config.dir, PathBuf::from("/dev/shm/vramguard"));
         assert_eq!(config.on_error, OnError::Open);
         assert!(!config.disable);
+        assert_eq!(config.driver, PathBuf::from("libcuda.so.1"));
+        assert_eq!(config.nvml, PathBuf::from("libnvidia-ml.so.1"));
     }
 
     #[test]
@@ -390,7 +404,8 @@ mod tests {
         for entry in SETTINGS {
             let (_, errors) = config_from(&[(entry.name, "\u{1}garbage")]);
             assert!(errors.iter().all(|e| e.var == entry.name), "{errors:?}");
-            if !entry.name.ends_with("_DIR") && !entry.name.ends_with("_DRIVER") {
+            let free_form = ["_DIR", "_DRIVER", "_NVML"];
+            if !free_form.iter().any(|suffix| entry.name.ends_with(suffix)) {
                 assert_eq!(errors.len(), 1, "{} accepted garbage", entry.name);
                 assert!(errors[0].to_string().contains(entry.name));
             }

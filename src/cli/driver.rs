@@ -5,10 +5,11 @@
 //! headers map the plain one to `_v2`), the way many programs reach the
 //! driver (and a path the guard intercepts). Results are [`CuResult`] (a `u32`), never an enum.
 
-use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::path::Path;
 
 use vramguard_core::cuda::{CuDevice, CuDevicePtr, CuResult};
+use vramguard_core::dynlib::Library;
 
 type CuInit = unsafe extern "C" fn(c_uint) -> CuResult;
 type CuDriverGetVersion = unsafe extern "C" fn(*mut c_int) -> CuResult;
@@ -37,49 +38,23 @@ pub struct Driver {
     mem_free: CuMemFree,
 }
 
-/// The last `dlerror()` message.
-fn dl_error() -> String {
-    // SAFETY: dlerror returns null or a NUL-terminated string valid until the next dl* call on
-    // this thread; it is copied at once.
-    let message = unsafe { libc::dlerror() };
-    if message.is_null() {
-        return "unknown error".to_string();
-    }
-    // SAFETY: non-null, NUL-terminated (see above).
-    unsafe { CStr::from_ptr(message) }
-        .to_string_lossy()
-        .into_owned()
+/// Opens `library` with `RTLD_NOW | RTLD_GLOBAL` (never closed: the process is a short-lived
+/// child).
+pub fn open_library(library: &Path) -> Result<Library, String> {
+    Library::open(library, libc::RTLD_NOW | libc::RTLD_GLOBAL)
 }
 
-/// Opens `library` with `RTLD_NOW | RTLD_GLOBAL`; the handle is never closed (the process is a
-/// short-lived child).
-pub fn open_library(library: &Path) -> Result<*mut c_void, String> {
-    let name = CString::new(library.as_os_str().as_encoded_bytes())
-        .map_err(|_| "path contains NUL".to_string())?;
-    // SAFETY: `name` is a valid NUL-terminated string. Opening a library runs its constructors,
-    // which is the point of the probe; this runs in a child process of its own.
-    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-    if handle.is_null() {
-        Err(dl_error())
-    } else {
-        Ok(handle)
-    }
-}
-
-/// The address of `symbol` in `handle`.
-fn symbol(handle: *mut c_void, symbol: &CStr) -> Result<*mut c_void, String> {
-    // SAFETY: `handle` came from a successful dlopen and `symbol` is NUL-terminated.
-    let address = unsafe { libc::dlsym(handle, symbol.as_ptr()) };
-    if address.is_null() {
-        Err(format!("the driver has no {}", symbol.to_string_lossy()))
-    } else {
-        Ok(address)
-    }
+/// The address of `symbol` in `library`.
+fn symbol(library: &Library, symbol: &CStr) -> Result<*mut c_void, String> {
+    library
+        .symbol(symbol)
+        .map(|address| address.as_ptr())
+        .ok_or_else(|| format!("the driver has no {}", symbol.to_string_lossy()))
 }
 
 macro_rules! entry {
     ($handle:expr, $name:literal, $ty:ty) => {{
-        let address = symbol($handle, $name)?;
+        let address = symbol(&$handle, $name)?;
         // SAFETY: the driver exports this symbol with exactly the signature `$ty` (the CUDA
         // driver API's published C prototype, results as a u32).
         unsafe { std::mem::transmute::<*mut c_void, $ty>(address) }
