@@ -14,7 +14,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{DeviceId, Ledger, LedgerError, layout, lock};
+use super::{DeviceId, Ledger, LedgerError, SlotId, layout, lock};
 
 /// Holds a device's context-creation lock until dropped.
 pub struct ContextCreation {
@@ -71,5 +71,18 @@ impl Ledger {
             return 0;
         }
         self.device(dev).held.load(Ordering::Relaxed)
+    }
+}
+
+impl Ledger {
+    /// Bytes member `slot` holds on `dev`.
+    pub fn held_by(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        if self.intact().is_err() {
+            return 0;
+        }
+        let share = &self.slot(slot.index as usize).devices;
+        share[(dev.index as usize).min(layout::MAX_DEVICES - 1)]
+            .held
+            .load(Ordering::Relaxed)
     }
 }
