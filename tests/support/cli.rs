@@ -83,7 +83,8 @@ impl Drop for TempDir {
 }
 
 /// A simulated card in a temporary directory: the state file, a lib dir with `libcuda.so.1` ->
-/// the simulator, and a ledger directory.
+/// the simulated driver and `libnvidia-ml.so.1` -> the simulated management library, and a
+/// ledger directory.
 pub struct SimCard {
     pub dir: TempDir,
 }
@@ -93,6 +94,11 @@ impl SimCard {
         let dir = TempDir::new("sim");
         fs::create_dir(dir.join("lib")).unwrap();
         symlink(artifact("libcuda.so"), dir.join("lib/libcuda.so.1")).unwrap();
+        symlink(
+            artifact("libnvidia_ml.so"),
+            dir.join("lib/libnvidia-ml.so.1"),
+        )
+        .unwrap();
         fs::write(dir.join("devices"), devices).unwrap();
         let card = SimCard { dir };
         let out = run_with_deadline(
@@ -133,7 +139,8 @@ impl SimCard {
             .env("SIMCUDA_STATE", self.dir.join("card-state"))
             .env("SIMCUDA_DEVICES", devices)
             .env("VRAMGUARD_DIR", self.ledger_dir())
-            .env("VRAMGUARD_DRIVER", self.driver());
+            .env("VRAMGUARD_DRIVER", self.driver())
+            .env("VRAMGUARD_NVML", self.dir.join("lib/libnvidia-ml.so.1"));
         command
     }
 }

@@ -57,6 +57,8 @@ pub struct Artifacts {
     pub simcuda: PathBuf,
     /// The `vramguard` command line.
     pub cli: PathBuf,
+    /// `libnvidia_ml.so`, the simulated management library (soname `libnvidia-ml.so.1`).
+    pub nvml: PathBuf,
 }
 
 fn require(path: PathBuf) -> PathBuf {
@@ -76,7 +78,13 @@ pub fn artifacts() -> Artifacts {
         simulator: require(release.join("libcuda.so")),
         simcuda: require(release.join("simcuda")),
         cli: require(release.join("vramguard")),
+        nvml: nvml_simulator(),
     }
+}
+
+/// The simulated management library, `libnvidia_ml.so` (soname `libnvidia-ml.so.1`).
+pub fn nvml_simulator() -> PathBuf {
+    require(release_dir().join("libnvidia_ml.so"))
 }
 
 /// The simulator's artifacts only (for the simulator's own tests).
@@ -249,12 +257,16 @@ pub fn build_c(output: &str, inputs: &[PathBuf], args: &[&OsStr]) -> PathBuf {
 /// Tests of the runtime's path run under each.
 pub const ANSWER_MODES: [&str; 2] = ["exported", "internal"];
 
+/// The management library's soname, as the sandbox's library directory holds it.
+const NVML_NAME: &str = "libnvidia-ml.so.1";
+
 /// A private simulated card, library directory and ledger directory; removed on drop.
 pub struct Sandbox {
     root: PathBuf,
     /// `SIMCUDA_STATE`.
     pub state: PathBuf,
-    /// Holds `libcuda.so.1` -> the simulator; goes first in `LD_LIBRARY_PATH`.
+    /// Holds `libcuda.so.1` -> the simulated driver and `libnvidia-ml.so.1` -> the simulated
+    /// management library; goes first in `LD_LIBRARY_PATH`.
     pub lib_dir: PathBuf,
     /// `VRAMGUARD_DIR`.
     pub ledger_dir: PathBuf,
@@ -275,10 +287,13 @@ impl Sandbox {
         fs::create_dir_all(&lib_dir).expect("create the library directory");
         fs::create_dir_all(&ledger_dir).expect("create the ledger directory");
         symlink(&simulator, lib_dir.join("libcuda.so.1")).expect("link libcuda.so.1");
+        let nvml = lib_dir.join(NVML_NAME);
+        symlink(nvml_simulator(), &nvml).expect("link libnvidia-ml.so.1");
         let state = root.join("card").join("state");
         let mut env = HashMap::new();
         env.insert("SIMCUDA_STATE".to_string(), state.display().to_string());
         env.insert("SIMCUDA_DEVICES".to_string(), sim_devices.to_string());
+        env.insert("VRAMGUARD_NVML".to_string(), nvml.display().to_string());
         Sandbox {
             root,
             state,
@@ -291,6 +306,13 @@ impl Sandbox {
     /// The sandbox directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Takes the management library away, as on a machine without it: the link is removed and
+    /// `VRAMGUARD_NVML` names the missing file (never a real `libnvidia-ml.so.1` of the host).
+    pub fn without_nvml(&mut self) -> &mut Sandbox {
+        let _ = fs::remove_file(self.lib_dir.join(NVML_NAME));
+        self
     }
 
     /// Sets a variable for every command of this sandbox (`SIMCUDA_*`, `VRAMGUARD_*`,
@@ -338,8 +360,8 @@ impl Sandbox {
         command
     }
 
-    /// A client command: `LD_LIBRARY_PATH`, `SIMCUDA_*`, `VRAMGUARD_DIR`, `VRAMGUARD_DRIVER`, and
-    /// `LD_PRELOAD` of the guard when `guarded`.
+    /// A client command: `LD_LIBRARY_PATH`, `SIMCUDA_*`, `VRAMGUARD_DIR`, `VRAMGUARD_DRIVER`,
+    /// `VRAMGUARD_NVML`, and `LD_PRELOAD` of the guard when `guarded`.
     pub fn command(&self, path: ClientPath, guarded: bool) -> Command {
         let clients = clients();
         let mut command = match path {

@@ -1,18 +1,19 @@
 //! The simulated CUDA driver: a stand-in for `libcuda.so.1` on machines without a GPU.
 //!
 //! Physical memory is shared by every process on the machine through a card-state file
-//! ([`state`]); each process keeps the tables of its own allocations, contexts, pools and
-//! virtual-memory mappings ([`driver`]); the exported entry points ([`exports`]) have the real
+//! ([`state`], from the `simcard` crate, which the simulated management library shares); each
+//! process keeps the tables of its own allocations, contexts, pools and virtual-memory mappings
+//! ([`driver`]); the exported entry points ([`exports`]) have the real
 //! driver's names, signatures and `cuGetProcAddress` versioning ([`procaddr`]). The `simcuda`
 //! tool creates, resets and reports the card ([`report`]). Environment: see [`config`].
 
-pub mod config;
 pub mod driver;
 pub mod exports;
 pub mod procaddr;
 pub mod report;
 pub mod result;
-pub mod state;
+
+pub use simcard::{config, state};
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;

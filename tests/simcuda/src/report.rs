@@ -11,10 +11,7 @@ use crate::state::{self, CardState, REFUSAL_HISTORY, SLOT_EXITED, SLOT_LIVE};
 
 /// Builds the report; dead processes' memory is returned to the card first.
 pub fn report(card: &CardState) -> Value {
-    {
-        let _guard = card.lock();
-        card.reclaim_dead_locked(None);
-    }
+    card.settle();
     let layout = card.layout();
     let count = card.device_count();
     let devices: Vec<Value> = (0..count)

@@ -1,7 +1,8 @@
 //! What the simulated card looks like, read from the environment: `SIMCUDA_DEVICES`,
 //! `SIMCUDA_CONTEXT_COST`, `SIMCUDA_FRAGILE`, `SIMCUDA_LATENCY`, `SIMCUDA_REUSE_HANDLES`,
-//! `SIMCUDA_RETURN_DELAY`, `SIMCUDA_STATE` (`SIMCUDA_PROCADDR`: [`crate::procaddr::answer_mode`]), and the `CUDA_VISIBLE_DEVICES` filter that turns the machine's devices into
-//! a process's ordinals.
+//! `SIMCUDA_RETURN_DELAY`, `SIMCUDA_NVML_PROCESSES`, `SIMCUDA_STATE` (`SIMCUDA_PROCADDR` is read by
+//! the driver's lookup), and the
+//! `CUDA_VISIBLE_DEVICES` filter that turns the machine's devices into a process's ordinals.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -72,6 +73,14 @@ pub fn state_path() -> PathBuf {
 /// Whether the switch `name` is on (`1`, `true`, `yes` or `on`).
 fn switch_from_env(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
+}
+
+/// Whether the simulated management library lists processes (`SIMCUDA_NVML_PROCESSES`, on
+/// unless `0`, `false`, `no` or `off`). Off, it lists none, as NVML does inside a container whose
+/// pid namespace is not the host's.
+pub fn nvml_processes_from_env() -> bool {
+    std::env::var("SIMCUDA_NVML_PROCESSES")
+        .map_or(true, |v| !matches!(v.trim(), "0" | "false" | "no" | "off"))
 }
 
 /// Whether `SIMCUDA_FRAGILE` asks for fragile mode in this process.

@@ -532,6 +532,38 @@ impl CardState {
         returned
     }
 
+    /// Returns the memory and contexts of every dead process to the card, taking the update lock:
+    /// what a reader does before it reports the card (the real driver frees a dead process's
+    /// memory at once). Returns the bytes given back.
+    pub fn settle(&self) -> u64 {
+        let _guard = self.lock();
+        self.reclaim_dead_locked(None)
+    }
+
+    /// The live processes with memory or a context on `device`, in slot order: (pid, bytes
+    /// held, contexts included).
+    pub fn holders(&self, device: usize) -> Vec<(i32, u64)> {
+        if device >= self.device_count() {
+            return Vec::new();
+        }
+        let slots = &self.layout().slots;
+        (0..MAX_SLOTS)
+            .filter(|&i| {
+                let slot = &slots[i];
+                (slot.used[device].load(Ordering::Relaxed) > 0
+                    || slot.contexts[device].load(Ordering::Relaxed) > 0)
+                    && self.slot_alive(i)
+            })
+            .map(|i| {
+                let slot = &slots[i];
+                (
+                    slot.pid.load(Ordering::Relaxed),
+                    slot.used[device].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
     /// Charges `bytes` on `device` to slot `slot`, or records a refusal. Needs the update lock.
     pub fn charge_locked(
         &self,
