@@ -47,6 +47,13 @@ enum Source {
     Driver,
 }
 
+/// Whether a reading is taken before the creation or after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    Before,
+    After,
+}
+
 /// One reading: memory in use by the source's measure, and what the ledger recorded as held at
 /// that moment (by everyone, and by this process).
 #[derive(Clone, Copy, Debug)]
@@ -57,13 +64,17 @@ struct Reading {
     held_by_us: u64,
 }
 
-/// The reading taken before a context is created; [`Probe::finish`] turns it into a figure.
+/// The readings taken before a context is created, one per source that answered;
+/// [`Probe::finish`] turns the first source that answers again into a figure.
 pub struct Probe<'a> {
     ledger: &'a Ledger,
     slot: SlotId,
     device: &'a Device,
-    before: Option<Reading>,
+    before: Vec<Reading>,
 }
+
+/// Every source, in order of preference.
+const SOURCES: [Source; 3] = [Source::NvmlProcess, Source::NvmlDevice, Source::Driver];
 
 impl<'a> Probe<'a> {
     /// Reads the card before a context is created on `device` by member `slot`.
@@ -72,20 +83,23 @@ impl<'a> Probe<'a> {
             ledger,
             slot,
             device,
-            before: None,
+            before: Vec::new(),
         };
-        probe.before = [Source::NvmlProcess, Source::NvmlDevice, Source::Driver]
+        probe.before = SOURCES
             .into_iter()
-            .find_map(|source| probe.read(source));
+            .filter_map(|source| probe.read(source, When::Before))
+            .collect();
         probe
     }
 
     /// What the context created since [`Probe::start`] took on the card, or `None` when it
     /// could not be measured.
     pub fn finish(self) -> Option<u64> {
-        let before = self.before?;
-        let after = self.read(before.source)?;
-        let cost = cost_between(&before, &after).min(self.device.capacity);
+        let (before, after) = self
+            .before
+            .iter()
+            .find_map(|before| Some((before, self.read(before.source, When::After)?)))?;
+        let cost = cost_between(before, &after).min(self.device.capacity);
         log::debug_with(|| {
             format!(
                 "a context on {} took {} ({:?}: {} -> {})",
@@ -99,7 +113,7 @@ impl<'a> Probe<'a> {
         Some(cost)
     }
 
-    fn read(&self, source: Source) -> Option<Reading> {
+    fn read(&self, source: Source, when: When) -> Option<Reading> {
         let used = match source {
             Source::NvmlProcess => {
                 if !in_host_pid_namespace() {
@@ -107,10 +121,15 @@ impl<'a> Probe<'a> {
                 }
                 let nvml = nvml()?;
                 let device = nvml.device_by_uuid(&self.device.uuid.0).ok()?;
-                // Before its first context the process is not listed: it holds nothing yet.
-                nvml.process_memory(device, std::process::id())
-                    .ok()?
-                    .unwrap_or(0)
+                let listed = nvml.process_memory(device, std::process::id()).ok()?;
+                match (listed, when) {
+                    (Some(used), _) => used,
+                    // Before its first context the process is not listed: it holds nothing yet.
+                    (None, When::Before) => 0,
+                    // With a context it must be listed, or NVML does not list this process at
+                    // all (another pid namespace after all): the card's figure will do.
+                    (None, When::After) => return None,
+                }
             }
             Source::NvmlDevice => {
                 let nvml = nvml()?;
