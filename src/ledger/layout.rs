@@ -106,6 +106,15 @@ pub struct DeviceRecord {
     pub next_ticket: AtomicU64,
     /// The device name, NUL-padded.
     pub name: [AtomicU64; TEXT_WORDS],
+    /// The card's used bytes (`total - free` of `cuMemGetInfo_v2`) as a guarded process last
+    /// learned them from the driver. Written without the lock by whoever asked (see
+    /// `driver_figure`); 0 until [`DeviceRecord::driver_seen_unix_ms`] is set.
+    pub driver_used: AtomicU64,
+    /// Of [`DeviceRecord::driver_used`], what the ledger did not hold at that moment (used less
+    /// the held total, never below zero): memory outside the guard, as of then.
+    pub driver_unaccounted: AtomicU64,
+    /// Unix time in milliseconds of that figure; 0 when no guarded process has asked yet.
+    pub driver_seen_unix_ms: AtomicU64,
 }
 
 /// One member's standing on one device. Each word is written only under the device's lock.
@@ -206,6 +215,9 @@ const _: () = {
     assert!(offset_of!(DeviceRecord, repairs) == 76);
     assert!(offset_of!(DeviceRecord, next_ticket) == 80);
     assert!(offset_of!(DeviceRecord, name) == 88);
+    assert!(offset_of!(DeviceRecord, driver_used) == 152);
+    assert!(offset_of!(DeviceRecord, driver_unaccounted) == 160);
+    assert!(offset_of!(DeviceRecord, driver_seen_unix_ms) == 168);
 
     assert!(size_of::<SlotDevice>() == 48);
     assert!(offset_of!(SlotDevice, held) == 0);

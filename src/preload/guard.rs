@@ -489,9 +489,10 @@ impl Process {
         // This process's reservations in flight, this request included (the ledger's figure, or
         // at least this request when the ledger cannot tell).
         let own_in_flight = self.ledger.in_flight(self.slot, device.id).max(bytes);
-        let Some(free) = driver_free() else {
+        let Some((free, total)) = driver_memory() else {
             return DriverCheck::Unknown;
         };
+        self.note_driver_memory(device, free, total);
         if let Some(slot) = slot {
             // What the ledger holds: its admitted total less what is admitted but not taken.
             let holds = admitted
@@ -753,6 +754,13 @@ impl Process {
         }
     }
 
+    /// Records what the driver just said about `device`'s memory in the ledger, for
+    /// `vramguard status` (its "outside the guard" when the management library cannot say).
+    pub fn note_driver_memory(&self, device: &Device, driver_free: u64, driver_total: u64) {
+        self.ledger
+            .note_driver_memory(device.id, driver_free, driver_total);
+    }
+
     /// `cuMemGetInfo` as this process may use the device: (free, total).
     pub fn memory_info(&self, device: &Device, driver_free: u64) -> (u64, u64) {
         let total = self
@@ -785,13 +793,13 @@ impl Process {
     }
 }
 
-/// The driver's free memory on the current context's device (`cuMemGetInfo_v2`).
-fn driver_free() -> Option<u64> {
+/// The driver's (free, total) memory on the current context's device (`cuMemGetInfo_v2`).
+fn driver_memory() -> Option<(u64, u64)> {
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY: both are live usizes the driver writes.
     unsafe { real::cuMemGetInfo_v2(&mut free, &mut total) }
         .is_success()
-        .then_some(free as u64)
+        .then_some((free as u64, total as u64))
 }
 
 fn query_uuid(ordinal: CuDevice) -> Option<CuUuid> {
