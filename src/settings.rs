@@ -68,9 +68,9 @@ pub const SETTINGS: &[Setting] = &[
         name: "VRAMGUARD_CONTEXT_SIZE",
         default: "300MiB",
         accepts: "size",
-        doc: "Device memory charged for each CUDA context (primary or created), which no \
-              allocation call shows. Admission also checks the driver's own free-memory figure, \
-              which includes the real cost.",
+        doc: "The estimate of what a CUDA context (primary or created) takes on the card, \
+              admitted before the context exists until a context has been measured on that card. \
+              Once created, a context is charged what it was measured to take (see docs/design.md).",
     },
     Setting {
         name: "VRAMGUARD_MANAGED",

@@ -6,7 +6,7 @@ mod guard_support;
 mod support;
 
 use guard_support::{CLIENT_DEADLINE, MIB, assert_card_safe, charged, run, sim_uuid, snapshot};
-use support::{ClientPath, Sandbox};
+use support::{ANSWER_MODES, ClientPath, Sandbox};
 
 const CONTEXT: u64 = 300 * MIB;
 
@@ -71,22 +71,33 @@ fn charged_while_holding(
     (held, summary.bytes)
 }
 
-#[test]
-fn every_entry_point_is_charged_exactly_through_every_path() {
-    let sandbox = Sandbox::new("4GiB");
-    sandbox.init();
-    for path in ClientPath::ALL {
+/// Every API through `paths`, the driver answering lookups in `mode`.
+fn every_entry_point_is_charged_exactly(mode: &str, paths: &[ClientPath]) {
+    let mut sandbox = Sandbox::new("4GiB");
+    sandbox.answering(mode).init();
+    for &path in paths {
         for (api, chunk, count) in APIS {
             let (held, taken) = charged_while_holding(&sandbox, path, api, chunk, count, false);
             assert!(taken > 0, "{api} via {path:?} took nothing");
             assert_eq!(
                 held,
                 taken + CONTEXT,
-                "{api} via {path:?}: charged {held}, the client took {taken} + context"
+                "{api} via {path:?}, lookups answered {mode}: charged {held}, the client took {taken} + context"
             );
         }
     }
     assert_card_safe(&sandbox.sim_report(), 0);
+}
+
+#[test]
+fn every_entry_point_is_charged_exactly_through_every_path() {
+    every_entry_point_is_charged_exactly("exported", &ClientPath::ALL);
+}
+
+#[test]
+fn every_entry_point_is_charged_exactly_when_lookups_answer_internal_functions() {
+    // Only the runtime's path meets the driver's lookup answers.
+    every_entry_point_is_charged_exactly("internal", &[ClientPath::Procaddr]);
 }
 
 #[test]
@@ -106,8 +117,15 @@ fn frees_give_the_memory_back() {
 
 #[test]
 fn versioned_lookups_keep_each_abi_and_are_accounted() {
-    let sandbox = Sandbox::new("4GiB");
-    sandbox.init();
+    for mode in ANSWER_MODES {
+        versioned_lookups_in(mode);
+    }
+}
+
+/// [`versioned_lookups_keep_each_abi_and_are_accounted`], the driver answering in `mode`.
+fn versioned_lookups_in(mode: &str) {
+    let mut sandbox = Sandbox::new("4GiB");
+    sandbox.answering(mode).init();
     let mut command = sandbox.command(ClientPath::Procaddr, true);
     command.arg("--check-abi");
     let finished = run(command);

@@ -8,12 +8,13 @@ mod support;
 use std::process::Command;
 
 use guard_support::{GIB, MIB, assert_card_safe, run, run_together};
-use support::{ClientPath, Sandbox, Summary};
+use support::{ANSWER_MODES, ClientPath, Sandbox, Summary};
 
-/// A fragile 4 GiB card (an over-commit poisons it, as on the user's laptop).
-fn fragile_card() -> Sandbox {
+/// A fragile 4 GiB card (an over-commit poisons it, as on the user's laptop) whose driver answers
+/// `cuGetProcAddress` in `mode` (see [`ANSWER_MODES`]).
+fn fragile_card(mode: &str) -> Sandbox {
     let mut sandbox = Sandbox::new("size=4GiB,name=NVIDIA GeForce GTX 1650");
-    sandbox.set_env("SIMCUDA_FRAGILE", "1");
+    sandbox.set_env("SIMCUDA_FRAGILE", "1").answering(mode);
     sandbox.init();
     sandbox
 }
@@ -82,7 +83,7 @@ fn completed(summaries: &[Summary]) -> usize {
 
 #[test]
 fn unguarded_loaders_poison_the_card() {
-    let sandbox = fragile_card();
+    let sandbox = fragile_card("exported");
     let _ = three_loaders(&sandbox, false, &[]);
     let report = sandbox.sim_report();
     assert_eq!(
@@ -111,101 +112,125 @@ fn assert_denied_cleanly(sandbox: &Sandbox, summaries: &[Summary]) {
 
 #[test]
 fn deny_with_expect_lets_exactly_one_load_complete_and_refuses_the_others_cleanly() {
-    // Each loader says up front what it needs, so the guard answers before anything is loaded:
-    // exactly one gets its share, the others are refused at once.
-    let sandbox = fragile_card();
-    let summaries = three_loaders(
-        &sandbox,
-        true,
-        &[("VRAMGUARD_POLICY", "deny"), ("VRAMGUARD_EXPECT", "3GiB")],
-    );
-    assert_eq!(completed(&summaries), 1, "{summaries:?}");
-    assert_denied_cleanly(&sandbox, &summaries);
+    for mode in ANSWER_MODES {
+        // Each loader says up front what it needs, so the guard answers before anything is loaded:
+        // exactly one gets its share, the others are refused at once.
+        let sandbox = fragile_card(mode);
+        let summaries = three_loaders(
+            &sandbox,
+            true,
+            &[("VRAMGUARD_POLICY", "deny"), ("VRAMGUARD_EXPECT", "3GiB")],
+        );
+        assert_eq!(
+            completed(&summaries),
+            1,
+            "lookups answered {mode}: {summaries:?}"
+        );
+        assert_denied_cleanly(&sandbox, &summaries);
+    }
 }
 
 #[test]
 fn plain_deny_refuses_cleanly_at_the_chunk_that_does_not_fit() {
-    // Without an up-front reservation each chunk is decided on its own: loaders are refused at
-    // the first chunk that does not fit, and a refused loader gives its memory back, so usually
-    // one load completes. When two loaders hit the full card within the moment it takes the
-    // first refused one to free its memory, both are refused (docs/limitations.md): what is
-    // guaranteed is a clean error and a card never over-committed, and never two complete loads
-    // (3 GiB twice does not fit in the 3.75 GiB budget while the first is held).
-    let sandbox = fragile_card();
-    let summaries = three_loaders(&sandbox, true, &[("VRAMGUARD_POLICY", "deny")]);
-    assert!(completed(&summaries) <= 1, "{summaries:?}");
-    assert!(
-        summaries.iter().any(|s| s.first_error.is_some()),
-        "three 3 GiB loads cannot all fit: {summaries:?}"
-    );
-    assert_denied_cleanly(&sandbox, &summaries);
+    for mode in ANSWER_MODES {
+        // Without an up-front reservation each chunk is decided on its own: loaders are refused at
+        // the first chunk that does not fit, and a refused loader gives its memory back, so usually
+        // one load completes. When two loaders hit the full card within the moment it takes the
+        // first refused one to free its memory, both are refused (docs/limitations.md): what is
+        // guaranteed is a clean error and a card never over-committed, and never two complete loads
+        // (3 GiB twice does not fit in the 3.75 GiB budget while the first is held).
+        let sandbox = fragile_card(mode);
+        let summaries = three_loaders(&sandbox, true, &[("VRAMGUARD_POLICY", "deny")]);
+        assert!(
+            completed(&summaries) <= 1,
+            "lookups answered {mode}: {summaries:?}"
+        );
+        assert!(
+            summaries.iter().any(|s| s.first_error.is_some()),
+            "three 3 GiB loads cannot all fit: {summaries:?}"
+        );
+        assert_denied_cleanly(&sandbox, &summaries);
+    }
 }
 
 #[test]
 fn wait_with_expect_runs_all_three_one_after_another() {
-    let sandbox = fragile_card();
-    let summaries = three_loaders(
-        &sandbox,
-        true,
-        &[
-            ("VRAMGUARD_POLICY", "wait"),
-            ("VRAMGUARD_EXPECT", "3GiB"),
-            ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
-        ],
-    );
-    assert_eq!(completed(&summaries), 3, "{summaries:?}");
-    let report = sandbox.sim_report();
-    assert_card_safe(&report, 0);
-    // One after another: never two loads on the card at once.
-    let peak = report["devices"][0]["peak_bytes"].as_u64().unwrap();
-    assert!(peak < 2 * 3 * GIB, "two loads overlapped: peak {peak}");
+    for mode in ANSWER_MODES {
+        let sandbox = fragile_card(mode);
+        let summaries = three_loaders(
+            &sandbox,
+            true,
+            &[
+                ("VRAMGUARD_POLICY", "wait"),
+                ("VRAMGUARD_EXPECT", "3GiB"),
+                ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
+            ],
+        );
+        assert_eq!(
+            completed(&summaries),
+            3,
+            "lookups answered {mode}: {summaries:?}"
+        );
+        let report = sandbox.sim_report();
+        assert_card_safe(&report, 0);
+        // One after another: never two loads on the card at once.
+        let peak = report["devices"][0]["peak_bytes"].as_u64().unwrap();
+        assert!(peak < 2 * 3 * GIB, "two loads overlapped: peak {peak}");
+    }
 }
 
 #[test]
 fn plain_wait_never_overcommits_and_lets_at_least_one_finish() {
-    let sandbox = fragile_card();
-    let summaries = three_loaders(
-        &sandbox,
-        true,
-        &[
-            ("VRAMGUARD_POLICY", "wait"),
-            ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
-        ],
-    );
-    assert!(completed(&summaries) >= 1, "{summaries:?}");
-    assert_card_safe(&sandbox.sim_report(), 0);
+    for mode in ANSWER_MODES {
+        let sandbox = fragile_card(mode);
+        let summaries = three_loaders(
+            &sandbox,
+            true,
+            &[
+                ("VRAMGUARD_POLICY", "wait"),
+                ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
+            ],
+        );
+        assert!(
+            completed(&summaries) >= 1,
+            "lookups answered {mode}: {summaries:?}"
+        );
+        assert_card_safe(&sandbox.sim_report(), 0);
+    }
 }
 
 #[test]
 fn a_load_larger_than_the_card_fails_at_once_under_both_policies() {
-    let sandbox = fragile_card();
-    for policy in ["deny", "wait"] {
-        for path in [
-            ClientPath::Direct,
-            ClientPath::Dlsym,
-            ClientPath::Procaddr,
-            ClientPath::Python,
-        ] {
-            let mut command = sandbox.command(path, true);
-            command
-                .args(["--chunk", "4.2GiB", "--count", "1"])
-                .env("VRAMGUARD_POLICY", policy);
-            let started = std::time::Instant::now();
-            let finished = run(command);
-            let summary = finished.summary();
-            assert_eq!(
-                summary.first_error.as_deref(),
-                Some("CUDA_ERROR_OUT_OF_MEMORY"),
-                "{policy} {path:?}: {finished:?}"
-            );
-            assert_eq!(summary.ok, 0);
-            assert!(
-                started.elapsed().as_secs() < 10,
-                "{policy} {path:?} did not fail at once"
-            );
+    for mode in ANSWER_MODES {
+        let sandbox = fragile_card(mode);
+        for policy in ["deny", "wait"] {
+            for path in [
+                ClientPath::Direct,
+                ClientPath::Dlsym,
+                ClientPath::Procaddr,
+                ClientPath::Python,
+            ] {
+                let mut command = sandbox.command(path, true);
+                command
+                    .args(["--chunk", "4.2GiB", "--count", "1"])
+                    .env("VRAMGUARD_POLICY", policy);
+                let started = std::time::Instant::now();
+                let finished = run(command);
+                let summary = finished.summary();
+                assert_eq!(
+                    summary.first_error.as_deref(),
+                    Some("CUDA_ERROR_OUT_OF_MEMORY"),
+                    "{policy} {path:?}, lookups answered {mode}: {finished:?}"
+                );
+                assert_eq!(summary.ok, 0);
+                assert!(
+                    started.elapsed().as_secs() < 10,
+                    "{policy} {path:?} did not fail at once"
+                );
+            }
         }
+        assert_card_safe(&sandbox.sim_report(), 0);
     }
-    assert_card_safe(&sandbox.sim_report(), 0);
 }
 
 #[test]
@@ -233,29 +258,36 @@ fn context_memory_is_counted() {
 
 #[test]
 fn memory_held_by_an_unguarded_program_is_respected() {
-    let sandbox = Sandbox::new("4GiB");
-    let mut holder = sandbox.command(ClientPath::Direct, false);
-    holder.args(["--chunk", "1GiB", "--count", "1", "--hold-ms", "4000"]);
-    let mut holder = support::spawn(holder);
-    holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
-    // Budget 3.75 GiB: the ledger alone would admit 3.3 GiB, but only 4 - 1.3 - 0.3 = 2.4 GiB
-    // are free on the card (less the 256 MiB reserve).
-    for path in [ClientPath::Direct, ClientPath::Procaddr] {
-        let mut guarded = sandbox.command(path, true);
-        guarded.args(["--chunk", "100MiB", "--count", "33"]);
-        let summary = run(guarded).summary();
-        assert_eq!(
-            summary.first_error.as_deref(),
-            Some("CUDA_ERROR_OUT_OF_MEMORY"),
-            "{summary:?}"
-        );
-        let room = 4 * GIB - GIB - 2 * 300 * MIB - 256 * MIB;
-        assert_eq!(summary.ok, room / (100 * MIB), "{summary:?}");
+    for mode in ANSWER_MODES {
+        let mut sandbox = Sandbox::new("4GiB");
+        sandbox.answering(mode);
+        let mut holder = sandbox.command(ClientPath::Direct, false);
+        holder.args(["--chunk", "1GiB", "--count", "1", "--hold-ms", "4000"]);
+        let mut holder = support::spawn(holder);
+        holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
+        // Budget 3.75 GiB: the ledger alone would admit 3.3 GiB, but only 4 - 1.3 - 0.3 = 2.4 GiB
+        // are free on the card (less the 256 MiB reserve).
+        for path in [ClientPath::Direct, ClientPath::Procaddr] {
+            let mut guarded = sandbox.command(path, true);
+            guarded.args(["--chunk", "100MiB", "--count", "33"]);
+            let summary = run(guarded).summary();
+            assert_eq!(
+                summary.first_error.as_deref(),
+                Some("CUDA_ERROR_OUT_OF_MEMORY"),
+                "lookups answered {mode}: {summary:?}"
+            );
+            let room = 4 * GIB - GIB - 2 * 300 * MIB - 256 * MIB;
+            assert_eq!(
+                summary.ok,
+                room / (100 * MIB),
+                "lookups answered {mode}: {summary:?}"
+            );
+        }
+        let report = sandbox.sim_report();
+        assert_card_safe(&report, 0);
+        let holder = holder.finish(guard_support::CLIENT_DEADLINE);
+        assert_eq!(holder.status.code(), Some(0), "{holder:?}");
     }
-    let report = sandbox.sim_report();
-    assert_card_safe(&report, 0);
-    let holder = holder.finish(guard_support::CLIENT_DEADLINE);
-    assert_eq!(holder.status.code(), Some(0), "{holder:?}");
 }
 
 #[test]

@@ -302,10 +302,28 @@ fn layout_offsets_are_pinned() {
     assert_eq!(&bytes[device + 88..device + 94], b"Pinned");
     assert_eq!(
         (u64_at(device + 152), u64_at(device + 160)),
+        (0, 0),
+        "no context measured yet"
+    );
+    assert_eq!(ledger.context_cost(dev), None);
+    ledger.note_context_cost(dev, 3000, 1_700_000_000_000);
+    let bytes = std::fs::read(ledger.path()).unwrap();
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    assert_eq!(
+        (u64_at(device + 152), u64_at(device + 160)),
+        (3000, 1_700_000_000_000),
+        "context_bytes, context_measured_unix_ms"
+    );
+    assert_eq!(ledger.context_cost(dev), Some(3000));
+    // A figure past the capacity (a damaged file) is clamped.
+    ledger.note_context_cost(dev, 1 << 40, 1);
+    assert_eq!(ledger.context_cost(dev), Some(4096));
+    assert_eq!(
+        (u64_at(device + 168), u64_at(device + 176)),
         (1096, 96),
         "driver_used, driver_unaccounted"
     );
-    let seen = u64_at(device + 168);
+    let seen = u64_at(device + 184);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -504,4 +522,32 @@ fn random_operations_match_a_naive_model() {
         }
         assert_eq!(ledger.snapshot().devices[0].used, 0);
     }
+}
+
+#[test]
+fn context_creation_is_one_at_a_time_per_device() {
+    let dir = TempDir::new("context-lock");
+    let ledger = dir.open_ledger();
+    let first = ledger.register_device(uuid(1), "A", 4096, 4096).unwrap();
+    let second = ledger.register_device(uuid(2), "B", 4096, 4096).unwrap();
+    let long = || Instant::now() + Duration::from_secs(30);
+    let creating = ledger.lock_context_creation(first, long()).unwrap();
+    // Another device's creation is independent.
+    drop(ledger.lock_context_creation(second, long()).unwrap());
+    // The same device, even from this process: busy until the holder is done.
+    let busy = ledger.lock_context_creation(first, Instant::now() + Duration::from_millis(50));
+    match busy {
+        Err(vramguard_core::ledger::LedgerError::LockTimeout { what, .. }) => {
+            assert_eq!(what, "context creation")
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("two creations on one device at once"),
+    }
+    // A waiter gets the lock as soon as the holder lets go.
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| ledger.lock_context_creation(first, long()).is_ok());
+        std::thread::sleep(Duration::from_millis(20));
+        drop(creating);
+        assert!(waiter.join().unwrap(), "the waiter never got the lock");
+    });
 }

@@ -33,20 +33,21 @@ pub fn instructions(bench: &Bench) {
         "path", "unguarded", "guarded", "added", "ratio"
     );
     let lab = bench.lab("16GiB", "0");
-    for path in crate::PATHS {
+    for &(path, answers) in crate::PAIR_ROUTES {
+        let label = crate::route_label(path, answers);
         let per_pair = |guarded: bool| -> Option<f64> {
-            let short = collected(bench, &lab, path, guarded, SHORT_RUN)?;
-            let long = collected(bench, &lab, path, guarded, LONG_RUN)?;
+            let short = collected(bench, &lab, path, answers, guarded, SHORT_RUN)?;
+            let long = collected(bench, &lab, path, answers, guarded, LONG_RUN)?;
             let pairs = (LONG_RUN - SHORT_RUN) * BATCH;
             Some(long.checked_sub(short)? as f64 / pairs as f64)
         };
         match (per_pair(false), per_pair(true)) {
             (Some(u), Some(g)) => println!(
-                "{path:<28} {u:>10.0} {g:>10.0} {:>10.0} {:>6.2}x",
+                "{label:<28} {u:>10.0} {g:>10.0} {:>10.0} {:>6.2}x",
                 g - u,
                 g / u
             ),
-            _ => println!("{path:<28} (valgrind gave no count)"),
+            _ => println!("{label:<28} (valgrind gave no count)"),
         }
     }
 }
@@ -56,15 +57,17 @@ fn collected(
     bench: &Bench,
     lab: &crate::lab::Lab,
     path: &str,
+    answers: &str,
     guarded: bool,
     batches: u64,
 ) -> Option<u64> {
-    let client = lab.command(bench.client.for_path(path), guarded);
+    let client = bench.client_command(lab, path, answers, guarded);
     let mut command = Command::new("valgrind");
     command
         .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(client.get_program())
-        .args(["--path", path, "pairs", "--chunk", "1048576", "--batch"])
+        .args(client.get_args())
+        .args(["pairs", "--chunk", "1048576", "--batch"])
         .arg(BATCH.to_string())
         .arg("--batches")
         .arg(batches.to_string());

@@ -13,6 +13,7 @@
 //! which times the calls from inside the process with CLOCK_MONOTONIC. `docs/benchmarks.md` holds
 //! a table of them and how to read it.
 
+#[allow(dead_code)] // shared with the story benchmark, which builds a test client too
 #[path = "../common/cprogs.rs"]
 mod cprogs;
 mod instructions;
@@ -33,6 +34,23 @@ use stats::{Histogram, Summary, format_ns};
 const LATENCIES: &[&str] = &["0", "2us"];
 /// The driver paths of the client.
 const PATHS: &[&str] = &["direct", "dlsym", "procaddr"];
+/// The routes the per-pair figures are taken on: (client path, `SIMCUDA_PROCADDR`). Each path
+/// with the driver answering lookups with its exported symbols, and the runtime's path once more
+/// with internal answers (the only path that looks anything up, so the only one they can change).
+const PAIR_ROUTES: &[(&str, &str)] = &[
+    ("direct", "exported"),
+    ("dlsym", "exported"),
+    ("procaddr", "exported"),
+    ("procaddr", "internal"),
+];
+
+/// How a route is named in the tables.
+fn route_label(path: &str, answers: &str) -> String {
+    match answers {
+        "exported" => path.to_owned(),
+        _ => format!("{path} ({answers})"),
+    }
+}
 /// Context cost, in the simulator and in the guard's estimate alike.
 const CONTEXT_COST: &str = "64MiB";
 /// No process of a benchmark may run longer than this.
@@ -162,10 +180,30 @@ impl Bench {
 
     /// Runs the client on `path` with `args`, guarded or not; panics with its output on failure.
     fn run(&self, lab: &Lab, path: &str, guarded: bool, args: &[&str]) -> String {
-        let mut command = lab.command(self.client.for_path(path), guarded);
-        command.arg("--path").arg(path).args(args);
+        self.run_answered(lab, path, "exported", guarded, args)
+    }
+
+    /// [`Bench::run`], the driver answering lookups in mode `answers` (`SIMCUDA_PROCADDR`).
+    fn run_answered(
+        &self,
+        lab: &Lab,
+        path: &str,
+        answers: &str,
+        guarded: bool,
+        args: &[&str],
+    ) -> String {
+        let mut command = self.client_command(lab, path, answers, guarded);
+        command.args(args);
         let output = run_checked(command);
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The client command on `path` (its `--path` given), lookups answered in mode `answers`.
+    fn client_command(&self, lab: &Lab, path: &str, answers: &str, guarded: bool) -> Command {
+        let mut command = lab.command(self.client.for_path(path), guarded);
+        command.env("SIMCUDA_PROCADDR", answers);
+        command.arg("--path").arg(path);
+        command
     }
 }
 
@@ -257,15 +295,16 @@ fn pairs(bench: &Bench) {
     );
     for latency in LATENCIES {
         let lab = bench.lab("16GiB", latency);
-        for path in PATHS {
+        for &(path, answers) in PAIR_ROUTES {
             let batches = bench.effort.batches.to_string();
             let batch = BATCH.to_string();
             let (mut wall, mut cpu) = (Runs::default(), Runs::default());
             for _ in 0..bench.effort.pair_runs {
                 for guarded in [false, true] {
-                    let out = bench.run(
+                    let out = bench.run_answered(
                         &lab,
                         path,
+                        answers,
                         guarded,
                         &[
                             "pairs",
@@ -281,7 +320,7 @@ fn pairs(bench: &Bench) {
                     cpu.push(guarded, per_pair(&out, "batch_cpu_ns "));
                 }
             }
-            let label = format!("{latency} / {path}");
+            let label = format!("{latency} / {}", route_label(path, answers));
             wall.print_row(&label);
             cpu_rows.push((label, cpu));
         }

@@ -1,12 +1,12 @@
 //! Memory on a card that no guarded process accounts for, "outside the guard": a program started
 //! without the guard, the display server, a runtime path the guard missed (and, on a real card,
-//! what the driver reserves for itself, and contexts that cost more than the ledger charges).
+//! what the driver reserves for itself, and contexts charged an estimate that cost more).
 //!
 //! From the management library when it can say: the card's used memory now, less what the
 //! ledger says guarded processes hold. Else from what a guarded process last learned from the
 //! driver: the card's used memory then, less what the ledger held then, with its age. Else
 //! unknown. Never negative: a ledger that holds more than the card uses (a context cheaper than
-//! `VRAMGUARD_CONTEXT_SIZE`) makes it 0.
+//! its estimate) makes it 0.
 
 use std::time::Duration;
 

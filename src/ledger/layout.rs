@@ -106,6 +106,11 @@ pub struct DeviceRecord {
     pub next_ticket: AtomicU64,
     /// The device name, NUL-padded.
     pub name: [AtomicU64; TEXT_WORDS],
+    /// What the last context measured on this device took on the card, in bytes (meaningful
+    /// once [`DeviceRecord::context_measured_unix_ms`] is not 0). Hint: clamped by readers.
+    pub context_bytes: AtomicU64,
+    /// Unix time in milliseconds of that measurement; 0: no context was measured yet.
+    pub context_measured_unix_ms: AtomicU64,
     /// The card's used bytes (`total - free` of `cuMemGetInfo_v2`) as a guarded process last
     /// learned them from the driver. Written without the lock by whoever asked (see
     /// `driver_figure`); 0 until [`DeviceRecord::driver_seen_unix_ms`] is set.
@@ -182,6 +187,9 @@ pub const FILE_SIZE: usize = size_of::<LedgerLayout>();
 pub const LOCK_BASE: u64 = FILE_SIZE as u64;
 /// The byte locked while a device is being registered.
 pub const REGISTRATION_LOCK_BYTE: u64 = LOCK_BASE + MAX_PROCESSES as u64;
+/// The first context-creation lock byte: device record `i` locks byte `CONTEXT_LOCK_BASE + i`
+/// while a member creates a context on it and measures what it took.
+pub const CONTEXT_LOCK_BASE: u64 = REGISTRATION_LOCK_BYTE + 1;
 
 // The layout is a wire format shared by processes built from different builds: pin every offset.
 const _: () = {
@@ -215,9 +223,11 @@ const _: () = {
     assert!(offset_of!(DeviceRecord, repairs) == 76);
     assert!(offset_of!(DeviceRecord, next_ticket) == 80);
     assert!(offset_of!(DeviceRecord, name) == 88);
-    assert!(offset_of!(DeviceRecord, driver_used) == 152);
-    assert!(offset_of!(DeviceRecord, driver_unaccounted) == 160);
-    assert!(offset_of!(DeviceRecord, driver_seen_unix_ms) == 168);
+    assert!(offset_of!(DeviceRecord, context_bytes) == 152);
+    assert!(offset_of!(DeviceRecord, context_measured_unix_ms) == 160);
+    assert!(offset_of!(DeviceRecord, driver_used) == 168);
+    assert!(offset_of!(DeviceRecord, driver_unaccounted) == 176);
+    assert!(offset_of!(DeviceRecord, driver_seen_unix_ms) == 184);
 
     assert!(size_of::<SlotDevice>() == 48);
     assert!(offset_of!(SlotDevice, held) == 0);

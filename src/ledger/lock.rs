@@ -166,13 +166,14 @@ fn acquire_contended<'a>(
     }
 }
 
-/// Holds the registration lock (an OFD lock on its own open file description) until dropped.
-pub struct RegistrationGuard {
+/// Holds an OFD byte lock (the registration lock, a device's context-creation lock) on its own
+/// open file description until dropped: threads of one process exclude each other too.
+pub struct ByteLockGuard {
     file: File,
     byte: u64,
 }
 
-impl Drop for RegistrationGuard {
+impl Drop for ByteLockGuard {
     fn drop(&mut self) {
         liveness::unlock(self.file.as_fd(), self.byte);
     }
@@ -180,15 +181,11 @@ impl Drop for RegistrationGuard {
 
 /// Takes the OFD lock on `byte` through `file` (a fresh open file description), retrying until
 /// `deadline`. The kernel drops it if we die.
-pub fn acquire_registration(
-    file: File,
-    byte: u64,
-    deadline: Instant,
-) -> Result<RegistrationGuard, Busy> {
+pub fn acquire_byte_lock(file: File, byte: u64, deadline: Instant) -> Result<ByteLockGuard, Busy> {
     let start = Instant::now();
     loop {
         match liveness::try_lock(file.as_fd(), byte) {
-            Ok(true) => return Ok(RegistrationGuard { file, byte }),
+            Ok(true) => return Ok(ByteLockGuard { file, byte }),
             Ok(false) => {}
             Err(_) => {
                 return Err(Busy {

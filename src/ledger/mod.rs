@@ -11,12 +11,15 @@
 //! - `futex`: sleeping and waking on a word of the mapping, always with a timeout.
 //! - `membership`: joining, leaving, and reclaiming what dead members held.
 //! - `admission`: reserve, commit, rollback, release, claims, FIFO waiting, deadlock breaking.
+//! - `contexts`: what a context costs on each device, as last measured, and the lock that lets
+//!   one member at a time create a context on a device and measure it.
 //! - `snapshot`: an owned copy of the ledger for display; who holds a device lock.
 //! - `driver_figure`: what guarded processes last learned from the driver about each card's
 //!   memory (for `vramguard status`'s "outside the guard").
 #![deny(unsafe_code)]
 
 mod admission;
+mod contexts;
 mod driver_figure;
 mod error;
 mod file;
@@ -32,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+pub use contexts::ContextCreation;
 pub use driver_figure::DriverFigure;
 pub use error::{LedgerError, Refusal};
 pub use layout::{MAX_DEVICES, MAX_PROCESSES};
@@ -195,7 +199,7 @@ impl Ledger {
             });
         }
         let fresh = self.reopen()?;
-        let _guard = lock::acquire_registration(
+        let _guard = lock::acquire_byte_lock(
             fresh,
             layout::REGISTRATION_LOCK_BYTE,
             Instant::now() + LOCK_DEADLINE,

@@ -187,6 +187,13 @@ impl Func {
         &SLOTS[self as usize]
     }
 
+    /// Makes the driver's `cuGetProcAddress` answer for this function what its wrapper forwards
+    /// to, should no definition of its name be found (a driver that hands the variant out without
+    /// exporting it). The name's definition is preferred: same ABI, same behaviour.
+    pub fn adopt_driver_answer(self, answered: *mut c_void) {
+        self.slot().adopt(answered);
+    }
+
     /// The driver's own symbol of this name, from our handle on the driver (never an
     /// interposer's): what `cuGetProcAddress` answers are checked against.
     pub fn driver_address(self) -> Option<*mut c_void> {

@@ -24,12 +24,17 @@ use vramguard_core::ledger::{
 use vramguard_core::settings::{Config, OnError, Policy};
 use vramguard_core::units::{format_duration, format_size};
 
+use crate::context_cost;
 use crate::current;
 use crate::functions::real;
 use crate::headroom::{self, Watch};
 use crate::log;
 use crate::symbols::{self, aux};
 use crate::tables::{Charge, Tables};
+
+/// How long a context creation waits for another process's creation on the same device before
+/// it goes ahead unserialised (its measurement may then include the other context).
+const CONTEXT_CREATION_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A device as this process sees it, with its ledger record.
 #[derive(Clone, Copy, Debug)]
@@ -397,8 +402,9 @@ impl Process {
     }
 
     /// Sets the `VRAMGUARD_EXPECT` claim at the first charge on a device (waiting under `wait`).
-    /// The claim is the expected allocations plus one context (`VRAMGUARD_CONTEXT_SIZE`), which
-    /// the guard charges on its own: users state what their program loads.
+    /// The claim is the expected allocations plus one context (as last measured on the device,
+    /// else `VRAMGUARD_CONTEXT_SIZE`), which the guard charges on its own: users state what
+    /// their program loads.
     #[inline]
     fn ensure_claim(&self, device: &Device) -> Result<(), CuResult> {
         let Some(expect) = self.config.expect else {
@@ -420,7 +426,8 @@ impl Process {
         expect: u64,
         slot: Option<&DeviceSlot>,
     ) -> Result<(), CuResult> {
-        let expect = expect.saturating_add(self.config.context_size);
+        let context = context_cost::estimate(&self.ledger, device.id, self.config.context_size);
+        let expect = expect.saturating_add(context);
         let announce = |report: &WaitReport| self.announce_wait("VRAMGUARD_EXPECT", report);
         match self.ledger.set_claim(
             self.slot,
@@ -726,22 +733,86 @@ impl Process {
             self.ledger.release(self.slot, device.id, admitted - actual);
             return Some(actual);
         }
+        if self.charge_now(device, actual - admitted) {
+            Some(actual)
+        } else {
+            self.ledger.release(self.slot, device.id, admitted);
+            None
+        }
+    }
+
+    /// Charges `bytes` more on `device` at once if they fit (never waits).
+    fn charge_now(&self, device: &Device, bytes: u64) -> bool {
         let no_wait = Request {
             limit: self.config.limit,
             wait_until: None,
             on_wait: None,
         };
-        match self
-            .ledger
-            .reserve(self.slot, device.id, actual - admitted, &no_wait)
-        {
+        match self.ledger.reserve(self.slot, device.id, bytes, &no_wait) {
             Ok(extra) => {
                 self.ledger.commit(extra);
-                Some(actual)
+                true
             }
-            Err(_) => {
-                self.ledger.release(self.slot, device.id, admitted);
-                None
+            Err(_) => false,
+        }
+    }
+
+    /// Creates a context on `device` with `call`, charging what it really takes: one creation
+    /// at a time on the device (the ledger's context-creation lock), the estimate
+    /// ([`context_cost::estimate`]) admitted up front as for any allocation, the card read
+    /// before and after the call ([`context_cost::Probe`]), and the charge set to the measured
+    /// figure (the estimate when it cannot be measured). When the context took more than
+    /// fits, `undo` destroys it and the caller gets `CUDA_ERROR_OUT_OF_MEMORY`. On success:
+    /// the bytes charged and the driver's result.
+    pub fn create_context(
+        &self,
+        device: &Device,
+        what: &str,
+        call: impl FnOnce() -> CuResult,
+        undo: impl FnOnce(),
+    ) -> Result<(u64, CuResult), CuResult> {
+        let _one_at_a_time = self
+            .ledger
+            .lock_context_creation(device.id, Instant::now() + CONTEXT_CREATION_PATIENCE)
+            .map_err(|e| log::warn(&format!("{what} is created unserialised: {e}")))
+            .ok();
+        let estimate = context_cost::estimate(&self.ledger, device.id, self.config.context_size);
+        let mut measured = None;
+        let measured_call = || {
+            let probe = context_cost::Probe::start(&self.ledger, self.slot, device);
+            let result = call();
+            if result.is_success() {
+                measured = probe.finish();
+            }
+            result
+        };
+        let (admitted, result) =
+            self.call_admitted(device, Context::Named, estimate, what, measured_call)?;
+        let actual = measured.unwrap_or(estimate);
+        let charged = if estimate == 0 {
+            // Nothing was admitted up front (the device's contexts measured free so far).
+            (actual == 0 || self.charge_now(device, actual)).then_some(actual)
+        } else {
+            self.commit_actual(device, admitted, actual)
+        };
+        if let Some(cost) = measured {
+            self.ledger
+                .note_context_cost(device.id, cost, context_cost::unix_ms());
+        }
+        match charged {
+            Some(bytes) => Ok((bytes, result)),
+            None => {
+                undo();
+                log::warn(&format!(
+                    "refused {what}: it took {} on {}, more than this process may still hold there ({} available); it was destroyed again",
+                    format_size(actual),
+                    device.uuid,
+                    format_size(
+                        self.ledger
+                            .available(self.slot, device.id, self.config.limit)
+                    )
+                ));
+                Err(CuResult::OUT_OF_MEMORY)
             }
         }
     }
@@ -785,11 +856,6 @@ impl Process {
         self.config
             .limit
             .map_or(device.budget, |limit| limit.min(device.budget))
-    }
-
-    /// The context size charged for each context.
-    pub fn context_size(&self) -> u64 {
-        self.config.context_size
     }
 }
 

@@ -963,18 +963,44 @@ pub unsafe fn cuMipmappedArrayDestroy(array: Handle) -> CuResult {
 
 // ----- contexts --------------------------------------------------------------------------------
 
-/// Shared body of the `cuCtxCreate` forms: the context's memory is admitted before it exists.
+/// Shared body of the `cuCtxCreate` forms: the context is charged what it takes on the card,
+/// measured across its creation ([`Process::create_context`]).
 fn create_context(
     what: &str,
     ctx: *mut Handle,
     dev: CuDevice,
     call: impl FnOnce() -> CuResult,
 ) -> CuResult {
-    let size = crate::state::config().context_size;
+    let process = match guarded_process() {
+        Ok(process) => process,
+        Err(answer) => return context_made(answer.unwrap_or_else(call)),
+    };
+    let device = match process.device(dev) {
+        Ok(device) => device,
+        Err(why) => return context_made(process.unaccounted(why, call)),
+    };
+    // A context that took more than fits is destroyed again (which also pops it off the
+    // thread's stack, where creation pushed it).
+    let undo = || {
+        // SAFETY: written by the driver on success.
+        if let Some(created) = unsafe { read(ctx) } {
+            // SAFETY: the context the driver just created for this call, destroyed once.
+            let _ = unsafe { real::cuCtxDestroy_v2(created) };
+            // SAFETY: the caller's pointer, valid for writes per the driver's contract.
+            unsafe { ctx.write(std::ptr::null_mut()) };
+        }
+    };
+    let (bytes, result) = match process.create_context(device, what, call, undo) {
+        Ok(done) => done,
+        Err(code) => return code,
+    };
+    let charge = Charge {
+        device: device.id,
+        bytes,
+    };
     // SAFETY: written by the driver on success.
-    let result = allocate(what, size, On::Ordinal(dev), call, || {
-        unsafe { read(ctx) }.map(|c| Key::Context(c as usize))
-    });
+    let key = unsafe { read(ctx) }.map(|c| Key::Context(c as usize));
+    record(process, key, charge, None, Context::Named);
     context_made(result)
 }
 
@@ -1129,17 +1155,30 @@ unsafe fn retain_primary(ctx: *mut Handle, dev: CuDevice) -> CuResult {
         Err(why) => return process.unaccounted(why, call),
     };
     let first = process.tables().primary_needs_charge(dev);
-    let bytes = if first { process.context_size() } else { 0 };
-    let what = "the primary context";
-    let (admitted, result) = match process.call_admitted(device, Context::Named, bytes, what, call)
-    {
-        Ok(done) => done,
-        Err(code) => return code,
+    let (charge, result) = if first {
+        // The first retain creates the context: charged what it takes on the card; one that
+        // took more than fits is released again.
+        let undo = || {
+            // SAFETY: releases the retain this call just made, once.
+            let _ = unsafe { real::cuDevicePrimaryCtxRelease_v2(dev) };
+        };
+        match process.create_context(device, "the primary context", call, undo) {
+            Ok((bytes, result)) => (
+                Some(Charge {
+                    device: device.id,
+                    bytes,
+                }),
+                result,
+            ),
+            Err(code) => return code,
+        }
+    } else {
+        let result = call();
+        if !result.is_success() {
+            return result;
+        }
+        (None, result)
     };
-    let charge = first.then(|| Charge {
-        device: device.id,
-        bytes: process.commit(admitted),
-    });
     // SAFETY: written by the driver on success.
     let handle = unsafe { read(ctx) }.map_or(0, |c| c as usize);
     let extra = process.tables().primary_retained(dev, handle, charge);

@@ -15,6 +15,7 @@
 //! - [`hooks`]: the body of each guarded function.
 //! - [`guard`]: admission against the ledger and the driver, device identity.
 //! - [`headroom`]: when an allocation asks the driver for its free memory.
+//! - [`context_cost`]: what a context takes on the card, measured across its creation.
 //! - [`current`]: the current context and its device, cached for all threads.
 //! - [`tables`]: what this process holds (pointers, handles, arrays, contexts, pools).
 //! - [`pointers`]: the map from device pointers to what they hold.
@@ -26,6 +27,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod boundary;
+mod context_cost;
 mod current;
 mod dlsym;
 mod functions;

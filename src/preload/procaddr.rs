@@ -2,11 +2,12 @@
 //!
 //! The CUDA runtime fetches every entry point through `cuGetProcAddress(_v2)`, choosing the ABI
 //! with the version argument and the per-thread-default-stream flag. The wrappers call the real
-//! lookup with the caller's exact arguments; only when it succeeds, and the pointer it returned is
-//! the driver's own symbol of a guarded variant, is that pointer replaced by our wrapper of that
-//! same variant: first the one [`variant`] expects, else the member of the name's family
-//! (`_v2`, `_v3`, `_v4`, `_ptsz`) the pointer turns out to be. A pointer that is none of the
-//! driver's symbols is left untouched.
+//! lookup with the caller's exact arguments; when it succeeds for a (name, version, flags) that
+//! names a guarded variant ([`variant`]), the answer is replaced by our wrapper of that variant,
+//! whether or not the driver's pointer is one of its symbols (drivers answer with internal entry
+//! points). The one exception: a pointer that is exactly the driver's symbol of another member
+//! of the name's family (`_v2`, `_v3`, `_v4`, `_ptsz`) gets that member's wrapper. So
+//! `"cuGetProcAddress"` always comes back as our lookup, and every later lookup passes here.
 //!
 //! Cut-offs are those of the CUDA headers (`cudaTypedefs.h`: `PFN_cuMemAlloc_v3020`,
 //! `PFN_cuCtxCreate_v11040`, `PFN_cuDevicePrimaryCtxRelease_v11000`, ...).
@@ -101,8 +102,16 @@ pub fn variant(name: &[u8], version: i32, flags: u64) -> Option<Func> {
     }
 }
 
-/// After a successful real lookup: replaces `*pfn` with our wrapper when the driver's answer is
-/// exactly its own symbol of the variant the query names. Untouched otherwise.
+/// After a successful real lookup: replaces `*pfn` with our wrapper of the variant the query
+/// names, whatever pointer the driver answered. Untouched when the query names no guarded
+/// variant.
+///
+/// A driver may answer with an internal entry point that none of its symbols is (real drivers
+/// do, for `"cuGetProcAddress"` itself among others), so the pointer's identity cannot decide;
+/// the (name, version, flags) query fixes the ABI. Only when the answer is identifiably another
+/// member of the name's family (the driver picked another cut-off or stream variant) is that
+/// member's wrapper handed out instead, since the pointer then says which ABI it has. Should the
+/// driver not export the variant at all, its answer becomes what the wrapper forwards to.
 ///
 /// # Safety
 /// `symbol` is null or a NUL-terminated string; `pfn` is null or points to the pointer the real
@@ -118,32 +127,36 @@ pub unsafe fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, version: 
     if answered.is_null() {
         return;
     }
-    let expected = variant(name, version, flags);
-    // The expected variant first; should the driver pick another member of the family (another
-    // cut-off, another stream flag), the pointer itself says which function, hence which ABI, it is.
-    let answered_by = expected
-        .into_iter()
-        .chain(family(name))
-        .find(|f| f.driver_address() == Some(answered));
-    match answered_by {
-        Some(func) => {
-            if Some(func) != expected {
-                crate::log::debug(&format!(
-                    "cuGetProcAddress({}, {version}, {flags}) answered {} (expected {expected:?})",
-                    String::from_utf8_lossy(name),
-                    func.name()
-                ));
-            }
-            // SAFETY: as above; the driver's pointer is replaced with our wrapper of that same
-            // function, hence the same ABI.
-            unsafe { *pfn = func.wrapper() };
-        }
-        None if expected.is_some() => crate::log::debug(&format!(
-            "cuGetProcAddress({}, {version}, {flags}) answered a pointer that is none of the driver's symbols: left untouched",
-            String::from_utf8_lossy(name)
-        )),
-        None => {}
+    let Some(expected) = variant(name, version, flags) else {
+        return;
+    };
+    let func = answered_by(expected, name, answered);
+    if func != expected {
+        crate::log::debug(&format!(
+            "cuGetProcAddress({}, {version}, {flags}) answered {} (expected {})",
+            String::from_utf8_lossy(name),
+            func.name(),
+            expected.name()
+        ));
     }
+    if func == expected {
+        func.adopt_driver_answer(answered);
+    }
+    // SAFETY: as above; the answer is replaced with our wrapper of the function the query (or the
+    // answer itself) names, hence the same ABI.
+    unsafe { *pfn = func.wrapper() };
+}
+
+/// The guarded function a lookup's `answered` pointer is: another member of `name`'s family when
+/// the pointer is exactly that member's driver symbol, else the `expected` variant the query
+/// names.
+fn answered_by(expected: Func, name: &[u8], answered: *mut c_void) -> Func {
+    if expected.driver_address() == Some(answered) {
+        return expected;
+    }
+    family(name)
+        .find(|f| *f != expected && f.driver_address() == Some(answered))
+        .unwrap_or(expected)
 }
 
 /// The guarded functions whose name is `base` or `base` with a version or stream suffix.

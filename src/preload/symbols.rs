@@ -35,6 +35,21 @@ impl Symbol {
         self.resolve_first()
     }
 
+    /// Uses `answered` (a driver's lookup answer of this function's ABI) when no definition of
+    /// the name can be found. Cold: only the first lookup of a variant the driver does not export.
+    pub fn adopt(&self, answered: *mut c_void) {
+        if answered.is_null() || self.resolve().is_some() {
+            return;
+        }
+        // A racing adopter stores a pointer of the same function: either one will do.
+        let _ = self.address.compare_exchange(
+            ptr::null_mut(),
+            answered,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
     #[cold]
     #[inline(never)]
     fn resolve_first(&self) -> Option<*mut c_void> {

@@ -252,6 +252,11 @@ pub fn build_c(output: &str, inputs: &[PathBuf], args: &[&OsStr]) -> PathBuf {
     target
 }
 
+/// The ways the simulated driver may answer `cuGetProcAddress` (`SIMCUDA_PROCADDR`): with its
+/// exported symbols, or with internal functions that `dlsym` cannot find, as real drivers do.
+/// Tests of the runtime's path run under each.
+pub const ANSWER_MODES: [&str; 2] = ["exported", "internal"];
+
 /// The management library's soname, as the sandbox's library directory holds it.
 const NVML_NAME: &str = "libnvidia-ml.so.1";
 
@@ -316,6 +321,12 @@ impl Sandbox {
     pub fn set_env(&mut self, key: &str, value: &str) -> &mut Sandbox {
         self.env.insert(key.to_string(), value.to_string());
         self
+    }
+
+    /// Makes the simulated driver answer `cuGetProcAddress` in `mode` (one of [`ANSWER_MODES`]).
+    pub fn answering(&mut self, mode: &str) -> &mut Sandbox {
+        assert!(ANSWER_MODES.contains(&mode), "no answer mode {mode:?}");
+        self.set_env("SIMCUDA_PROCADDR", mode)
     }
 
     /// Removes a variable set with [`Sandbox::set_env`].
@@ -508,23 +519,34 @@ impl Running {
         self.child.id()
     }
 
+    /// The stdout lines read so far by the waits.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Waits until a stdout line contains `needle`; panics (killing the child) after `timeout`
     /// or if the child's output ends first.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_any_line(&[needle], timeout)
+    }
+
+    /// Waits until a stdout line contains one of `needles`, and returns it; panics (killing the
+    /// child) after `timeout` or if the child's output ends first.
+    pub fn wait_for_any_line(&mut self, needles: &[&str], timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stdout.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if line.contains(needle) {
+                    if needles.iter().any(|needle| line.contains(needle)) {
                         return line;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
                     panic!(
-                        "no line with {needle:?} within {timeout:?}; stdout so far:\n{}",
+                        "no line with {needles:?} within {timeout:?}; stdout so far:\n{}",
                         self.seen.join("\n")
                     );
                 }
@@ -532,7 +554,7 @@ impl Running {
                     let _ = self.child.kill();
                     self.errors.extend(self.stderr.lines.try_iter());
                     panic!(
-                        "output ended before a line with {needle:?}; stdout:\n{}\nstderr:\n{}",
+                        "output ended before a line with {needles:?}; stdout:\n{}\nstderr:\n{}",
                         self.seen.join("\n"),
                         self.errors.join("\n")
                     );

@@ -1,6 +1,7 @@
 //! What the simulated card looks like, read from the environment: `SIMCUDA_DEVICES`,
 //! `SIMCUDA_CONTEXT_COST`, `SIMCUDA_FRAGILE`, `SIMCUDA_LATENCY`, `SIMCUDA_REUSE_HANDLES`,
-//! `SIMCUDA_RETURN_DELAY`, `SIMCUDA_NVML_PROCESSES`, `SIMCUDA_STATE`, and the
+//! `SIMCUDA_RETURN_DELAY`, `SIMCUDA_NVML_PROCESSES`, `SIMCUDA_STATE` (`SIMCUDA_PROCADDR` is read by
+//! the driver's lookup), and the
 //! `CUDA_VISIBLE_DEVICES` filter that turns the machine's devices into a process's ordinals.
 
 use std::fmt;

@@ -27,6 +27,9 @@ pub const MAX_DEVICES: usize = 16;
 pub const MAX_SLOTS: usize = 512;
 /// Entry points whose calls are counted per process.
 pub const MAX_ENTRIES: usize = 192;
+/// The last call counter of each process counts calls made through internal `cuGetProcAddress`
+/// answers (`SIMCUDA_PROCADDR=internal`), whatever the entry point.
+pub const INTERNAL_CALLS_COUNTER: usize = MAX_ENTRIES - 1;
 /// Refusals remembered per device (the total count is kept separately).
 pub const REFUSAL_HISTORY: usize = 64;
 /// Bytes of a device name, NUL-padded.

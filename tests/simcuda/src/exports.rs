@@ -89,7 +89,11 @@ unsafe fn get_proc_address(
     // SAFETY: non-null and NUL-terminated per the driver API.
     let name = unsafe { CStr::from_ptr(symbol) }.to_str().unwrap_or("");
     let (address, code, outcome) = match procaddr::lookup(name, version, flags) {
-        Lookup::Found(entry) => (entry.address(), procaddr::STATUS_SUCCESS, Ok(())),
+        Lookup::Found(entry) => (
+            entry.answer(procaddr::answer_mode()),
+            procaddr::STATUS_SUCCESS,
+            Ok(()),
+        ),
         Lookup::VersionNotSufficient => (
             std::ptr::null_mut(),
             procaddr::STATUS_VERSION_NOT_SUFFICIENT,
@@ -127,10 +131,42 @@ macro_rules! entry_points {
                 match self { $(Entry::$name => stringify!($name),)* }
             }
 
-            /// The function's address, as `cuGetProcAddress` hands it out.
+            /// The exported function's address (what `dlsym` finds).
             pub fn address(self) -> *mut c_void {
                 match self { $(Entry::$name => $name as *const () as *mut c_void,)* }
             }
+
+            /// The address of the same entry point under no symbol ([`internal`]): what a
+            /// driver's lookup may answer instead of its export.
+            pub fn internal_address(self) -> *mut c_void {
+                match self { $(Entry::$name => internal::$name as *const () as *mut c_void,)* }
+            }
+
+            /// What `cuGetProcAddress` answers for this entry point in the given mode.
+            pub fn answer(self, mode: procaddr::AnswerMode) -> *mut c_void {
+                match mode {
+                    procaddr::AnswerMode::Exported => self.address(),
+                    procaddr::AnswerMode::Internal => self.internal_address(),
+                }
+            }
+        }
+
+        /// Every entry point again, under no symbol name: `dlsym` cannot find these, and only
+        /// `cuGetProcAddress` hands them out (with `SIMCUDA_PROCADDR=internal`), as a real driver
+        /// may answer a lookup with an internal entry point. Same bodies; each call is also
+        /// counted as made through an internal answer.
+        #[allow(non_snake_case)]
+        mod internal {
+            use super::*;
+            $(
+                $(#[$meta])*
+                ///
+                /// # Safety
+                /// Pointer arguments follow the CUDA driver API's contract for this function.
+                pub(super) unsafe extern "C" fn $name($($arg: $ty),*) -> CuResult {
+                    crate::call_internal(Entry::$name, |$driver: &mut Driver| -> CuOutcome { $body })
+                }
+            )*
         }
 
         $(
@@ -146,7 +182,7 @@ macro_rules! entry_points {
     };
 }
 
-const _: () = assert!(Entry::ALL.len() <= crate::state::MAX_ENTRIES);
+const _: () = assert!(Entry::ALL.len() <= crate::state::INTERNAL_CALLS_COUNTER);
 
 entry_points! {
     /// `cuInit`.

@@ -63,7 +63,19 @@ fn watch_forks() {
 /// entry point named by `SIMCUDA_RETURN_DELAY` then waits before it returns, the driver's lock
 /// released, so that other threads' calls run in between.
 pub(crate) fn call(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) -> CuResult {
-    let result = run(entry, body);
+    call_via(entry, false, body)
+}
+
+/// [`call`] for an entry point reached through an internal `cuGetProcAddress` answer
+/// (`SIMCUDA_PROCADDR=internal`): also counted under [`state::INTERNAL_CALLS_COUNTER`], so that
+/// a test can tell such answers were really called.
+pub(crate) fn call_internal(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) -> CuResult {
+    call_via(entry, true, body)
+}
+
+/// [`call`], counting the call as internal or not.
+fn call_via(entry: Entry, internal: bool, body: impl FnOnce(&mut Driver) -> CuOutcome) -> CuResult {
+    let result = run(entry, internal, body);
     if let Some((delayed, delay)) = return_delay()
         && *delayed == entry
     {
@@ -85,7 +97,7 @@ fn return_delay() -> Option<&'static (Entry, Duration)> {
 }
 
 /// [`call`] without the delay.
-fn run(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) -> CuResult {
+fn run(entry: Entry, internal: bool, body: impl FnOnce(&mut Driver) -> CuOutcome) -> CuResult {
     catch_unwind(AssertUnwindSafe(|| {
         // Bounded: a child forked while another thread was inside the driver would otherwise
         // wait forever on a lock nobody will release.
@@ -119,6 +131,9 @@ fn run(entry: Entry, body: impl FnOnce(&mut Driver) -> CuOutcome) -> CuResult {
         };
         driver.follow_reset();
         driver.count(entry as usize);
+        if internal {
+            driver.count(state::INTERNAL_CALLS_COUNTER);
+        }
         CuResult::from(body(driver))
     }))
     .unwrap_or(CuResult::UNKNOWN)

@@ -17,6 +17,52 @@ pub const STATUS_VERSION_NOT_SUFFICIENT: i32 = 2;
 /// `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`.
 pub const FLAG_PER_THREAD_DEFAULT_STREAM: u64 = 2;
 
+/// Which pointer a successful lookup hands out (`SIMCUDA_PROCADDR`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerMode {
+    /// `exported` (the default): the driver's exported symbol of the variant.
+    Exported,
+    /// `internal`: a distinct function of the same ABI under no symbol name.
+    Internal,
+}
+
+impl AnswerMode {
+    /// Every mode, for tests that run a scenario under each.
+    pub const ALL: [AnswerMode; 2] = [AnswerMode::Exported, AnswerMode::Internal];
+
+    /// The value of `SIMCUDA_PROCADDR` that selects this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnswerMode::Exported => "exported",
+            AnswerMode::Internal => "internal",
+        }
+    }
+
+    /// Parses a `SIMCUDA_PROCADDR` value (empty: the default).
+    pub fn parse(text: &str) -> Option<AnswerMode> {
+        match text.trim() {
+            "" | "exported" => Some(AnswerMode::Exported),
+            "internal" => Some(AnswerMode::Internal),
+            _ => None,
+        }
+    }
+}
+
+/// This process's answer mode, read from `SIMCUDA_PROCADDR` once; an unknown value is reported
+/// on stderr and treated as `exported`.
+pub fn answer_mode() -> AnswerMode {
+    static MODE: std::sync::OnceLock<AnswerMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        let text = std::env::var("SIMCUDA_PROCADDR").unwrap_or_default();
+        AnswerMode::parse(&text).unwrap_or_else(|| {
+            eprintln!(
+                "simcuda: SIMCUDA_PROCADDR={text:?} is neither `exported` nor `internal`; answering with exported symbols"
+            );
+            AnswerMode::Exported
+        })
+    })
+}
+
 /// The answer to a lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {

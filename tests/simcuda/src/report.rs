@@ -68,6 +68,7 @@ pub fn report(card: &CardState) -> Value {
             "alive": card.slot_alive(index),
             "devices": per_device,
             "calls": calls,
+            "internal_calls": slot.calls[state::INTERNAL_CALLS_COUNTER].load(Relaxed),
         }));
     }
     json!({"state": card.path().display().to_string(), "context_cost_bytes": card.context_cost(), "devices": devices, "processes": processes})

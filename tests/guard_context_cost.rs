@@ -1,0 +1,271 @@
+//! Contexts are charged what they take on the card, measured across their creation, whatever a
+//! context costs on the simulated card (0, 64 MiB, 700 MiB) and however the management library
+//! answers (per process, or only for the whole card, as inside a container): sixteen small
+//! programs that start at the same instant on a 1 GiB card, and `vramguard status --json` shows
+//! each one's memory as the card holds it for it.
+
+#[path = "support/guard.rs"]
+mod guard_support;
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use guard_support::{CLIENT_DEADLINE, MIB, assert_card_safe, run};
+use support::{ClientPath, Finished, Running, Sandbox};
+
+/// How the simulated management library lists processes.
+#[derive(Clone, Copy, Debug)]
+enum Nvml {
+    /// Every process with its memory (a host's pid namespace).
+    PerProcess,
+    /// No process at all, only the card's used memory (a container's pid namespace).
+    CardOnly,
+}
+
+/// A 1 GiB card whose contexts cost `cost`, with the guard's estimate left at its default.
+fn card(cost: &str, nvml: Nvml) -> Sandbox {
+    let mut sandbox = Sandbox::new("1GiB");
+    sandbox.set_env("SIMCUDA_CONTEXT_COST", cost);
+    if let Nvml::CardOnly = nvml {
+        sandbox.set_env("SIMCUDA_NVML_PROCESSES", "0");
+    }
+    sandbox.init();
+    sandbox
+}
+
+/// A client that reaches the driver the runtime's way, takes `chunks` x 16 MiB and holds them
+/// until it is killed.
+fn small_program(sandbox: &Sandbox, chunks: &str) -> Running {
+    sandbox.start_client(
+        ClientPath::Procaddr,
+        true,
+        &["--chunk", "16MiB", "--count", chunks, "--hold-ms", "120000"],
+    )
+}
+
+/// One of the sixteen, once it holds its memory or has been refused.
+enum Outcome {
+    /// It holds what it got (pid; whether every allocation succeeded).
+    Holding(u32, bool),
+    /// It was refused and exited.
+    Refused(Finished),
+}
+
+/// Starts sixteen programs at once and waits until each holds or has finished.
+fn sixteen_programs(sandbox: &Sandbox, chunks: &str) -> (Vec<Outcome>, Vec<Running>) {
+    let mut started: Vec<Running> = (0..16).map(|_| small_program(sandbox, chunks)).collect();
+    let mut outcomes = Vec::new();
+    let mut holding = Vec::new();
+    for mut program in started.drain(..) {
+        let line = program.wait_for_any_line(&["holding", "summary"], CLIENT_DEADLINE);
+        if line.contains("holding") {
+            let complete = !program.seen().iter().any(|l| l.starts_with("alloc fail"));
+            outcomes.push(Outcome::Holding(program.pid(), complete));
+            holding.push(program);
+        } else {
+            outcomes.push(Outcome::Refused(program.finish(CLIENT_DEADLINE)));
+        }
+    }
+    (outcomes, holding)
+}
+
+/// Bytes the simulated card holds for each live process.
+fn card_holds(report: &Value) -> BTreeMap<u64, u64> {
+    report["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["alive"].as_bool() == Some(true))
+        .map(|p| {
+            let used = p["devices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["used_bytes"].as_u64())
+                .sum();
+            (p["pid"].as_u64().unwrap_or(0), used)
+        })
+        .collect()
+}
+
+/// Bytes `vramguard status --json` shows for each process.
+fn status_shows(sandbox: &Sandbox) -> BTreeMap<u64, u64> {
+    let cli = support::artifacts().cli;
+    let mut command = sandbox.program(cli);
+    command.args(["status", "--json"]);
+    let finished = run(command);
+    assert_eq!(finished.status.code(), Some(0), "{finished:?}");
+    let status: Value = serde_json::from_str(&finished.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", finished.stdout));
+    status["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let used = p["devices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["used_bytes"].as_u64())
+                .sum();
+            (p["pid"].as_u64().unwrap_or(0), used)
+        })
+        .collect()
+}
+
+/// Every holding process is shown with what the card holds for it, within 1%.
+fn assert_status_matches_the_card(sandbox: &Sandbox, outcomes: &[Outcome], context: &str) {
+    let card = card_holds(&sandbox.sim_report());
+    let status = status_shows(sandbox);
+    for outcome in outcomes {
+        let Outcome::Holding(pid, _) = outcome else {
+            continue;
+        };
+        let pid = u64::from(*pid);
+        let on_card = card.get(&pid).copied().unwrap_or(0);
+        let shown = status.get(&pid).copied().unwrap_or(0);
+        let tolerance = on_card / 100;
+        assert!(
+            shown.abs_diff(on_card) <= tolerance,
+            "{context}: pid {pid} is shown with {shown} bytes, the card holds {on_card}\nstatus: {status:?}\ncard: {card:?}"
+        );
+    }
+}
+
+fn refused_cleanly(finished: &Finished) -> bool {
+    finished.summary().first_error.as_deref() == Some("CUDA_ERROR_OUT_OF_MEMORY")
+}
+
+#[test]
+fn contexts_that_cost_nothing_let_all_sixteen_start() {
+    for nvml in [Nvml::PerProcess, Nvml::CardOnly] {
+        let context = format!("cost 0, {nvml:?}");
+        let sandbox = card("0", nvml);
+        let (outcomes, holding) = sixteen_programs(&sandbox, "2");
+        let refused: Vec<&Finished> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Refused(f) => Some(f),
+                Outcome::Holding(..) => None,
+            })
+            .collect();
+        assert!(refused.is_empty(), "{context}: refused {refused:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::Holding(_, true))),
+            "{context}: an allocation was refused"
+        );
+        assert_status_matches_the_card(&sandbox, &outcomes, &context);
+        assert_card_safe(&sandbox.sim_report(), 0);
+        holding.into_iter().for_each(|p| drop(p.kill()));
+    }
+}
+
+#[test]
+fn contexts_of_64_mib_are_charged_64_mib() {
+    for nvml in [Nvml::PerProcess, Nvml::CardOnly] {
+        let context = format!("cost 64 MiB, {nvml:?}");
+        let sandbox = card("64MiB", nvml);
+        // 16 x (64 + 16) MiB do not fit the 768 MiB budget: some are refused, cleanly.
+        let (outcomes, holding) = sixteen_programs(&sandbox, "1");
+        for outcome in &outcomes {
+            if let Outcome::Refused(f) = outcome {
+                assert!(refused_cleanly(f), "{context}: {f:?}");
+            }
+        }
+        assert!(
+            holding.len() >= 8,
+            "{context}: only {} of 16 started",
+            holding.len()
+        );
+        assert_status_matches_the_card(&sandbox, &outcomes, &context);
+        assert_card_safe(&sandbox.sim_report(), 0);
+        holding.into_iter().for_each(|p| drop(p.kill()));
+    }
+}
+
+#[test]
+fn contexts_of_700_mib_refuse_the_programs_that_do_not_fit_at_context_creation() {
+    for nvml in [Nvml::PerProcess, Nvml::CardOnly] {
+        let context = format!("cost 700 MiB, {nvml:?}");
+        let sandbox = card("700MiB", nvml);
+        let (outcomes, holding) = sixteen_programs(&sandbox, "2");
+        // One context (700 MiB) and its 32 MiB fit the 768 MiB budget; every other program is
+        // refused when it creates its context, before it allocates anything.
+        assert_eq!(holding.len(), 1, "{context}");
+        for outcome in &outcomes {
+            if let Outcome::Refused(f) = outcome {
+                assert!(refused_cleanly(f), "{context}: {f:?}");
+                assert!(f.stdout.contains("setup fail"), "{context}: {f:?}");
+                assert_eq!(f.summary().ok, 0, "{context}: {f:?}");
+            }
+        }
+        assert_status_matches_the_card(&sandbox, &outcomes, &context);
+        assert_card_safe(&sandbox.sim_report(), 0);
+        holding.into_iter().for_each(|p| drop(p.kill()));
+    }
+}
+
+#[test]
+fn a_context_larger_than_the_process_limit_is_refused_and_destroyed() {
+    // Nothing is known of this card's contexts yet, so the 300 MiB estimate fits the 512 MiB
+    // limit; the context then turns out to take 700 MiB: the guard releases it again and the
+    // program gets a clean out-of-memory from its context creation.
+    for path in [ClientPath::Direct, ClientPath::Procaddr] {
+        let mut sandbox = Sandbox::new("4GiB");
+        sandbox.set_env("SIMCUDA_CONTEXT_COST", "700MiB");
+        sandbox.init();
+        let mut command = sandbox.command(path, true);
+        command
+            .args(["--chunk", "16MiB", "--count", "1"])
+            .env("VRAMGUARD_LIMIT", "512MiB");
+        let finished = run(command);
+        assert!(refused_cleanly(&finished), "{path:?}: {finished:?}");
+        assert!(finished.stdout.contains("setup fail"), "{finished:?}");
+        assert!(
+            finished.stderr.contains("700 MiB"),
+            "the message says what the context took: {finished:?}"
+        );
+        let report = sandbox.sim_report();
+        assert_card_safe(&report, 0);
+        // The context was released before the program went on: the card never held it past
+        // the limit for longer than the measurement.
+        assert_eq!(
+            report["devices"][0]["used_bytes"].as_u64(),
+            Some(0),
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn a_created_context_is_charged_what_it_took() {
+    // cuCtxCreate while another context on the device is current: measured whatever the
+    // management library says (here: nothing, it is not loaded), through the driver's figure.
+    let mut sandbox = Sandbox::new("4GiB");
+    sandbox.set_env("SIMCUDA_CONTEXT_COST", "40MiB");
+    sandbox.without_nvml();
+    sandbox.init();
+    let holder = sandbox.start_holding(
+        ClientPath::Direct,
+        true,
+        &["--api", "ctx", "--count", "3", "--hold-ms", "60000"],
+        CLIENT_DEADLINE,
+    );
+    let pid = u64::from(holder.pid());
+    let card = card_holds(&sandbox.sim_report());
+    let shown = status_shows(&sandbox);
+    // The primary context cannot be measured without the management library (no context is
+    // current before it exists): it keeps the 300 MiB estimate. The three created ones are
+    // charged their 40 MiB each.
+    assert_eq!(card.get(&pid), Some(&(4 * 40 * MIB)), "{card:?}");
+    assert_eq!(
+        shown.get(&pid),
+        Some(&(300 * MIB + 3 * 40 * MIB)),
+        "{shown:?}"
+    );
+    drop(holder.kill());
+}
