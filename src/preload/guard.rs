@@ -771,6 +771,9 @@ impl Process {
         call: impl FnOnce() -> CuResult,
         undo: impl FnOnce(),
     ) -> Result<(u64, CuResult), CuResult> {
+        // The up-front claim may wait its turn: never while holding the creation lock, which
+        // would keep every other process's context (and its own wait in the ledger) back.
+        self.ensure_claim(device)?;
         let _one_at_a_time = self
             .ledger
             .lock_context_creation(device.id, Instant::now() + CONTEXT_CREATION_PATIENCE)
