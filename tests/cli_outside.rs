@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::report::process;
-use support::{ClientPath, Finished, Running, Sandbox, artifacts, spawn};
+use support::{ClientPath, Finished, Sandbox, artifacts, spawn};
 use vramguard_core::cuda::CuUuid;
 use vramguard_core::ledger::Ledger;
 
@@ -37,14 +37,17 @@ fn status_json(sandbox: &Sandbox) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// Holds `chunk` (one allocation, in the primary context) until killed.
-fn hold(sandbox: &Sandbox, guarded: bool, chunk: &str) -> Running {
-    sandbox.start_holding(
-        ClientPath::Direct,
-        guarded,
-        &["--chunk", chunk, "--count", "1", "--hold-ms", "60000"],
-        DEADLINE,
-    )
+/// Asserts that a line of `doctor`'s output starts with `level` (`ok`, `warn`) and contains
+/// every one of `needles`.
+fn assert_doctor_says(doctor: &Finished, level: &str, needles: &[&str]) {
+    assert!(
+        doctor
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(level) && needles.iter().all(|n| l.contains(n))),
+        "no `{level}` line with {needles:?}:\n{}",
+        doctor.stdout
+    );
 }
 
 /// What the simulated card says `pid` holds on its first device (allocations and contexts).
@@ -65,7 +68,7 @@ fn card() -> Sandbox {
 #[test]
 fn status_shows_what_an_unguarded_program_holds_from_the_management_library() {
     let mut sandbox = card();
-    let guarded = hold(&sandbox, true, "256MiB");
+    let guarded = sandbox.hold(true, "256MiB");
     // The guard accounts for everything the guarded process holds (its context included).
     let alone = status_json(&sandbox);
     let device = &alone["devices"][0];
@@ -74,7 +77,7 @@ fn status_shows_what_an_unguarded_program_holds_from_the_management_library() {
     assert_eq!(device["held_bytes"], card_holds(&sandbox, guarded.pid()));
     assert_eq!(alone["nvml"]["found"], true, "{alone}");
 
-    let unguarded = hold(&sandbox, false, "512MiB");
+    let unguarded = sandbox.hold(false, "512MiB");
     let expected = card_holds(&sandbox, unguarded.pid());
     assert_eq!(expected, 512 * MIB + 300 * MIB, "512 MiB and a context");
     let (out, status_pid) = vramguard(&sandbox, &["status", "--json"]);
@@ -115,11 +118,10 @@ fn status_shows_what_an_unguarded_program_holds_from_the_management_library() {
 
     let (doctor, _) = vramguard(&sandbox, &["doctor"]);
     assert_eq!(doctor.status.code(), Some(1), "{}", doctor.stdout);
-    assert!(
-        doctor.stdout.lines().any(|l| l.starts_with("warn")
-            && l.contains("812 MiB (NVML) of 4.00 GiB is held outside the guard")),
-        "{}",
-        doctor.stdout
+    assert_doctor_says(
+        &doctor,
+        "warn",
+        &["812 MiB (NVML) of 4.00 GiB is held outside the guard"],
     );
     assert!(
         doctor
@@ -128,13 +130,7 @@ fn status_shows_what_an_unguarded_program_holds_from_the_management_library() {
         "{}",
         doctor.stdout
     );
-    assert!(
-        doctor.stdout.lines().any(|l| l.starts_with("ok")
-            && l.contains("nvml: ")
-            && l.contains("found (1 device(s))")),
-        "{}",
-        doctor.stdout
-    );
+    assert_doctor_says(&doctor, "ok", &["nvml: ", "found (1 device(s))"]);
 
     // Inside a container whose pid namespace is not the host's, NVML lists no process; the
     // card's memory, all this needs, is still known.
@@ -147,14 +143,7 @@ fn status_shows_what_an_unguarded_program_holds_from_the_management_library() {
     let report = status_json(&sandbox);
     assert_eq!(report["devices"][0]["outside_bytes"], 0, "{report}");
     let (doctor, _) = vramguard(&sandbox, &["doctor"]);
-    assert!(
-        doctor
-            .stdout
-            .lines()
-            .any(|l| l.starts_with("ok") && l.contains("0 B (NVML) outside the guard")),
-        "{}",
-        doctor.stdout
-    );
+    assert_doctor_says(&doctor, "ok", &["0 B (NVML) outside the guard"]);
     drop(guarded);
 }
 
@@ -162,7 +151,7 @@ fn status_shows_what_an_unguarded_program_holds_from_the_management_library() {
 fn without_the_management_library_the_driver_figure_stands_with_its_age() {
     let mut sandbox = card();
     sandbox.without_nvml();
-    let unguarded = hold(&sandbox, false, "512MiB");
+    let unguarded = sandbox.hold(false, "512MiB");
     let expected = card_holds(&sandbox, unguarded.pid());
 
     // The card is in the ledger, but no guarded process has asked the driver yet: unknown.
@@ -224,21 +213,12 @@ fn without_the_management_library_the_driver_figure_stands_with_its_age() {
     );
     let (doctor, _) = vramguard(&sandbox, &["doctor"]);
     assert_eq!(doctor.status.code(), Some(1), "{}", doctor.stdout);
-    assert!(
-        doctor.stdout.lines().any(|l| l.starts_with("warn")
-            && l.contains("812 MiB (driver, ")
-            && l.contains("is held outside the guard")),
-        "{}",
-        doctor.stdout
+    assert_doctor_says(
+        &doctor,
+        "warn",
+        &["812 MiB (driver, ", "is held outside the guard"],
     );
-    assert!(
-        doctor
-            .stdout
-            .lines()
-            .any(|l| l.starts_with("ok") && l.contains("nvml: ") && l.contains("not usable")),
-        "{}",
-        doctor.stdout
-    );
+    assert_doctor_says(&doctor, "ok", &["nvml: ", "not usable"]);
     drop(unguarded);
 }
 
@@ -281,7 +261,7 @@ fn a_guarded_programs_own_question_to_the_driver_is_remembered() {
     let before = &report["devices"][0]["outside_bytes"];
     assert!(before.is_null() || *before == 0, "{report}");
 
-    let unguarded = hold(&sandbox, false, "512MiB");
+    let unguarded = sandbox.hold(false, "512MiB");
     let expected = card_holds(&sandbox, unguarded.pid());
     std::fs::write(&go, b"").unwrap();
     asker.wait_for_line("asked", DEADLINE);
@@ -311,7 +291,7 @@ fn a_management_library_that_fails_or_hangs_does_not_stop_status() {
     );
     let mut sandbox = card();
     sandbox.set_env("VRAMGUARD_NVML", library.to_str().unwrap());
-    let _guarded = hold(&sandbox, true, "64MiB");
+    let _guarded = sandbox.hold(true, "64MiB");
 
     let report = status_json(&sandbox);
     let error = report["nvml"]["error"].as_str().unwrap_or_default();
@@ -328,12 +308,5 @@ fn a_management_library_that_fails_or_hangs_does_not_stop_status() {
     assert!(error.contains("did not answer"), "{report}");
     assert_eq!(report["devices"][0]["outside_source"], "driver", "{report}");
     let (doctor, _) = vramguard(&sandbox, &["doctor"]);
-    assert!(
-        doctor
-            .stdout
-            .lines()
-            .any(|l| l.contains("nvml: ") && l.contains("did not answer")),
-        "{}",
-        doctor.stdout
-    );
+    assert_doctor_says(&doctor, "ok", &["nvml: ", "did not answer"]);
 }
