@@ -13,12 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vramguard_core::cuda::CuUuid;
 use vramguard_core::ledger::{Ledger, LedgerError};
 use vramguard_core::settings::Config;
 use vramguard_core::units::format_size;
 
 use super::driver::{Driver, describe, open_library};
-use super::library;
+use super::nvml_reader::{NvmlReader, NvmlState};
+use super::{library, outside, status};
 
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -214,6 +216,58 @@ fn check_ledger_dir(dir: &Path) -> Vec<Finding> {
             "ledger: no ledger file yet (no guarded program has run)",
         )),
         Err(e) => findings.push(Finding::fail(format!("ledger: {e}"), "see the message")),
+    }
+    findings
+}
+
+/// Whether the management library can be used, and on each card of the ledger the memory that
+/// no guarded process accounts for: a warning when it is large ([`outside::is_large`]).
+fn check_outside(dir: &Path, library: &Path) -> Vec<Finding> {
+    let mut reader = NvmlReader::new(library);
+    let mut findings = vec![match reader.open() {
+        NvmlState::Open(count) => Finding::ok(format!(
+            "nvml: {} found ({count} device(s)); status shows the memory held outside the guard",
+            library.display()
+        )),
+        NvmlState::Failed(message) => Finding::ok(format!(
+            "nvml: {} not usable ({message}); status shows the memory outside the guard as \
+             guarded programs last learned it from the driver",
+            library.display()
+        )),
+        NvmlState::Unopened => Finding::ok(format!("nvml: {} not opened", library.display())),
+    }];
+    let Ok(ledger) = Ledger::open_existing(dir) else {
+        return findings; // check_ledger_dir says why
+    };
+    let snapshot = ledger.snapshot();
+    let (used, _) = status::nvml_used(&snapshot, Some(&mut reader));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for (device, used) in snapshot.devices.iter().zip(used) {
+        let card = format!("card {}", CuUuid(device.uuid));
+        let Some(found) = outside::outside(device, used, now) else {
+            findings.push(Finding::ok(format!(
+                "{card}: memory outside the guard unknown (no management library, and no guarded \
+                 program has asked the driver yet)"
+            )));
+            continue;
+        };
+        let figure = outside::describe(Some(found));
+        if outside::is_large(found.bytes, device.capacity) {
+            findings.push(Finding::warn(
+                format!(
+                    "{card}: {figure} of {} is held outside the guard",
+                    format_size(device.capacity)
+                ),
+                "memory no guarded program accounts for: a program started without the guard \
+                 (start it with `vramguard run`, or `vramguard env` for a virtualenv), the \
+                 display server, or a runtime path the guard missed; `nvidia-smi` lists the \
+                 processes on the card. Guarded programs get that much less",
+            ));
+        } else {
+            findings.push(Finding::ok(format!("{card}: {figure} outside the guard")));
+        }
     }
     findings
 }
@@ -564,6 +618,7 @@ pub fn doctor() -> i32 {
     }
     findings.push(check_library());
     findings.extend(check_ledger_dir(&config.dir));
+    findings.extend(check_outside(&config.dir, &config.nvml));
     let (driver_findings, driver_works, driver_library) = check_driver(&config.driver);
     findings.extend(driver_findings);
     if !driver_works {

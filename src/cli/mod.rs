@@ -10,6 +10,8 @@ mod driver;
 mod env;
 mod format;
 mod library;
+mod nvml_reader;
+mod outside;
 mod run;
 mod status;
 

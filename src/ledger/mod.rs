@@ -14,10 +14,13 @@
 //! - `contexts`: what a context costs on each device, as last measured, and the lock that lets
 //!   one member at a time create a context on a device and measure it.
 //! - `snapshot`: an owned copy of the ledger for display; who holds a device lock.
+//! - `driver_figure`: what guarded processes last learned from the driver about each card's
+//!   memory (for `vramguard status`'s "outside the guard").
 #![deny(unsafe_code)]
 
 mod admission;
 mod contexts;
+mod driver_figure;
 mod error;
 mod file;
 mod futex;
@@ -33,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use contexts::ContextCreation;
+pub use driver_figure::DriverFigure;
 pub use error::{LedgerError, Refusal};
 pub use layout::{MAX_DEVICES, MAX_PROCESSES};
 pub use snapshot::{
@@ -226,7 +230,14 @@ impl Ledger {
         layout::store_text(&record.name, name);
         record.capacity.store(capacity, Ordering::Relaxed);
         record.budget.store(budget, Ordering::Relaxed);
-        for counter in [&record.charged, &record.held, &record.in_flight] {
+        for counter in [
+            &record.charged,
+            &record.held,
+            &record.in_flight,
+            &record.driver_used,
+            &record.driver_unaccounted,
+            &record.driver_seen_unix_ms,
+        ] {
             counter.store(0, Ordering::Relaxed);
         }
         record.lock.store(0, Ordering::Relaxed);

@@ -496,9 +496,10 @@ impl Process {
         // This process's reservations in flight, this request included (the ledger's figure, or
         // at least this request when the ledger cannot tell).
         let own_in_flight = self.ledger.in_flight(self.slot, device.id).max(bytes);
-        let Some(free) = driver_free() else {
+        let Some((free, total)) = driver_memory() else {
             return DriverCheck::Unknown;
         };
+        self.note_driver_memory(device, free, total);
         if let Some(slot) = slot {
             // What the ledger holds: its admitted total less what is admitted but not taken.
             let holds = admitted
@@ -770,6 +771,9 @@ impl Process {
         call: impl FnOnce() -> CuResult,
         undo: impl FnOnce(),
     ) -> Result<(u64, CuResult), CuResult> {
+        // The up-front claim may wait its turn: never while holding the creation lock, which
+        // would keep every other process's context (and its own wait in the ledger) back.
+        self.ensure_claim(device)?;
         let _one_at_a_time = self
             .ledger
             .lock_context_creation(device.id, Instant::now() + CONTEXT_CREATION_PATIENCE)
@@ -824,6 +828,13 @@ impl Process {
         }
     }
 
+    /// Records what the driver just said about `device`'s memory in the ledger, for
+    /// `vramguard status` (its "outside the guard" when the management library cannot say).
+    pub fn note_driver_memory(&self, device: &Device, driver_free: u64, driver_total: u64) {
+        self.ledger
+            .note_driver_memory(device.id, driver_free, driver_total);
+    }
+
     /// `cuMemGetInfo` as this process may use the device: (free, total).
     pub fn memory_info(&self, device: &Device, driver_free: u64) -> (u64, u64) {
         let total = self
@@ -851,13 +862,13 @@ impl Process {
     }
 }
 
-/// The driver's free memory on the current context's device (`cuMemGetInfo_v2`).
-fn driver_free() -> Option<u64> {
+/// The driver's (free, total) memory on the current context's device (`cuMemGetInfo_v2`).
+fn driver_memory() -> Option<(u64, u64)> {
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY: both are live usizes the driver writes.
     unsafe { real::cuMemGetInfo_v2(&mut free, &mut total) }
         .is_success()
-        .then_some(free as u64)
+        .then_some((free as u64, total as u64))
 }
 
 fn query_uuid(ordinal: CuDevice) -> Option<CuUuid> {
