@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 use vramguard_core::cuda::{CuDevice, CuResult, CuUuid};
 use vramguard_core::ledger::{
-    DeviceId, Ledger, MAX_DEVICES, Refusal, Request, Reservation, SlotId, WaitReport,
+    ContextCreation, DeviceId, Ledger, MAX_DEVICES, Refusal, Request, Reservation, SlotId,
+    WaitReport,
 };
 use vramguard_core::settings::{Config, OnError, Policy};
 use vramguard_core::units::{format_duration, format_size};
@@ -759,7 +760,8 @@ impl Process {
 
     /// Creates a context on `device` with `call`, charging what it really takes: one creation
     /// at a time on the device (the ledger's context-creation lock), the estimate
-    /// ([`context_cost::estimate`]) admitted up front as for any allocation, the card read
+    /// ([`context_cost::estimate`]) admitted up front as for any allocation (under `wait`, an
+    /// estimate that does not fit is waited for with the lock let go), the card read
     /// before and after the call ([`context_cost::Probe`]), and the charge set to the measured
     /// figure (the estimate when it cannot be measured). When the context took more than
     /// fits, `undo` destroys it and the caller gets `CUDA_ERROR_OUT_OF_MEMORY`. On success:
@@ -774,23 +776,30 @@ impl Process {
         // The up-front claim may wait its turn: never while holding the creation lock, which
         // would keep every other process's context (and its own wait in the ledger) back.
         self.ensure_claim(device)?;
-        let _one_at_a_time = self
-            .ledger
-            .lock_context_creation(device.id, Instant::now() + CONTEXT_CREATION_PATIENCE)
-            .map_err(|e| log::warn(&format!("{what} is created unserialised: {e}")))
-            .ok();
+        let mut one_at_a_time = self.lock_context_creation(device, what);
         let estimate = context_cost::estimate(&self.ledger, device.id, self.config.context_size);
-        let mut measured = None;
-        let measured_call = || {
-            let probe = context_cost::Probe::start(&self.ledger, self.slot, device);
-            let result = call();
-            if result.is_success() {
-                measured = probe.finish();
-            }
-            result
-        };
-        let (admitted, result) =
-            self.call_admitted(device, Context::Named, estimate, what, measured_call)?;
+        // Under `wait`, an estimate that does not fit now is waited for in the ledger's line
+        // (seen by `vramguard status`, first come first served), the lock let go meanwhile.
+        let waits = self.config.policy == Policy::Wait
+            && self
+                .ledger
+                .available(self.slot, device.id, self.config.limit)
+                < estimate;
+        if waits {
+            one_at_a_time = None;
+        }
+        let admitted = self.admit(device, Context::Named, estimate, what)?;
+        if waits {
+            one_at_a_time = self.lock_context_creation(device, what);
+        }
+        let probe = context_cost::Probe::start(&self.ledger, self.slot, device);
+        let result = call();
+        if !result.is_success() {
+            self.rollback_after(admitted, result);
+            return Err(result);
+        }
+        let measured = probe.finish();
+        drop(one_at_a_time);
         let actual = measured.unwrap_or(estimate);
         let charged = if estimate == 0 {
             // Nothing was admitted up front (the device's contexts measured free so far).
@@ -818,6 +827,15 @@ impl Process {
                 Err(CuResult::OUT_OF_MEMORY)
             }
         }
+    }
+
+    /// `device`'s context-creation lock (`None`, said once, when it stayed busy: the creation
+    /// then goes ahead, and its measurement may include another process's context).
+    fn lock_context_creation(&self, device: &Device, what: &str) -> Option<ContextCreation> {
+        self.ledger
+            .lock_context_creation(device.id, Instant::now() + CONTEXT_CREATION_PATIENCE)
+            .map_err(|e| log::warn(&format!("{what} is created unserialised: {e}")))
+            .ok()
     }
 
     /// Returns held bytes to the ledger.
