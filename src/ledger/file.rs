@@ -135,7 +135,7 @@ pub fn open(dir: &Path, create: bool) -> Result<OpenLedger, LedgerError> {
                 // Racing creators each reserve a whole file: on a nearly full file system one
                 // may find no room while another's file is on its way.
                 Err(no_space @ LedgerError::NoSpace { .. }) => {
-                    if !await_other_creators(dir, &path) {
+                    if !room_after_other_creators(dir, &path) {
                         return Err(no_space);
                     }
                 }
@@ -153,27 +153,32 @@ pub fn open(dir: &Path, create: bool) -> Result<OpenLedger, LedgerError> {
     })
 }
 
-/// After a creation that found no room: waits (up to [`PUBLISHER_WAIT`]) while other processes
-/// are creating the ledger in `dir`, until the ledger at `path` appears or they all gave up.
-/// True when it is worth trying again: the ledger is there, or others were at work and left
-/// room (they may all have failed at once). False when nobody else was creating it, or the wait
-/// ran out (a temporary file left by a creator that died).
-fn await_other_creators(dir: &Path, path: &Path) -> bool {
+/// After a creation that found no room: whether to try again. Racing creators each reserve a
+/// whole file, so on a nearly full file system one may find no room while another's file is on
+/// its way, or all may fail together. Waits (up to [`PUBLISHER_WAIT`]) while others are at work;
+/// then true if the ledger appeared, or if the file system has room for it now (after a pause
+/// that differs from creator to creator, so that those who failed together do not meet again).
+/// False when there is no room, or the wait ran out (a temporary file of a creator that died).
+fn room_after_other_creators(dir: &Path, path: &Path) -> bool {
     let deadline = std::time::Instant::now() + PUBLISHER_WAIT;
-    // Creators that failed together try again at different moments.
-    let pause = std::time::Duration::from_micros(500 + 250 * u64::from(std::process::id() % 8));
-    let mut others_were_at_work = false;
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let pause = std::time::Duration::from_micros(200 + u64::from(clock % 2000));
+    let mut paused = false;
     loop {
         if fs::symlink_metadata(path).is_ok() {
             return true;
         }
-        if !another_creator_at_work(dir) {
-            return others_were_at_work;
+        let others = another_creator_at_work(dir);
+        if !others && paused {
+            return backing::free_space(dir).is_some_and(|free| free >= FILE_SIZE as u64);
         }
         if std::time::Instant::now() > deadline {
             return false;
         }
-        others_were_at_work = true;
+        // Nobody else at work yet: look again once after the pause (a creator may be starting).
+        paused = !others;
         std::thread::sleep(pause);
     }
 }
