@@ -81,6 +81,13 @@ fn run_inside(mount: &PrivateMount, test: &str, role: &str) -> Vec<String> {
     )
 }
 
+/// Runs `test` as `role` in a child inside a fresh tmpfs of `size` (see [`run_inside`]).
+fn run_in_tmpfs(size: &str, test: &str, role: &str) -> Vec<String> {
+    let tmp = TempDir::new(role);
+    let mount = PrivateMount::tmpfs(&tmp.path().join("mnt"), size);
+    run_inside(&mount, test, role)
+}
+
 /// Asserts the error's message names the file and says `fix`, and not `never`.
 fn assert_says(error: &LedgerError, fix: &str, never: &str) {
     let message = error.to_string();
@@ -130,9 +137,7 @@ fn a_file_system_too_small_refuses_a_new_ledger_cleanly() {
     if role().is_some() {
         return no_room_child();
     }
-    let tmp = TempDir::new("no-room");
-    let mount = PrivateMount::tmpfs(&tmp.path().join("mnt"), "1m");
-    let lines = run_inside(&mount, TEST_NO_ROOM, "no room");
+    let lines = run_in_tmpfs("1m", TEST_NO_ROOM, "no room");
     assert_eq!(lines.len(), 3, "{lines:?}");
     let words: Vec<&str> = lines[0].split(' ').collect();
     assert_eq!(words[..3], ["no", "space", "needed"], "{lines:?}");
@@ -184,9 +189,7 @@ fn a_ledger_made_before_the_file_system_filled_up_keeps_working() {
     if role().is_some() {
         return full_child();
     }
-    let tmp = TempDir::new("full");
-    let mount = PrivateMount::tmpfs(&tmp.path().join("mnt"), "8m");
-    let lines = run_inside(&mount, TEST_FULL, "full");
+    let lines = run_in_tmpfs("8m", TEST_FULL, "full");
     assert_eq!(
         lines,
         [
@@ -242,9 +245,7 @@ fn a_sparse_ledger_is_made_whole_or_refused_on_a_full_file_system() {
     if role().is_some() {
         return sparse_child();
     }
-    let tmp = TempDir::new("sparse");
-    let mount = PrivateMount::tmpfs(&tmp.path().join("mnt"), "8m");
-    let lines = run_inside(&mount, TEST_SPARSE, "sparse");
+    let lines = run_in_tmpfs("8m", TEST_SPARSE, "sparse");
     assert_eq!(
         lines,
         [
@@ -478,16 +479,11 @@ fn without_write_access(command: Command, file: &Path) -> Command {
     if !root {
         return command;
     }
-    let mut setpriv = Command::new("setpriv");
-    setpriv
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(command.get_program())
-        .args(command.get_args());
-    for (key, value) in command.get_envs() {
-        if let Some(value) = value {
-            setpriv.env(key, value);
-        }
-    }
+    let mut setpriv = private_mount::run_through(
+        "setpriv",
+        &["--reuid=65534", "--regid=65534", "--clear-groups", "--"].map(String::from),
+        &command,
+    );
     setpriv
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

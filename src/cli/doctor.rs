@@ -254,12 +254,16 @@ fn check_ledger_space(dir: &Path) -> Finding {
             SPACE_FIX,
         )
     } else if free < missing + size {
+        let needs = if missing == 0 {
+            "the ledger has all its storage".to_string()
+        } else {
+            format!("the ledger needs {}", format_size(missing))
+        };
         Finding::warn(
             format!(
-                "ledger: only {free_here}: the ledger needs {} and wants {} to spare (to be made \
-                 again or repaired); programs sharing the file system, such as data loader \
-                 workers, fail when it is full",
-                format_size(missing),
+                "ledger: only {free_here}: {needs}, and {} to spare are wanted (to make it again \
+                 or repair it); programs sharing the file system, such as data loader workers, \
+                 fail when it is full",
                 format_size(size)
             ),
             SPACE_FIX,

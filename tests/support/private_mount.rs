@@ -109,26 +109,12 @@ impl PrivateMount {
     /// `command` (program, arguments, environment, working directory) run inside the namespace.
     /// Standard streams are the caller's to set on the result.
     pub fn command(&self, command: &Command) -> Command {
-        let mut inside = Command::new("nsenter");
-        inside.arg(format!("--target={}", self.holder.id()));
+        let mut args = vec![format!("--target={}", self.holder.id())];
         if self.in_user_namespace {
-            inside.args(["--user", "--preserve-credentials"]);
+            args.extend(["--user".to_string(), "--preserve-credentials".to_string()]);
         }
-        inside
-            .arg("--mount")
-            .arg("--")
-            .arg(command.get_program())
-            .args(command.get_args());
-        for (key, value) in command.get_envs() {
-            match value {
-                Some(value) => inside.env(key, value),
-                None => inside.env_remove(key),
-            };
-        }
-        if let Some(dir) = command.get_current_dir() {
-            inside.current_dir(dir);
-        }
-        inside
+        args.extend(["--mount".to_string(), "--".to_string()]);
+        run_through("nsenter", &args, command)
     }
 
     /// Runs the shell `script` (`sh -ec`) inside, with the mount point as `$1`.
@@ -167,4 +153,25 @@ impl Drop for PrivateMount {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
+}
+
+/// `command` (program, arguments, environment, working directory) run through `wrapper` with
+/// `wrapper_args` (`nsenter ... --`, `setpriv ... --`): what the wrapper execs is the command.
+/// Standard streams are the caller's to set on the result.
+pub fn run_through(wrapper: &str, wrapper_args: &[String], command: &Command) -> Command {
+    let mut wrapped = Command::new(wrapper);
+    wrapped
+        .args(wrapper_args)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
 }
