@@ -190,6 +190,7 @@ pub enum LedgerError {
 /// says each kind once (`LedgerError::cause`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
+#[repr(u8)]
 pub enum Cause {
     /// The ledger's file system is full.
     Space,
@@ -218,21 +219,10 @@ pub enum Cause {
 }
 
 impl Cause {
-    /// Every cause.
-    pub const ALL: [Cause; 12] = [
-        Cause::Space,
-        Cause::Descriptors,
-        Cause::Memory,
-        Cause::Permission,
-        Cause::Setup,
-        Cause::Damaged,
-        Cause::Truncated,
-        Cause::Layout,
-        Cause::Busy,
-        Cause::Full,
-        Cause::Membership,
-        Cause::System,
-    ];
+    /// A number below 32 of its own, for sets of causes kept in one word.
+    pub fn index(self) -> u32 {
+        self as u32
+    }
 }
 
 impl LedgerError {

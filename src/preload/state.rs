@@ -114,11 +114,23 @@ fn failure_session() -> Session {
     }
 }
 
-/// What the guard does while it cannot use the ledger, as said after the reason.
+/// What the guard does when attaching failed, as said after the reason.
 fn failure_mode() -> &'static str {
     match config().on_error {
         OnError::Open => "VRAMGUARD_ON_ERROR=open: CUDA calls pass through unguarded",
         OnError::Closed => "VRAMGUARD_ON_ERROR=closed: allocations are refused",
+    }
+}
+
+/// What the guard does with the calls the ledger fails an attached process on.
+fn failure_mode_for_calls() -> &'static str {
+    match config().on_error {
+        OnError::Open => {
+            "VRAMGUARD_ON_ERROR=open: such calls pass through unguarded (said once per process)"
+        }
+        OnError::Closed => {
+            "VRAMGUARD_ON_ERROR=closed: such allocations are refused (said once per process)"
+        }
     }
 }
 
@@ -129,8 +141,7 @@ static CAUSES_SAID: AtomicU64 = AtomicU64::new(0);
 /// Whether this process has not said a ledger failure of `cause` yet; from now on it has.
 fn first_time(cause: Cause) -> bool {
     let pid = u64::from(crate::pid::current() as u32);
-    let index = Cause::ALL.iter().position(|c| *c == cause).unwrap_or(0);
-    let bit = 1u64 << index;
+    let bit = 1u64 << cause.index().min(31);
     let mut current = CAUSES_SAID.load(Ordering::Acquire);
     loop {
         let said = if current >> 32 == pid {
@@ -157,7 +168,7 @@ fn first_time(cause: Cause) -> bool {
 /// process already said a failure of the same cause.
 pub fn ledger_failed(what: &str, error: &LedgerError) {
     if first_time(error.cause()) {
-        crate::log::error(&format!("{what}: {error}; {}", failure_mode()));
+        crate::log::error(&format!("{what}: {error}; {}", failure_mode_for_calls()));
     }
 }
 
