@@ -8,13 +8,13 @@
 //! stage each cause.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vramguard_core::cuda::CuUuid;
-use vramguard_core::ledger::{Ledger, LedgerError};
+use vramguard_core::ledger::{Ledger, LedgerError, SPACE_FIX, backing, layout};
 use vramguard_core::settings::Config;
 use vramguard_core::units::format_size;
 
@@ -270,6 +270,61 @@ fn check_outside(dir: &Path, library: &Path) -> Vec<Finding> {
         }
     }
     findings
+}
+
+/// The free space of the ledger's file system against what the ledger needs: the storage it
+/// lacks (all of it while it does not exist), and one more ledger's size to spare (a creation
+/// racing another, a re-creation after removal, a repair after truncation).
+fn check_ledger_space(dir: &Path) -> Finding {
+    let Some(existing) = dir.ancestors().find(|p| p.exists()) else {
+        return Finding::ok("ledger: no existing directory to ask for free space");
+    };
+    let Some(free) = backing::free_space(existing) else {
+        return Finding::warn(
+            format!(
+                "ledger: cannot ask the file system of {} for its free space",
+                existing.display()
+            ),
+            "check it with df -h",
+        );
+    };
+    let size = layout::FILE_SIZE as u64;
+    let missing = match fs::symlink_metadata(dir.join(layout::FILE_NAME)) {
+        Ok(meta) if meta.is_file() => size.saturating_sub(meta.blocks().saturating_mul(512)),
+        _ => size,
+    };
+    let free_here = format!(
+        "{} free on the file system of {}",
+        format_size(free),
+        existing.display()
+    );
+    if free < missing {
+        Finding::fail(
+            format!(
+                "ledger: {free_here}, and the ledger needs {}: guarded programs cannot use it and \
+                 follow VRAMGUARD_ON_ERROR",
+                format_size(missing)
+            ),
+            SPACE_FIX,
+        )
+    } else if free < missing + size {
+        let needs = if missing == 0 {
+            "the ledger has all its storage".to_string()
+        } else {
+            format!("the ledger needs {}", format_size(missing))
+        };
+        Finding::warn(
+            format!(
+                "ledger: only {free_here}: {needs}, and {} to spare are wanted (to make it again \
+                 or repair it); programs sharing the file system, such as data loader workers, \
+                 fail when it is full",
+                format_size(size)
+            ),
+            SPACE_FIX,
+        )
+    } else {
+        Finding::ok(format!("ledger: {free_here}"))
+    }
 }
 
 /// Creates and removes a file in `dir`.
@@ -618,6 +673,7 @@ pub fn doctor() -> i32 {
     }
     findings.push(check_library());
     findings.extend(check_ledger_dir(&config.dir));
+    findings.push(check_ledger_space(&config.dir));
     findings.extend(check_outside(&config.dir, &config.nvml));
     let (driver_findings, driver_works, driver_library) = check_driver(&config.driver);
     findings.extend(driver_findings);

@@ -6,6 +6,8 @@
 //! - [`layout`]: `#[repr(C)]` records of fixed-width atomics, offsets pinned at compile time.
 //! - `file`: opening, creating (atomically published) and validating the file; reopening it
 //!   after removal; repairing it after truncation (see `Ledger::check_file`).
+//! - [`backing`]: every page of the file given storage before it is mapped, so that a full file
+//!   system refuses the ledger cleanly instead of killing the process that touches a page.
 //! - `liveness`: a member is alive exactly while the kernel holds its slot's OFD byte lock.
 //! - `lock`: the per-device compare-and-swap lock, taken over from dead owners.
 //! - `futex`: sleeping and waking on a word of the mapping, always with a timeout.
@@ -19,6 +21,7 @@
 #![deny(unsafe_code)]
 
 mod admission;
+pub mod backing;
 mod contexts;
 mod driver_figure;
 mod error;
@@ -37,7 +40,7 @@ use std::time::{Duration, Instant};
 
 pub use contexts::ContextCreation;
 pub use driver_figure::DriverFigure;
-pub use error::{LedgerError, Refusal};
+pub use error::{Cause, LedgerError, Refusal, SPACE_FIX};
 pub use layout::{MAX_DEVICES, MAX_PROCESSES};
 pub use snapshot::{
     DeviceSnapshot, LockHolder, ProcessDevice, ProcessSnapshot, ProcessState, Snapshot,

@@ -310,7 +310,7 @@ impl Process {
             .ledger
             .register_device(uuid.0, &name, capacity, budget)
             .map_err(|e| {
-                log::error(&format!("cannot register {uuid} in the ledger: {e}"));
+                crate::state::ledger_failed(&format!("cannot register {uuid} in the ledger"), &e);
                 NoDevice::Unusable
             })?;
         let budget = self.ledger.budget(id);
@@ -443,8 +443,11 @@ impl Process {
                     device.uuid
                 ));
             }
-            Err(Refusal::Ledger(e)) if self.config.on_error == OnError::Open => {
-                log::error(&format!("cannot set the VRAMGUARD_EXPECT claim: {e}"));
+            Err(Refusal::Ledger(e)) => {
+                crate::state::ledger_failed("cannot set the VRAMGUARD_EXPECT claim", &e);
+                if self.config.on_error == OnError::Closed {
+                    return Err(CuResult::OUT_OF_MEMORY);
+                }
             }
             Err(refusal) => {
                 log::warn(&format!(
@@ -679,7 +682,7 @@ impl Process {
         refusal: &Refusal,
     ) -> Result<Admitted, CuResult> {
         if let Refusal::Ledger(e) = refusal {
-            log::error(&format!("the ledger cannot decide {what}: {e}"));
+            crate::state::ledger_failed(&format!("the ledger cannot decide {what}"), e);
             return match self.config.on_error {
                 OnError::Open => Ok(Admitted::NOTHING),
                 OnError::Closed => Err(CuResult::OUT_OF_MEMORY),
