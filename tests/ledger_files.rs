@@ -231,15 +231,23 @@ fn unwritable_ledger_is_reported_with_the_fix() {
         .register_device(uuid(1), "Shared", 8 << 30, 7 << 30)
         .unwrap();
     std::fs::set_permissions(ledger.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut command = ledger_support::child_command(TEST_UNWRITABLE, "unwritable", &dir, &[]);
     // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } == 0 {
+    let mut command = if unsafe { libc::getuid() } == 0 {
         use std::os::unix::process::CommandExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // `tmp` (world-readable) holds the copy of this binary the other user runs.
+        let mut command = ledger_support::child_command_for_another_user(
+            tmp.path(),
+            TEST_UNWRITABLE,
+            "unwritable",
+            &dir,
+            &[],
+        );
         command.uid(65534).gid(65534);
+        command
     } else {
         std::fs::set_permissions(ledger.path(), std::fs::Permissions::from_mode(0o444)).unwrap();
-    }
+        ledger_support::child_command(TEST_UNWRITABLE, "unwritable", &dir, &[])
+    };
     let child = command.spawn().unwrap();
     let lines = ledger_support::finish(
         child,

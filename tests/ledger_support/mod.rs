@@ -91,6 +91,37 @@ pub fn child_dir() -> PathBuf {
 /// Re-runs this test binary, running only `test` (which plays `role`), with `vars` set.
 pub fn child_command(test: &str, role: &str, dir: &Path, vars: &[(&str, String)]) -> Command {
     let exe = std::env::current_exe().expect("current test binary");
+    child_command_of(&exe, test, role, dir, vars)
+}
+
+/// [`child_command`] for another user (`uid`/`gid` on the command): this test binary is first
+/// copied into `into` (made world-readable), since the checkout it was built in may be closed to
+/// other users (a clone in a private temporary directory, a home directory of mode 0750).
+pub fn child_command_for_another_user(
+    into: &Path,
+    test: &str,
+    role: &str,
+    dir: &Path,
+    vars: &[(&str, String)],
+) -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().expect("current test binary");
+    let copy = into.join(exe.file_name().expect("the test binary has a name"));
+    std::fs::copy(&exe, &copy).expect("copy the test binary");
+    for (path, mode) in [(into, 0o755), (copy.as_path(), 0o755)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .expect("open the copy to other users");
+    }
+    child_command_of(&copy, test, role, dir, vars)
+}
+
+fn child_command_of(
+    exe: &Path,
+    test: &str,
+    role: &str,
+    dir: &Path,
+    vars: &[(&str, String)],
+) -> Command {
     let mut command = Command::new(exe);
     command
         .args([test, "--exact", "--nocapture", "--test-threads=1", "-q"])
