@@ -22,13 +22,28 @@ fn accounting_is_per_physical_device_whatever_the_visible_order() {
     let report = sandbox.sim_report();
     let (small, big) = (sim_uuid(&report, 0), sim_uuid(&report, 1));
 
-    // A sees the cards in order, B reversed; both use their device 0.
+    // A sees the cards in order, B reversed; both use their device 0. Both hold until looked at.
+    let release = sandbox.go_file("release");
     let mut a = sandbox.command(ClientPath::Direct, true);
-    a.args(["--chunk", "1GiB", "--count", "1", "--hold-ms", "1500"])
-        .env("CUDA_VISIBLE_DEVICES", "0,1");
+    a.args([
+        "--chunk",
+        "1GiB",
+        "--count",
+        "1",
+        "--hold-until",
+        release.arg(),
+    ])
+    .env("CUDA_VISIBLE_DEVICES", "0,1");
     let mut b = sandbox.command(ClientPath::Procaddr, true);
-    b.args(["--chunk", "2GiB", "--count", "1", "--hold-ms", "1500"])
-        .env("CUDA_VISIBLE_DEVICES", "1,0");
+    b.args([
+        "--chunk",
+        "2GiB",
+        "--count",
+        "1",
+        "--hold-until",
+        release.arg(),
+    ])
+    .env("CUDA_VISIBLE_DEVICES", "1,0");
     let mut a = support::spawn(a);
     let mut b = support::spawn(b);
     a.wait_for_line("holding", CLIENT_DEADLINE);
@@ -46,6 +61,7 @@ fn accounting_is_per_physical_device_whatever_the_visible_order() {
     };
     assert_eq!(budget(small), Some(4 * GIB - 256 * MIB));
     assert_eq!(budget(big), Some(8 * GIB - 256 * MIB));
+    release.go();
     for running in [a, b] {
         let finished = running.finish(CLIENT_DEADLINE);
         assert_eq!(finished.status.code(), Some(0), "{finished:?}");
@@ -68,6 +84,7 @@ fn a_forked_child_joins_the_ledger_as_itself() {
     sandbox.init();
     let uuid = sim_uuid(&sandbox.sim_report(), 0);
     for path in [ClientPath::Direct, ClientPath::Procaddr] {
+        let release = sandbox.go_file(path.name());
         let mut command = sandbox.command(path, true);
         command.args([
             "--fork",
@@ -75,8 +92,8 @@ fn a_forked_child_joins_the_ledger_as_itself() {
             "100MiB",
             "--count",
             "5",
-            "--hold-ms",
-            "1000",
+            "--hold-until",
+            release.arg(),
         ]);
         let running = support::spawn(command);
         let parent = running.pid();
@@ -102,6 +119,7 @@ fn a_forked_child_joins_the_ledger_as_itself() {
             500 * MIB + CONTEXT,
             "{snap:?}"
         );
+        release.go();
         let finished = running.finish(CLIENT_DEADLINE);
         assert_eq!(finished.status.code(), Some(0), "{finished:?}");
         let summary = finished.summary();
@@ -144,9 +162,17 @@ fn a_process_killed_while_waiting_frees_its_place() {
     sandbox
         .set_env("VRAMGUARD_POLICY", "wait")
         .set_env("VRAMGUARD_WAIT_TIMEOUT", "60s");
-    // A holds most of the card for a while.
+    // A holds most of the card until C waits.
+    let release = sandbox.go_file("release");
     let mut holder = sandbox.command(ClientPath::Direct, true);
-    holder.args(["--chunk", "3GiB", "--count", "1", "--hold-ms", "2500"]);
+    holder.args([
+        "--chunk",
+        "3GiB",
+        "--count",
+        "1",
+        "--hold-until",
+        release.arg(),
+    ]);
     let mut holder = support::spawn(holder);
     holder.wait_for_line("holding", CLIENT_DEADLINE);
     // B queues for 1 GiB, and is killed while it waits.
@@ -179,6 +205,17 @@ fn a_process_killed_while_waiting_frees_its_place() {
     let mut next = sandbox.command(ClientPath::Dlsym, true);
     next.args(["--chunk", "1GiB", "--count", "1"]);
     let next = support::spawn(next);
+    let next_pid = next.pid();
+    wait_for_ledger(
+        &sandbox,
+        Duration::from_secs(20),
+        "the next one waiting",
+        |s| {
+            guard_support::process(s, next_pid)
+                .is_some_and(|p| matches!(p.state, ProcessState::Waiting { .. }))
+        },
+    );
+    release.go();
     let holder = holder.finish(CLIENT_DEADLINE);
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
     let next = next.finish(Duration::from_secs(30));
@@ -199,8 +236,16 @@ fn a_wait_ends_at_its_timeout_with_out_of_memory() {
     sandbox
         .set_env("VRAMGUARD_POLICY", "wait")
         .set_env("VRAMGUARD_WAIT_TIMEOUT", "1s");
+    let release = sandbox.go_file("release");
     let mut holder = sandbox.command(ClientPath::Direct, true);
-    holder.args(["--chunk", "3GiB", "--count", "1", "--hold-ms", "4000"]);
+    holder.args([
+        "--chunk",
+        "3GiB",
+        "--count",
+        "1",
+        "--hold-until",
+        release.arg(),
+    ]);
     let mut holder = support::spawn(holder);
     holder.wait_for_line("holding", CLIENT_DEADLINE);
     let mut late = sandbox.command(ClientPath::Procaddr, true);
@@ -213,10 +258,13 @@ fn a_wait_ends_at_its_timeout_with_out_of_memory() {
         Some("CUDA_ERROR_OUT_OF_MEMORY"),
         "{late:?}"
     );
+    // It waited its timeout (the holder held all along, so only the timeout can have ended it).
+    assert!(waited >= Duration::from_secs(1), "waited {waited:?}");
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
-        "waited {waited:?}"
+        late.stderr.contains("vramguard: waiting for 1.00 GiB"),
+        "{late:?}"
     );
+    release.go();
     let holder = holder.finish(CLIENT_DEADLINE);
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
 }

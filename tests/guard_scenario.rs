@@ -7,8 +7,8 @@ mod support;
 
 use std::process::Command;
 
-use guard_support::{GIB, MIB, assert_card_safe, run, run_together};
-use support::{ClientPath, Sandbox, Summary};
+use guard_support::{CLIENT_DEADLINE, GIB, MIB, assert_card_safe, run};
+use support::{ClientPath, GoFile, Sandbox, Summary};
 
 /// A fragile 4 GiB card (an over-commit poisons it, as on the user's laptop).
 fn fragile_card() -> Sandbox {
@@ -18,11 +18,27 @@ fn fragile_card() -> Sandbox {
     sandbox
 }
 
+/// How long a loader that got all its memory holds it, as a model that finished loading does.
+#[derive(Clone, Copy)]
+enum Hold {
+    /// Until every loader has finished trying (got all its memory, or gave up): the loads
+    /// overlap however late one of them starts, as on a machine where they really start at once.
+    UntilAllTried,
+    /// A second, then it frees (under `wait`, the others need its memory to go on).
+    ASecond,
+}
+
 /// A loader: 3 GiB in 100 MiB chunks, through `path`. Each path keeps its own pace, as real
 /// loaders do (three loaders in lockstep would reach a full card within microseconds of each
-/// other), and a loader that got all its memory holds it for a while before it frees it, as a
-/// model that finished loading does.
-fn loader(sandbox: &Sandbox, path: ClientPath, guarded: bool, env: &[(&str, &str)]) -> Command {
+/// other); `hold` says how long a complete load holds its memory (`release`: the go file of
+/// [`Hold::UntilAllTried`]).
+fn loader(
+    sandbox: &Sandbox,
+    path: ClientPath,
+    guarded: bool,
+    env: &[(&str, &str)],
+    release: Option<&GoFile>,
+) -> Command {
     let pace_ms = match path {
         ClientPath::Direct => "10",
         ClientPath::Procaddr => "13",
@@ -36,22 +52,39 @@ fn loader(sandbox: &Sandbox, path: ClientPath, guarded: bool, env: &[(&str, &str
         "30",
         "--sleep-between-ms",
         pace_ms,
-        "--hold-if-complete-ms",
-        "1000",
     ]);
+    match release {
+        Some(release) => command.args(["--hold-if-complete-until", release.arg()]),
+        None => command.args(["--hold-if-complete-ms", "1000"]),
+    };
     command.envs(env.iter().copied());
     command
 }
 
 /// Three loaders through three different paths, started together.
-fn three_loaders(sandbox: &Sandbox, guarded: bool, env: &[(&str, &str)]) -> Vec<Summary> {
+fn three_loaders(
+    sandbox: &Sandbox,
+    guarded: bool,
+    env: &[(&str, &str)],
+    hold: Hold,
+) -> Vec<Summary> {
     let paths = [ClientPath::Direct, ClientPath::Procaddr, ClientPath::Python];
-    let finished = run_together(
-        paths
-            .iter()
-            .map(|p| loader(sandbox, *p, guarded, env))
-            .collect(),
-    );
+    let release = matches!(hold, Hold::UntilAllTried).then(|| sandbox.go_file("all-tried"));
+    let mut running: Vec<_> = paths
+        .iter()
+        .map(|p| support::spawn(loader(sandbox, *p, guarded, env, release.as_ref())))
+        .collect();
+    if let Some(release) = &release {
+        // A complete load says it holds; one that gave up ends.
+        for load in &mut running {
+            load.wait_for_line_or_end("holding", CLIENT_DEADLINE);
+        }
+        release.go();
+    }
+    let finished: Vec<_> = running
+        .into_iter()
+        .map(|r| r.finish(CLIENT_DEADLINE))
+        .collect();
     if !guarded {
         return finished.iter().map(|f| f.summary()).collect();
     }
@@ -83,7 +116,7 @@ fn completed(summaries: &[Summary]) -> usize {
 #[test]
 fn unguarded_loaders_poison_the_card() {
     let sandbox = fragile_card();
-    let _ = three_loaders(&sandbox, false, &[]);
+    let _ = three_loaders(&sandbox, false, &[], Hold::UntilAllTried);
     let report = sandbox.sim_report();
     assert_eq!(
         report["devices"][0]["poisoned"].as_bool(),
@@ -118,6 +151,7 @@ fn deny_with_expect_lets_exactly_one_load_complete_and_refuses_the_others_cleanl
         &sandbox,
         true,
         &[("VRAMGUARD_POLICY", "deny"), ("VRAMGUARD_EXPECT", "3GiB")],
+        Hold::UntilAllTried,
     );
     assert_eq!(completed(&summaries), 1, "{summaries:?}");
     assert_denied_cleanly(&sandbox, &summaries);
@@ -132,7 +166,12 @@ fn plain_deny_refuses_cleanly_at_the_chunk_that_does_not_fit() {
     // guaranteed is a clean error and a card never over-committed, and never two complete loads
     // (3 GiB twice does not fit in the 3.75 GiB budget while the first is held).
     let sandbox = fragile_card();
-    let summaries = three_loaders(&sandbox, true, &[("VRAMGUARD_POLICY", "deny")]);
+    let summaries = three_loaders(
+        &sandbox,
+        true,
+        &[("VRAMGUARD_POLICY", "deny")],
+        Hold::UntilAllTried,
+    );
     assert!(completed(&summaries) <= 1, "{summaries:?}");
     assert!(
         summaries.iter().any(|s| s.first_error.is_some()),
@@ -152,6 +191,7 @@ fn wait_with_expect_runs_all_three_one_after_another() {
             ("VRAMGUARD_EXPECT", "3GiB"),
             ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
         ],
+        Hold::ASecond,
     );
     assert_eq!(completed(&summaries), 3, "{summaries:?}");
     let report = sandbox.sim_report();
@@ -171,6 +211,7 @@ fn plain_wait_never_overcommits_and_lets_at_least_one_finish() {
             ("VRAMGUARD_POLICY", "wait"),
             ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
         ],
+        Hold::ASecond,
     );
     assert!(completed(&summaries) >= 1, "{summaries:?}");
     assert_card_safe(&sandbox.sim_report(), 0);
@@ -190,7 +231,6 @@ fn a_load_larger_than_the_card_fails_at_once_under_both_policies() {
             command
                 .args(["--chunk", "4.2GiB", "--count", "1"])
                 .env("VRAMGUARD_POLICY", policy);
-            let started = std::time::Instant::now();
             let finished = run(command);
             let summary = finished.summary();
             assert_eq!(
@@ -199,9 +239,10 @@ fn a_load_larger_than_the_card_fails_at_once_under_both_policies() {
                 "{policy} {path:?}: {finished:?}"
             );
             assert_eq!(summary.ok, 0);
+            // At once: it never started waiting (a waiting request says so on stderr).
             assert!(
-                started.elapsed().as_secs() < 10,
-                "{policy} {path:?} did not fail at once"
+                !finished.stderr.contains("vramguard: waiting"),
+                "{policy} {path:?} did not fail at once: {finished:?}"
             );
         }
     }
@@ -211,19 +252,34 @@ fn a_load_larger_than_the_card_fails_at_once_under_both_policies() {
 #[test]
 fn context_memory_is_counted() {
     // Three processes of 1.2 GiB each fit a 4 GiB card only if their 300 MiB contexts are
-    // forgotten: 3 x 1.5 GiB > 4 GiB. With the guard one of them is refused, by the guard. They
-    // hold long enough that a process started late on a busy machine still meets the other two.
+    // forgotten: 3 x 1.5 GiB > 4 GiB. With the guard one of them is refused, by the guard. Each
+    // holds what it got until all three have tried, however late one of them starts.
     let sandbox = Sandbox::new("4GiB");
-    let commands = [ClientPath::Direct, ClientPath::Dlsym, ClientPath::Procaddr]
+    let release = sandbox.go_file("all-tried");
+    let mut running: Vec<_> = [ClientPath::Direct, ClientPath::Dlsym, ClientPath::Procaddr]
         .iter()
         .map(|p| {
             let mut c = sandbox.command(*p, true);
-            c.args(["--chunk", "1200MiB", "--count", "1", "--hold-ms", "3000"])
-                .env("VRAMGUARD_RESERVE", "0");
-            c
+            c.args([
+                "--chunk",
+                "1200MiB",
+                "--count",
+                "1",
+                "--hold-until",
+                release.arg(),
+            ])
+            .env("VRAMGUARD_RESERVE", "0");
+            support::spawn(c)
         })
         .collect();
-    let summaries: Vec<Summary> = run_together(commands).iter().map(|f| f.summary()).collect();
+    for process in &mut running {
+        process.wait_for_line_or_end("holding", CLIENT_DEADLINE);
+    }
+    release.go();
+    let summaries: Vec<Summary> = running
+        .into_iter()
+        .map(|r| r.finish(CLIENT_DEADLINE).summary())
+        .collect();
     let ok = summaries.iter().filter(|s| s.ok == 1).count();
     assert_eq!(ok, 2, "{summaries:?}");
     let report = sandbox.sim_report();
@@ -234,8 +290,16 @@ fn context_memory_is_counted() {
 #[test]
 fn memory_held_by_an_unguarded_program_is_respected() {
     let sandbox = Sandbox::new("4GiB");
+    let release = sandbox.go_file("release");
     let mut holder = sandbox.command(ClientPath::Direct, false);
-    holder.args(["--chunk", "1GiB", "--count", "1", "--hold-ms", "4000"]);
+    holder.args([
+        "--chunk",
+        "1GiB",
+        "--count",
+        "1",
+        "--hold-until",
+        release.arg(),
+    ]);
     let mut holder = support::spawn(holder);
     holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
     // Budget 3.75 GiB: the ledger alone would admit 3.3 GiB, but only 4 - 1.3 - 0.3 = 2.4 GiB
@@ -254,6 +318,7 @@ fn memory_held_by_an_unguarded_program_is_respected() {
     }
     let report = sandbox.sim_report();
     assert_card_safe(&report, 0);
+    release.go();
     let holder = holder.finish(guard_support::CLIENT_DEADLINE);
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
 }
@@ -263,26 +328,29 @@ fn under_wait_memory_of_an_unguarded_program_is_waited_for() {
     // The ledger has room (the holder is not guarded), the card does not: the guarded request
     // waits, re-checking the driver, and proceeds once the holder is gone.
     let sandbox = Sandbox::new("4GiB");
+    let release = sandbox.go_file("release");
     let mut holder = sandbox.command(ClientPath::Direct, false);
-    holder.args(["--chunk", "3GiB", "--count", "1", "--hold-ms", "1500"]);
+    holder.args([
+        "--chunk",
+        "3GiB",
+        "--count",
+        "1",
+        "--hold-until",
+        release.arg(),
+    ]);
     let mut holder = support::spawn(holder);
     holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
     let mut guarded = sandbox.command(ClientPath::Dlsym, true);
     guarded
         .args(["--chunk", "1GiB", "--count", "1"])
         .env("VRAMGUARD_POLICY", "wait")
-        .env("VRAMGUARD_WAIT_TIMEOUT", "30s");
-    let started = std::time::Instant::now();
-    let finished = run(guarded);
+        .env("VRAMGUARD_WAIT_TIMEOUT", "60s");
+    let mut guarded = support::spawn(guarded);
+    guarded.wait_for_stderr_line("vramguard: waiting for 1.00 GiB", CLIENT_DEADLINE);
+    release.go();
+    let finished = guarded.finish(CLIENT_DEADLINE);
     assert_eq!(finished.status.code(), Some(0), "{finished:?}");
-    assert!(
-        started.elapsed() >= std::time::Duration::from_millis(500),
-        "it did not wait"
-    );
-    assert!(
-        finished.stderr.contains("vramguard: waiting for 1.00 GiB"),
-        "{finished:?}"
-    );
+    assert_eq!(finished.summary().ok, 1, "{finished:?}");
     let holder = holder.finish(guard_support::CLIENT_DEADLINE);
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
     assert_card_safe(&sandbox.sim_report(), 0);

@@ -50,11 +50,14 @@ fn reserve_commit_release_account_every_byte() {
 #[test]
 fn never_fits_is_refused_at_once_even_when_waiting() {
     let (_dir, _, ledger, dev, me) = fresh_member("never", 1000 * MIB, "never");
+    // At once: it never queues, so the wait's report is never made.
+    let waits = std::cell::Cell::new(0u32);
+    let on_wait = |_: &vramguard_core::ledger::WaitReport| waits.set(waits.get() + 1);
     let wait = Request {
         wait_until: Some(Instant::now() + Duration::from_secs(30)),
+        on_wait: Some(&on_wait),
         ..Request::default()
     };
-    let start = Instant::now();
     assert!(
         matches!(ledger.reserve(me, dev, 1001 * MIB, &wait), Err(Refusal::NeverFits { budget, .. }) if budget == 1000 * MIB)
     );
@@ -68,7 +71,8 @@ fn never_fits_is_refused_at_once_even_when_waiting() {
         ledger.reserve(me, dev, 50 * MIB, &limited),
         Err(Refusal::NeverFits { limit: Some(l), .. }) if l == 100 * MIB
     ));
-    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!(waits.get(), 0, "a request that can never fit waited");
+    assert_eq!(ledger.snapshot().devices[0].waiting, 0);
     ledger.leave(me);
 }
 
