@@ -355,3 +355,58 @@ fn under_wait_memory_of_an_unguarded_program_is_waited_for() {
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
     assert_card_safe(&sandbox.sim_report(), 0);
 }
+
+#[test]
+fn a_refusal_says_whether_the_card_or_the_process_limit_stands_in_the_way() {
+    let sandbox = Sandbox::new("4GiB");
+    sandbox.init();
+    let uuid = vramguard_core::cuda::CuUuid(guard_support::sim_uuid(&sandbox.sim_report(), 0));
+    // The guard's one refusal line of a client run with `args` (and `VRAMGUARD_LIMIT=limit`).
+    let refusal = |limit: Option<&str>, args: &[&str]| {
+        let mut command = sandbox.command(ClientPath::Direct, true);
+        command.args(args);
+        if let Some(limit) = limit {
+            command.env("VRAMGUARD_LIMIT", limit);
+        }
+        let finished = run(command);
+        assert_eq!(finished.status.code(), Some(2), "{finished:?}");
+        let lines = guard_support::guard_lines(&finished.stderr);
+        let refused: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with("vramguard: refused"))
+            .collect();
+        assert_eq!(refused.len(), 1, "{finished:?}");
+        refused[0].to_owned()
+    };
+
+    // Larger than the card's budget (4 GiB less the 256 MiB reserve).
+    let line = refusal(None, &["--chunk", "5GiB"]);
+    assert!(
+        line.ends_with(&format!(
+            "5.00 GiB can never fit on this card at all (its budget is 3.75 GiB on {uuid})"
+        )),
+        "{line}"
+    );
+
+    // The process reached its limit: 300 MiB of context and 7 x 100 MiB held, 100 MiB more asked.
+    let line = refusal(Some("1GiB"), &["--chunk", "100MiB", "--count", "12"]);
+    assert!(
+        line.ends_with(&format!(
+            "this process has reached its per-process limit (VRAMGUARD_LIMIT) on {uuid}: it \
+             holds 1000 MiB of its 1.00 GiB limit, and asks 100 MiB more"
+        )),
+        "{line}"
+    );
+    assert!(!line.contains("never fit"), "{line}");
+
+    // One request larger than the limit itself, though it would fit on the card.
+    let line = refusal(Some("1GiB"), &["--chunk", "2GiB"]);
+    assert!(
+        line.ends_with(&format!(
+            "2.00 GiB can never fit within this process's per-process limit (VRAMGUARD_LIMIT) of \
+             1.00 GiB on {uuid}"
+        )),
+        "{line}"
+    );
+}
