@@ -158,19 +158,7 @@ fn a_budget_held_by_another_guarded_process_is_respected() {
         let sandbox = card(mode);
         let uuid = sim_uuid(&sandbox.sim_report(), 0);
         let release = sandbox.go_file(&format!("budget-{mode}"));
-        let holder = sandbox.start_holding(
-            ClientPath::Direct,
-            true,
-            &[
-                "--chunk",
-                "3GiB",
-                "--count",
-                "1",
-                "--hold-until",
-                release.arg(),
-            ],
-            CLIENT_DEADLINE,
-        );
+        let holder = sandbox.start_holder(ClientPath::Direct, true, "3GiB", &release);
         let snap = snapshot(&sandbox);
         let budget = snap.devices[0].budget;
         let held = charged(&snap, holder.pid(), uuid);
@@ -226,19 +214,7 @@ fn mem_get_info_reports_the_guards_view() {
         // card's budget and its use, not the raw card's 4 GiB.
         sandbox.unset_env("VRAMGUARD_LIMIT");
         let release = sandbox.go_file(&format!("meminfo-{mode}"));
-        let holder = sandbox.start_holding(
-            ClientPath::Direct,
-            true,
-            &[
-                "--chunk",
-                "1GiB",
-                "--count",
-                "1",
-                "--hold-until",
-                release.arg(),
-            ],
-            CLIENT_DEADLINE,
-        );
+        let holder = sandbox.start_holder(ClientPath::Direct, true, "1GiB", &release);
         let client_release = sandbox.go_file(&format!("meminfo-client-{mode}"));
         let running = start_holding(&sandbox, true, &client_release, &args);
         let status = status_json(&sandbox);

@@ -164,17 +164,7 @@ fn a_process_killed_while_waiting_frees_its_place() {
         .set_env("VRAMGUARD_WAIT_TIMEOUT", "60s");
     // A holds most of the card until C waits.
     let release = sandbox.go_file("release");
-    let mut holder = sandbox.command(ClientPath::Direct, true);
-    holder.args([
-        "--chunk",
-        "3GiB",
-        "--count",
-        "1",
-        "--hold-until",
-        release.arg(),
-    ]);
-    let mut holder = support::spawn(holder);
-    holder.wait_for_line("holding", CLIENT_DEADLINE);
+    let holder = sandbox.start_holder(ClientPath::Direct, true, "3GiB", &release);
     // B queues for 1 GiB, and is killed while it waits.
     let mut victim = sandbox.command(ClientPath::Procaddr, true);
     victim.args(["--chunk", "1GiB", "--count", "1"]);
@@ -237,17 +227,7 @@ fn a_wait_ends_at_its_timeout_with_out_of_memory() {
         .set_env("VRAMGUARD_POLICY", "wait")
         .set_env("VRAMGUARD_WAIT_TIMEOUT", "1s");
     let release = sandbox.go_file("release");
-    let mut holder = sandbox.command(ClientPath::Direct, true);
-    holder.args([
-        "--chunk",
-        "3GiB",
-        "--count",
-        "1",
-        "--hold-until",
-        release.arg(),
-    ]);
-    let mut holder = support::spawn(holder);
-    holder.wait_for_line("holding", CLIENT_DEADLINE);
+    let holder = sandbox.start_holder(ClientPath::Direct, true, "3GiB", &release);
     let mut late = sandbox.command(ClientPath::Procaddr, true);
     late.args(["--chunk", "1GiB", "--count", "1"]);
     let started = std::time::Instant::now();

@@ -291,17 +291,7 @@ fn context_memory_is_counted() {
 fn memory_held_by_an_unguarded_program_is_respected() {
     let sandbox = Sandbox::new("4GiB");
     let release = sandbox.go_file("release");
-    let mut holder = sandbox.command(ClientPath::Direct, false);
-    holder.args([
-        "--chunk",
-        "1GiB",
-        "--count",
-        "1",
-        "--hold-until",
-        release.arg(),
-    ]);
-    let mut holder = support::spawn(holder);
-    holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
+    let holder = sandbox.start_holder(ClientPath::Direct, false, "1GiB", &release);
     // Budget 3.75 GiB: the ledger alone would admit 3.3 GiB, but only 4 - 1.3 - 0.3 = 2.4 GiB
     // are free on the card (less the 256 MiB reserve).
     for path in [ClientPath::Direct, ClientPath::Procaddr] {
@@ -329,17 +319,7 @@ fn under_wait_memory_of_an_unguarded_program_is_waited_for() {
     // waits, re-checking the driver, and proceeds once the holder is gone.
     let sandbox = Sandbox::new("4GiB");
     let release = sandbox.go_file("release");
-    let mut holder = sandbox.command(ClientPath::Direct, false);
-    holder.args([
-        "--chunk",
-        "3GiB",
-        "--count",
-        "1",
-        "--hold-until",
-        release.arg(),
-    ]);
-    let mut holder = support::spawn(holder);
-    holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
+    let holder = sandbox.start_holder(ClientPath::Direct, false, "3GiB", &release);
     let mut guarded = sandbox.command(ClientPath::Dlsym, true);
     guarded
         .args(["--chunk", "1GiB", "--count", "1"])

@@ -19,17 +19,12 @@ hold until FILE exists if asked, and every allocation freed. stdout, one event a
 Exit: 0 all allocations succeeded, 2 one failed with CUDA_ERROR_OUT_OF_MEMORY, 1 otherwise.
 """
 import argparse
-import os
 import sys
-import time
 
 from cuda.bindings import driver
 
-
-def parse_size(text):
-    units = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
-    number = text.rstrip("KMGiBkmgb")
-    return int(float(number) * units[text[len(number):].lower()])
+# The ctypes client beside this one: its size parser and its wait for a go file.
+from client import parse_size, wait_for_go_file
 
 
 def check(what, result):
@@ -44,16 +39,6 @@ def check(what, result):
 def meminfo(when):
     free, total = check("cuMemGetInfo", driver.cuMemGetInfo())
     print("meminfo %s free=%d total=%d" % (when, free, total), flush=True)
-
-
-def wait_for_file(path):
-    """Waits until the test creates `path` (tests/clients/go_file.h); gives up after 5 minutes."""
-    deadline = time.monotonic() + 300
-    while not os.path.exists(path):
-        if time.monotonic() >= deadline:
-            print("cuda_python_client.py: %s did not appear within 5 minutes" % path, file=sys.stderr)
-            sys.exit(1)
-        time.sleep(0.002)
 
 
 def main():
@@ -84,7 +69,7 @@ def main():
     meminfo("after")
     if options.hold_until:
         print("holding until %s" % options.hold_until, flush=True)
-        wait_for_file(options.hold_until)
+        wait_for_go_file(options.hold_until)
 
     for pointer in pointers:
         check("cuMemFree", driver.cuMemFree(pointer))

@@ -412,6 +412,26 @@ impl Sandbox {
         client
     }
 
+    /// Starts a client through `path` that takes `chunk` in one allocation and holds it until
+    /// `release` goes; returns once it holds (60 s at most).
+    pub fn start_holder(
+        &self,
+        path: ClientPath,
+        guarded: bool,
+        chunk: &str,
+        release: &GoFile,
+    ) -> Running {
+        let args = [
+            "--chunk",
+            chunk,
+            "--count",
+            "1",
+            "--hold-until",
+            release.arg(),
+        ];
+        self.start_holding(path, guarded, &args, Duration::from_secs(60))
+    }
+
     /// A `simcuda` tool command.
     pub fn simcuda(&self, args: &[&str]) -> Command {
         let (_, tool) = simulator_artifacts();
