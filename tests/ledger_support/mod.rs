@@ -16,6 +16,8 @@ use vramguard_core::ledger::{
 
 #[path = "../support/pid_namespace.rs"]
 pub mod pid_namespace;
+#[path = "../support/spawn.rs"]
+mod spawn;
 
 /// The environment variable that tells a re-run test binary which role to play.
 pub const ROLE_VAR: &str = "VRAMGUARD_LEDGER_TEST_ROLE";
@@ -111,7 +113,7 @@ pub fn child_command_for_another_user(
     use std::os::unix::fs::PermissionsExt;
     let exe = std::env::current_exe().expect("current test binary");
     let copy = into.join(exe.file_name().expect("the test binary has a name"));
-    std::fs::copy(&exe, &copy).expect("copy the test binary");
+    spawn::copy_program(&exe, &copy);
     for (path, mode) in [(into, 0o755), (copy.as_path(), 0o755)] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .expect("open the copy to other users");
