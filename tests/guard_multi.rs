@@ -155,6 +155,14 @@ fn eight_threads_allocating_at_once_never_overcommit() {
     assert_card_safe(&sandbox.sim_report(), 0);
 }
 
+/// Waits until the ledger shows process `pid` waiting.
+fn wait_until_waiting(sandbox: &Sandbox, pid: u32) {
+    wait_for_ledger(sandbox, Duration::from_secs(20), "a process waiting", |s| {
+        guard_support::process(s, pid)
+            .is_some_and(|p| matches!(p.state, ProcessState::Waiting { .. }))
+    });
+}
+
 #[test]
 fn a_process_killed_while_waiting_frees_its_place() {
     let mut sandbox = Sandbox::new("4GiB");
@@ -170,15 +178,7 @@ fn a_process_killed_while_waiting_frees_its_place() {
     victim.args(["--chunk", "1GiB", "--count", "1"]);
     let victim = support::spawn(victim);
     let victim_pid = victim.pid();
-    wait_for_ledger(
-        &sandbox,
-        Duration::from_secs(20),
-        "the victim waiting",
-        |s| {
-            guard_support::process(s, victim_pid)
-                .is_some_and(|p| matches!(p.state, ProcessState::Waiting { .. }))
-        },
-    );
+    wait_until_waiting(&sandbox, victim_pid);
     let victim = victim.kill();
     // While it waited it said, once, what for and who holds the memory.
     let waiting: Vec<&str> = victim
@@ -195,16 +195,7 @@ fn a_process_killed_while_waiting_frees_its_place() {
     let mut next = sandbox.command(ClientPath::Dlsym, true);
     next.args(["--chunk", "1GiB", "--count", "1"]);
     let next = support::spawn(next);
-    let next_pid = next.pid();
-    wait_for_ledger(
-        &sandbox,
-        Duration::from_secs(20),
-        "the next one waiting",
-        |s| {
-            guard_support::process(s, next_pid)
-                .is_some_and(|p| matches!(p.state, ProcessState::Waiting { .. }))
-        },
-    );
+    wait_until_waiting(&sandbox, next.pid());
     release.go();
     let holder = holder.finish(CLIENT_DEADLINE);
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
