@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine for vramguard: the system packages the tests and the demo need, then a
-# release build of the library, the command line and the simulated driver.
+# Sets up a fresh machine for vramguard: the system packages the tests and the demo need, the
+# tests' Python virtualenv (.venv-test, with the packages of tests/clients/requirements.txt), then
+# a release build of the library, the command line and the simulated driver.
 #   scripts/setup.sh            install what is missing, then build
 #   scripts/setup.sh --no-build only install
 set -euo pipefail
@@ -20,6 +21,20 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# The tests' virtualenv (tests/cuda_python.rs runs NVIDIA's cuda-python bindings from it). Where
+# the interpreter cannot make one with pip in it, it is made without and filled by the outer pip.
+venv=.venv-test
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating the tests' Python virtualenv $venv" >&2
+    python3 -m venv "$venv" 2>/dev/null || { rm -rf "$venv" && python3 -m venv --without-pip "$venv"; }
+fi
+if [ -x "$venv/bin/pip" ]; then
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/clients/requirements.txt
+else
+    python3 -m pip --python "$venv/bin/python" install -q --disable-pip-version-check \
+        -r tests/clients/requirements.txt
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

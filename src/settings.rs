@@ -32,8 +32,8 @@ pub const SETTINGS: &[Setting] = &[
         accepts: "deny | wait",
         doc: "What happens to an allocation that does not fit: `deny` fails it at once with \
               CUDA_ERROR_OUT_OF_MEMORY; `wait` queues it (first come, first served) until memory \
-              is freed or VRAMGUARD_WAIT_TIMEOUT passes. A request that can never fit fails at once \
-              under both.",
+              is freed or VRAMGUARD_WAIT_TIMEOUT passes. A request larger than the card's budget, or one \
+              that would take the process past VRAMGUARD_LIMIT, fails at once under both.",
     },
     Setting {
         name: "VRAMGUARD_WAIT_TIMEOUT",

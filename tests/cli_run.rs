@@ -259,7 +259,7 @@ fn install_layout(dir: &Path, program: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::create_dir_all(dir.join("lib/vramguard")).unwrap();
     let installed = dir.join("bin").join(program.file_name().unwrap());
-    std::fs::copy(program, &installed).unwrap();
+    spawn::copy_program(program, &installed);
     std::fs::copy(library(), dir.join("lib/vramguard/libvramguard.so")).unwrap();
     installed
 }

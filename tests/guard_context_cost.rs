@@ -59,8 +59,10 @@ fn sixteen_programs(sandbox: &Sandbox, chunks: &str) -> (Vec<Outcome>, Vec<Runni
     let mut outcomes = Vec::new();
     let mut holding = Vec::new();
     for mut program in started.drain(..) {
-        let line = program.wait_for_any_line(&["holding", "summary"], CLIENT_DEADLINE);
-        if line.contains("holding") {
+        if program
+            .wait_for_line_or_end("holding", CLIENT_DEADLINE)
+            .is_some()
+        {
             let complete = !program.seen().iter().any(|l| l.starts_with("alloc fail"));
             outcomes.push(Outcome::Holding(program.pid(), complete));
             holding.push(program);

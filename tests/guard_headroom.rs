@@ -9,7 +9,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use guard_support::{CLIENT_DEADLINE, MIB, charged, sim_uuid, wait_for_ledger};
+use guard_support::{CLIENT_DEADLINE, MIB, charged, sim_uuid, snapshot};
 use support::report::process;
 use support::{ClientPath, Sandbox};
 
@@ -79,10 +79,13 @@ fn an_unguarded_program_allocating_while_guarded_ones_run_never_makes_the_driver
     // allocations are admitted on a cached figure); once they hold memory, an unguarded program
     // takes 1 GiB in 64 MiB steps every 10 ms. Together they ask for far more than the card
     // has. Whoever comes up short, no guarded request may reach a driver that cannot hold it:
-    // the guarded loaders get their CUDA_ERROR_OUT_OF_MEMORY from the guard.
+    // the guarded loaders get their CUDA_ERROR_OUT_OF_MEMORY from the guard. The loaders pause
+    // after 30 chunks until the unguarded program has taken its first step, so that the three
+    // overlap however the machine schedules them, and everyone holds until all are done.
     let sandbox = Sandbox::new("4GiB");
     sandbox.init();
     let uuid = sim_uuid(&sandbox.sim_report(), 0);
+    let (resume, release) = (sandbox.go_file("resume"), sandbox.go_file("release"));
     let loader = [
         "--chunk",
         "16MiB",
@@ -91,21 +94,27 @@ fn an_unguarded_program_allocating_while_guarded_ones_run_never_makes_the_driver
         "--sleep-between-ms",
         "3",
         "--keep-going",
-        "--hold-ms",
-        "1500",
+        "--pause-before-chunk",
+        "31",
+        "--resume-file",
+        resume.arg(),
+        "--hold-until",
+        release.arg(),
     ];
-    let guarded: Vec<_> = [ClientPath::Direct, ClientPath::Procaddr]
+    let mut guarded: Vec<_> = [ClientPath::Direct, ClientPath::Procaddr]
         .into_iter()
         .map(|path| sandbox.start_client(path, true, &loader))
         .collect();
-    let pids: Vec<u32> = guarded.iter().map(|g| g.pid()).collect();
     // Both hold memory beyond their context (and so have asked the driver and cached a figure).
     let context = 300 * MIB;
-    wait_for_ledger(&sandbox, CLIENT_DEADLINE, "both loaders under way", |s| {
-        pids.iter()
-            .all(|pid| charged(s, *pid, uuid) >= context + 160 * MIB)
-    });
-    let unguarded = sandbox.start_client(
+    for loader in &mut guarded {
+        loader.wait_for_line("paused", CLIENT_DEADLINE);
+        assert_eq!(
+            charged(&snapshot(&sandbox), loader.pid(), uuid),
+            context + 30 * 16 * MIB
+        );
+    }
+    let mut unguarded = sandbox.start_client(
         ClientPath::Direct,
         false,
         &[
@@ -116,11 +125,17 @@ fn an_unguarded_program_allocating_while_guarded_ones_run_never_makes_the_driver
             "--sleep-between-ms",
             "10",
             "--keep-going",
-            "--hold-ms",
-            "1500",
+            "--hold-until",
+            release.arg(),
         ],
     );
     let unguarded_pid = unguarded.pid();
+    unguarded.wait_for_line("alloc ok", CLIENT_DEADLINE);
+    resume.go();
+    for program in guarded.iter_mut().chain([&mut unguarded]) {
+        program.wait_for_line("holding", CLIENT_DEADLINE);
+    }
+    release.go();
     let unguarded = unguarded.finish(CLIENT_DEADLINE);
     let guarded: Vec<_> = guarded
         .into_iter()

@@ -13,6 +13,8 @@ use guard_support::{
     CLIENT_DEADLINE, MIB, assert_card_safe, charged, lifecycles_program, reused_context_program,
     sim_uuid, snapshot, threads_devices_program,
 };
+use std::path::PathBuf;
+
 use support::Sandbox;
 
 const CONTEXT: u64 = 300 * MIB;
@@ -39,10 +41,45 @@ fn card_holds_on(sandbox: &Sandbox, pid: u32, uuid: Option<[u8; 16]>) -> u64 {
         .sum()
 }
 
-/// Starts `command` (made by [`Sandbox::program`]) with the guard preloaded.
-fn start_guarded(mut command: std::process::Command) -> support::Running {
-    command.env("LD_PRELOAD", support::artifacts().preload);
-    support::spawn(command)
+/// A step-by-step program of `tests/interposers/` (`steps.h`) running under the guard: it stops
+/// at each stage until the test has looked at the ledger and the card.
+struct Stepped {
+    running: support::Running,
+    stages: PathBuf,
+}
+
+impl Stepped {
+    /// Starts `command` (made by [`Sandbox::program`]) with the guard preloaded.
+    fn start(sandbox: &Sandbox, mut command: std::process::Command) -> Stepped {
+        let stages = sandbox.root().join("stages");
+        std::fs::create_dir_all(&stages).expect("create the stages directory");
+        command
+            .env("LD_PRELOAD", support::artifacts().preload)
+            .env("VG_STAGE_DIR", &stages);
+        Stepped {
+            running: support::spawn(command),
+            stages,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.running.pid()
+    }
+
+    /// Waits until the program stops at `stage`.
+    fn reach(&mut self, stage: &str) {
+        self.running
+            .wait_for_line(&format!("stage {stage}"), CLIENT_DEADLINE);
+    }
+
+    /// Lets the program go on from `stage`.
+    fn pass(&self, stage: &str) {
+        std::fs::write(self.stages.join(stage), b"").expect("create the stage file");
+    }
+
+    fn finish(self) -> support::Finished {
+        self.running.finish(CLIENT_DEADLINE)
+    }
 }
 
 /// A simulated machine with two 4 GiB cards and the simulator settings `env`, and the cards'
@@ -86,7 +123,7 @@ fn the_ledger_follows_the_card_through_pools_and_mappings() {
     let sandbox = Sandbox::new("4GiB");
     sandbox.init();
     let uuid = sim_uuid(&sandbox.sim_report(), 0);
-    let mut running = start_guarded(sandbox.program(lifecycles_program()));
+    let mut running = Stepped::start(&sandbox, sandbox.program(lifecycles_program()));
     let pid = running.pid();
     let stages = [
         ("start", CONTEXT),
@@ -106,7 +143,7 @@ fn the_ledger_follows_the_card_through_pools_and_mappings() {
         ("done", 0),
     ];
     for (stage, expected) in stages {
-        running.wait_for_line(&format!("stage {stage}"), CLIENT_DEADLINE);
+        running.reach(stage);
         let ledger = charged(&snapshot(&sandbox), pid, uuid);
         let card = card_holds(&sandbox, pid);
         assert_eq!(card, expected, "the card at {stage}");
@@ -114,8 +151,9 @@ fn the_ledger_follows_the_card_through_pools_and_mappings() {
             ledger, expected,
             "the ledger at {stage} (card holds {card})"
         );
+        running.pass(stage);
     }
-    let finished = running.finish(CLIENT_DEADLINE);
+    let finished = running.finish();
     assert_eq!(finished.status.code(), Some(0), "{finished:?}");
     assert_card_safe(&sandbox.sim_report(), 0);
 }
@@ -149,7 +187,7 @@ fn reused_handle_on_another_device(return_delay: Option<&str>) {
     if return_delay.is_some() {
         command.arg("--race");
     }
-    let mut running = start_guarded(command);
+    let mut running = Stepped::start(&sandbox, command);
     let pid = running.pid();
     let stages = [
         // (stage, on the first device, on the second device)
@@ -160,14 +198,14 @@ fn reused_handle_on_another_device(return_delay: Option<&str>) {
     ];
     for (stage, on_first, on_second) in stages {
         if stage == "second-holding" {
-            let handles = running.wait_for_line("handles ", CLIENT_DEADLINE);
+            let handles = running.running.wait_for_line("handles ", CLIENT_DEADLINE);
             let (a, b) = handles
                 .trim_start_matches("handles first=")
                 .split_once(" second=")
                 .expect("handles line");
             assert_eq!(a, b, "the driver did not reuse the handle: {handles}");
         }
-        running.wait_for_line(&format!("stage {stage}"), CLIENT_DEADLINE);
+        running.reach(stage);
         let ledger = snapshot(&sandbox);
         for (uuid, expected, which) in [(first, on_first, "first"), (second, on_second, "second")] {
             assert_device_holds(
@@ -179,8 +217,9 @@ fn reused_handle_on_another_device(return_delay: Option<&str>) {
                 &format!("{which} device at {stage}"),
             );
         }
+        running.pass(stage);
     }
-    let finished = running.finish(CLIENT_DEADLINE);
+    let finished = running.finish();
     assert_eq!(finished.status.code(), Some(0), "{finished:?}");
     assert_card_safe(&sandbox.sim_report(), 0);
     assert_card_safe(&sandbox.sim_report(), 1);
@@ -192,9 +231,9 @@ fn reused_handle_on_another_device(return_delay: Option<&str>) {
 #[test]
 fn threads_on_two_devices_are_charged_to_their_own_devices() {
     let (sandbox, uuids) = two_cards(&[]);
-    let mut running = start_guarded(sandbox.program(threads_devices_program()));
+    let mut running = Stepped::start(&sandbox, sandbox.program(threads_devices_program()));
     let pid = running.pid();
-    running.wait_for_line("stage held", CLIENT_DEADLINE);
+    running.reach("held");
     let ledger = snapshot(&sandbox);
     for (ordinal, uuid) in uuids.into_iter().enumerate() {
         let expected = CONTEXT + (ordinal as u64 + 1) * 10 * MIB;
@@ -207,6 +246,7 @@ fn threads_on_two_devices_are_charged_to_their_own_devices() {
             &format!("device {ordinal}"),
         );
     }
-    let finished = running.finish(CLIENT_DEADLINE);
+    running.pass("held");
+    let finished = running.finish();
     assert_eq!(finished.status.code(), Some(0), "{finished:?}");
 }

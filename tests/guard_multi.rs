@@ -22,13 +22,28 @@ fn accounting_is_per_physical_device_whatever_the_visible_order() {
     let report = sandbox.sim_report();
     let (small, big) = (sim_uuid(&report, 0), sim_uuid(&report, 1));
 
-    // A sees the cards in order, B reversed; both use their device 0.
+    // A sees the cards in order, B reversed; both use their device 0. Both hold until looked at.
+    let release = sandbox.go_file("release");
     let mut a = sandbox.command(ClientPath::Direct, true);
-    a.args(["--chunk", "1GiB", "--count", "1", "--hold-ms", "1500"])
-        .env("CUDA_VISIBLE_DEVICES", "0,1");
+    a.args([
+        "--chunk",
+        "1GiB",
+        "--count",
+        "1",
+        "--hold-until",
+        release.arg(),
+    ])
+    .env("CUDA_VISIBLE_DEVICES", "0,1");
     let mut b = sandbox.command(ClientPath::Procaddr, true);
-    b.args(["--chunk", "2GiB", "--count", "1", "--hold-ms", "1500"])
-        .env("CUDA_VISIBLE_DEVICES", "1,0");
+    b.args([
+        "--chunk",
+        "2GiB",
+        "--count",
+        "1",
+        "--hold-until",
+        release.arg(),
+    ])
+    .env("CUDA_VISIBLE_DEVICES", "1,0");
     let mut a = support::spawn(a);
     let mut b = support::spawn(b);
     a.wait_for_line("holding", CLIENT_DEADLINE);
@@ -46,6 +61,7 @@ fn accounting_is_per_physical_device_whatever_the_visible_order() {
     };
     assert_eq!(budget(small), Some(4 * GIB - 256 * MIB));
     assert_eq!(budget(big), Some(8 * GIB - 256 * MIB));
+    release.go();
     for running in [a, b] {
         let finished = running.finish(CLIENT_DEADLINE);
         assert_eq!(finished.status.code(), Some(0), "{finished:?}");
@@ -68,6 +84,7 @@ fn a_forked_child_joins_the_ledger_as_itself() {
     sandbox.init();
     let uuid = sim_uuid(&sandbox.sim_report(), 0);
     for path in [ClientPath::Direct, ClientPath::Procaddr] {
+        let release = sandbox.go_file(path.name());
         let mut command = sandbox.command(path, true);
         command.args([
             "--fork",
@@ -75,8 +92,8 @@ fn a_forked_child_joins_the_ledger_as_itself() {
             "100MiB",
             "--count",
             "5",
-            "--hold-ms",
-            "1000",
+            "--hold-until",
+            release.arg(),
         ]);
         let running = support::spawn(command);
         let parent = running.pid();
@@ -102,6 +119,7 @@ fn a_forked_child_joins_the_ledger_as_itself() {
             500 * MIB + CONTEXT,
             "{snap:?}"
         );
+        release.go();
         let finished = running.finish(CLIENT_DEADLINE);
         assert_eq!(finished.status.code(), Some(0), "{finished:?}");
         let summary = finished.summary();
@@ -137,6 +155,14 @@ fn eight_threads_allocating_at_once_never_overcommit() {
     assert_card_safe(&sandbox.sim_report(), 0);
 }
 
+/// Waits until the ledger shows process `pid` waiting.
+fn wait_until_waiting(sandbox: &Sandbox, pid: u32) {
+    wait_for_ledger(sandbox, Duration::from_secs(20), "a process waiting", |s| {
+        guard_support::process(s, pid)
+            .is_some_and(|p| matches!(p.state, ProcessState::Waiting { .. }))
+    });
+}
+
 #[test]
 fn a_process_killed_while_waiting_frees_its_place() {
     let mut sandbox = Sandbox::new("4GiB");
@@ -144,25 +170,15 @@ fn a_process_killed_while_waiting_frees_its_place() {
     sandbox
         .set_env("VRAMGUARD_POLICY", "wait")
         .set_env("VRAMGUARD_WAIT_TIMEOUT", "60s");
-    // A holds most of the card for a while.
-    let mut holder = sandbox.command(ClientPath::Direct, true);
-    holder.args(["--chunk", "3GiB", "--count", "1", "--hold-ms", "2500"]);
-    let mut holder = support::spawn(holder);
-    holder.wait_for_line("holding", CLIENT_DEADLINE);
+    // A holds most of the card until C waits.
+    let release = sandbox.go_file("release");
+    let holder = sandbox.start_holder(ClientPath::Direct, true, "3GiB", &release);
     // B queues for 1 GiB, and is killed while it waits.
     let mut victim = sandbox.command(ClientPath::Procaddr, true);
     victim.args(["--chunk", "1GiB", "--count", "1"]);
     let victim = support::spawn(victim);
     let victim_pid = victim.pid();
-    wait_for_ledger(
-        &sandbox,
-        Duration::from_secs(20),
-        "the victim waiting",
-        |s| {
-            guard_support::process(s, victim_pid)
-                .is_some_and(|p| matches!(p.state, ProcessState::Waiting { .. }))
-        },
-    );
+    wait_until_waiting(&sandbox, victim_pid);
     let victim = victim.kill();
     // While it waited it said, once, what for and who holds the memory.
     let waiting: Vec<&str> = victim
@@ -179,6 +195,8 @@ fn a_process_killed_while_waiting_frees_its_place() {
     let mut next = sandbox.command(ClientPath::Dlsym, true);
     next.args(["--chunk", "1GiB", "--count", "1"]);
     let next = support::spawn(next);
+    wait_until_waiting(&sandbox, next.pid());
+    release.go();
     let holder = holder.finish(CLIENT_DEADLINE);
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
     let next = next.finish(Duration::from_secs(30));
@@ -199,10 +217,8 @@ fn a_wait_ends_at_its_timeout_with_out_of_memory() {
     sandbox
         .set_env("VRAMGUARD_POLICY", "wait")
         .set_env("VRAMGUARD_WAIT_TIMEOUT", "1s");
-    let mut holder = sandbox.command(ClientPath::Direct, true);
-    holder.args(["--chunk", "3GiB", "--count", "1", "--hold-ms", "4000"]);
-    let mut holder = support::spawn(holder);
-    holder.wait_for_line("holding", CLIENT_DEADLINE);
+    let release = sandbox.go_file("release");
+    let holder = sandbox.start_holder(ClientPath::Direct, true, "3GiB", &release);
     let mut late = sandbox.command(ClientPath::Procaddr, true);
     late.args(["--chunk", "1GiB", "--count", "1"]);
     let started = std::time::Instant::now();
@@ -213,10 +229,13 @@ fn a_wait_ends_at_its_timeout_with_out_of_memory() {
         Some("CUDA_ERROR_OUT_OF_MEMORY"),
         "{late:?}"
     );
+    // It waited its timeout (the holder held all along, so only the timeout can have ended it).
+    assert!(waited >= Duration::from_secs(1), "waited {waited:?}");
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
-        "waited {waited:?}"
+        late.stderr.contains("vramguard: waiting for 1.00 GiB"),
+        "{late:?}"
     );
+    release.go();
     let holder = holder.finish(CLIENT_DEADLINE);
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
 }

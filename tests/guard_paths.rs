@@ -35,6 +35,7 @@ fn charged_while_holding(
     free_each: bool,
 ) -> (u64, u64) {
     let uuid = sim_uuid(&sandbox.sim_report(), 0);
+    let release = sandbox.go_file(&format!("{api}-{}", path.name()));
     let mut command = sandbox.command(path, true);
     command.args([
         "--api",
@@ -43,8 +44,8 @@ fn charged_while_holding(
         chunk,
         "--count",
         count,
-        "--hold-ms",
-        "400",
+        "--hold-until",
+        release.arg(),
     ]);
     if free_each {
         command.arg("--free-each");
@@ -53,6 +54,7 @@ fn charged_while_holding(
     let pid = running.pid();
     running.wait_for_line("holding", CLIENT_DEADLINE);
     let held = charged(&snapshot(sandbox), pid, uuid);
+    release.go();
     let finished = running.finish(CLIENT_DEADLINE);
     assert_eq!(
         finished.status.code(),

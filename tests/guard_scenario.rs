@@ -7,8 +7,8 @@ mod support;
 
 use std::process::Command;
 
-use guard_support::{GIB, MIB, assert_card_safe, run, run_together};
-use support::{ANSWER_MODES, ClientPath, Sandbox, Summary};
+use guard_support::{CLIENT_DEADLINE, GIB, MIB, assert_card_safe, run};
+use support::{ANSWER_MODES, ClientPath, GoFile, Sandbox, Summary};
 
 /// A fragile 4 GiB card (an over-commit poisons it, as on the user's laptop) whose driver answers
 /// `cuGetProcAddress` in `mode` (see [`ANSWER_MODES`]).
@@ -19,11 +19,27 @@ fn fragile_card(mode: &str) -> Sandbox {
     sandbox
 }
 
+/// How long a loader that got all its memory holds it, as a model that finished loading does.
+#[derive(Clone, Copy)]
+enum Hold {
+    /// Until every loader has finished trying (got all its memory, or gave up): the loads
+    /// overlap however late one of them starts, as on a machine where they really start at once.
+    UntilAllTried,
+    /// A second, then it frees (under `wait`, the others need its memory to go on).
+    ASecond,
+}
+
 /// A loader: 3 GiB in 100 MiB chunks, through `path`. Each path keeps its own pace, as real
 /// loaders do (three loaders in lockstep would reach a full card within microseconds of each
-/// other), and a loader that got all its memory holds it for a while before it frees it, as a
-/// model that finished loading does.
-fn loader(sandbox: &Sandbox, path: ClientPath, guarded: bool, env: &[(&str, &str)]) -> Command {
+/// other); `hold` says how long a complete load holds its memory (`release`: the go file of
+/// [`Hold::UntilAllTried`]).
+fn loader(
+    sandbox: &Sandbox,
+    path: ClientPath,
+    guarded: bool,
+    env: &[(&str, &str)],
+    release: Option<&GoFile>,
+) -> Command {
     let pace_ms = match path {
         ClientPath::Direct => "10",
         ClientPath::Procaddr => "13",
@@ -37,22 +53,39 @@ fn loader(sandbox: &Sandbox, path: ClientPath, guarded: bool, env: &[(&str, &str
         "30",
         "--sleep-between-ms",
         pace_ms,
-        "--hold-if-complete-ms",
-        "1000",
     ]);
+    match release {
+        Some(release) => command.args(["--hold-if-complete-until", release.arg()]),
+        None => command.args(["--hold-if-complete-ms", "1000"]),
+    };
     command.envs(env.iter().copied());
     command
 }
 
 /// Three loaders through three different paths, started together.
-fn three_loaders(sandbox: &Sandbox, guarded: bool, env: &[(&str, &str)]) -> Vec<Summary> {
+fn three_loaders(
+    sandbox: &Sandbox,
+    guarded: bool,
+    env: &[(&str, &str)],
+    hold: Hold,
+) -> Vec<Summary> {
     let paths = [ClientPath::Direct, ClientPath::Procaddr, ClientPath::Python];
-    let finished = run_together(
-        paths
-            .iter()
-            .map(|p| loader(sandbox, *p, guarded, env))
-            .collect(),
-    );
+    let release = matches!(hold, Hold::UntilAllTried).then(|| sandbox.go_file("all-tried"));
+    let mut running: Vec<_> = paths
+        .iter()
+        .map(|p| support::spawn(loader(sandbox, *p, guarded, env, release.as_ref())))
+        .collect();
+    if let Some(release) = &release {
+        // A complete load says it holds; one that gave up ends.
+        for load in &mut running {
+            load.wait_for_line_or_end("holding", CLIENT_DEADLINE);
+        }
+        release.go();
+    }
+    let finished: Vec<_> = running
+        .into_iter()
+        .map(|r| r.finish(CLIENT_DEADLINE))
+        .collect();
     if !guarded {
         return finished.iter().map(|f| f.summary()).collect();
     }
@@ -84,7 +117,7 @@ fn completed(summaries: &[Summary]) -> usize {
 #[test]
 fn unguarded_loaders_poison_the_card() {
     let sandbox = fragile_card("exported");
-    let _ = three_loaders(&sandbox, false, &[]);
+    let _ = three_loaders(&sandbox, false, &[], Hold::UntilAllTried);
     let report = sandbox.sim_report();
     assert_eq!(
         report["devices"][0]["poisoned"].as_bool(),
@@ -120,6 +153,7 @@ fn deny_with_expect_lets_exactly_one_load_complete_and_refuses_the_others_cleanl
             &sandbox,
             true,
             &[("VRAMGUARD_POLICY", "deny"), ("VRAMGUARD_EXPECT", "3GiB")],
+            Hold::UntilAllTried,
         );
         assert_eq!(
             completed(&summaries),
@@ -140,7 +174,12 @@ fn plain_deny_refuses_cleanly_at_the_chunk_that_does_not_fit() {
         // guaranteed is a clean error and a card never over-committed, and never two complete loads
         // (3 GiB twice does not fit in the 3.75 GiB budget while the first is held).
         let sandbox = fragile_card(mode);
-        let summaries = three_loaders(&sandbox, true, &[("VRAMGUARD_POLICY", "deny")]);
+        let summaries = three_loaders(
+            &sandbox,
+            true,
+            &[("VRAMGUARD_POLICY", "deny")],
+            Hold::UntilAllTried,
+        );
         assert!(
             completed(&summaries) <= 1,
             "lookups answered {mode}: {summaries:?}"
@@ -165,6 +204,7 @@ fn wait_with_expect_runs_all_three_one_after_another() {
                 ("VRAMGUARD_EXPECT", "3GiB"),
                 ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
             ],
+            Hold::ASecond,
         );
         assert_eq!(
             completed(&summaries),
@@ -190,6 +230,7 @@ fn plain_wait_never_overcommits_and_lets_at_least_one_finish() {
                 ("VRAMGUARD_POLICY", "wait"),
                 ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
             ],
+            Hold::ASecond,
         );
         assert!(
             completed(&summaries) >= 1,
@@ -214,7 +255,6 @@ fn a_load_larger_than_the_card_fails_at_once_under_both_policies() {
                 command
                     .args(["--chunk", "4.2GiB", "--count", "1"])
                     .env("VRAMGUARD_POLICY", policy);
-                let started = std::time::Instant::now();
                 let finished = run(command);
                 let summary = finished.summary();
                 assert_eq!(
@@ -223,9 +263,10 @@ fn a_load_larger_than_the_card_fails_at_once_under_both_policies() {
                     "{policy} {path:?}, lookups answered {mode}: {finished:?}"
                 );
                 assert_eq!(summary.ok, 0);
+                // At once: it never started waiting (a waiting request says so on stderr).
                 assert!(
-                    started.elapsed().as_secs() < 10,
-                    "{policy} {path:?} did not fail at once"
+                    !finished.stderr.contains("vramguard: waiting"),
+                    "{policy} {path:?} did not fail at once: {finished:?}"
                 );
             }
         }
@@ -236,19 +277,34 @@ fn a_load_larger_than_the_card_fails_at_once_under_both_policies() {
 #[test]
 fn context_memory_is_counted() {
     // Three processes of 1.2 GiB each fit a 4 GiB card only if their 300 MiB contexts are
-    // forgotten: 3 x 1.5 GiB > 4 GiB. With the guard one of them is refused, by the guard. They
-    // hold long enough that a process started late on a busy machine still meets the other two.
+    // forgotten: 3 x 1.5 GiB > 4 GiB. With the guard one of them is refused, by the guard. Each
+    // holds what it got until all three have tried, however late one of them starts.
     let sandbox = Sandbox::new("4GiB");
-    let commands = [ClientPath::Direct, ClientPath::Dlsym, ClientPath::Procaddr]
+    let release = sandbox.go_file("all-tried");
+    let mut running: Vec<_> = [ClientPath::Direct, ClientPath::Dlsym, ClientPath::Procaddr]
         .iter()
         .map(|p| {
             let mut c = sandbox.command(*p, true);
-            c.args(["--chunk", "1200MiB", "--count", "1", "--hold-ms", "3000"])
-                .env("VRAMGUARD_RESERVE", "0");
-            c
+            c.args([
+                "--chunk",
+                "1200MiB",
+                "--count",
+                "1",
+                "--hold-until",
+                release.arg(),
+            ])
+            .env("VRAMGUARD_RESERVE", "0");
+            support::spawn(c)
         })
         .collect();
-    let summaries: Vec<Summary> = run_together(commands).iter().map(|f| f.summary()).collect();
+    for process in &mut running {
+        process.wait_for_line_or_end("holding", CLIENT_DEADLINE);
+    }
+    release.go();
+    let summaries: Vec<Summary> = running
+        .into_iter()
+        .map(|r| r.finish(CLIENT_DEADLINE).summary())
+        .collect();
     let ok = summaries.iter().filter(|s| s.ok == 1).count();
     assert_eq!(ok, 2, "{summaries:?}");
     let report = sandbox.sim_report();
@@ -261,10 +317,8 @@ fn memory_held_by_an_unguarded_program_is_respected() {
     for mode in ANSWER_MODES {
         let mut sandbox = Sandbox::new("4GiB");
         sandbox.answering(mode);
-        let mut holder = sandbox.command(ClientPath::Direct, false);
-        holder.args(["--chunk", "1GiB", "--count", "1", "--hold-ms", "4000"]);
-        let mut holder = support::spawn(holder);
-        holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
+        let release = sandbox.go_file("release");
+        let holder = sandbox.start_holder(ClientPath::Direct, false, "1GiB", &release);
         // Budget 3.75 GiB: the ledger alone would admit 3.3 GiB, but only 4 - 1.3 - 0.3 = 2.4 GiB
         // are free on the card (less the 256 MiB reserve).
         for path in [ClientPath::Direct, ClientPath::Procaddr] {
@@ -285,6 +339,7 @@ fn memory_held_by_an_unguarded_program_is_respected() {
         }
         let report = sandbox.sim_report();
         assert_card_safe(&report, 0);
+        release.go();
         let holder = holder.finish(guard_support::CLIENT_DEADLINE);
         assert_eq!(holder.status.code(), Some(0), "{holder:?}");
     }
@@ -295,27 +350,75 @@ fn under_wait_memory_of_an_unguarded_program_is_waited_for() {
     // The ledger has room (the holder is not guarded), the card does not: the guarded request
     // waits, re-checking the driver, and proceeds once the holder is gone.
     let sandbox = Sandbox::new("4GiB");
-    let mut holder = sandbox.command(ClientPath::Direct, false);
-    holder.args(["--chunk", "3GiB", "--count", "1", "--hold-ms", "1500"]);
-    let mut holder = support::spawn(holder);
-    holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
+    let release = sandbox.go_file("release");
+    let holder = sandbox.start_holder(ClientPath::Direct, false, "3GiB", &release);
     let mut guarded = sandbox.command(ClientPath::Dlsym, true);
     guarded
         .args(["--chunk", "1GiB", "--count", "1"])
         .env("VRAMGUARD_POLICY", "wait")
-        .env("VRAMGUARD_WAIT_TIMEOUT", "30s");
-    let started = std::time::Instant::now();
-    let finished = run(guarded);
+        .env("VRAMGUARD_WAIT_TIMEOUT", "60s");
+    let mut guarded = support::spawn(guarded);
+    guarded.wait_for_stderr_line("vramguard: waiting for 1.00 GiB", CLIENT_DEADLINE);
+    release.go();
+    let finished = guarded.finish(CLIENT_DEADLINE);
     assert_eq!(finished.status.code(), Some(0), "{finished:?}");
-    assert!(
-        started.elapsed() >= std::time::Duration::from_millis(500),
-        "it did not wait"
-    );
-    assert!(
-        finished.stderr.contains("vramguard: waiting for 1.00 GiB"),
-        "{finished:?}"
-    );
+    assert_eq!(finished.summary().ok, 1, "{finished:?}");
     let holder = holder.finish(guard_support::CLIENT_DEADLINE);
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
     assert_card_safe(&sandbox.sim_report(), 0);
+}
+
+#[test]
+fn a_refusal_says_whether_the_card_or_the_process_limit_stands_in_the_way() {
+    let sandbox = Sandbox::new("4GiB");
+    sandbox.init();
+    let uuid = vramguard_core::cuda::CuUuid(guard_support::sim_uuid(&sandbox.sim_report(), 0));
+    // The guard's one refusal line of a client run with `args` (and `VRAMGUARD_LIMIT=limit`).
+    let refusal = |limit: Option<&str>, args: &[&str]| {
+        let mut command = sandbox.command(ClientPath::Direct, true);
+        command.args(args);
+        if let Some(limit) = limit {
+            command.env("VRAMGUARD_LIMIT", limit);
+        }
+        let finished = run(command);
+        assert_eq!(finished.status.code(), Some(2), "{finished:?}");
+        let lines = guard_support::guard_lines(&finished.stderr);
+        let refused: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with("vramguard: refused"))
+            .collect();
+        assert_eq!(refused.len(), 1, "{finished:?}");
+        refused[0].to_owned()
+    };
+
+    // Larger than the card's budget (4 GiB less the 256 MiB reserve).
+    let line = refusal(None, &["--chunk", "5GiB"]);
+    assert!(
+        line.ends_with(&format!(
+            "5.00 GiB can never fit on this card at all (its budget is 3.75 GiB on {uuid})"
+        )),
+        "{line}"
+    );
+
+    // The process reached its limit: 300 MiB of context and 7 x 100 MiB held, 100 MiB more asked.
+    let line = refusal(Some("1GiB"), &["--chunk", "100MiB", "--count", "12"]);
+    assert!(
+        line.ends_with(&format!(
+            "this process has reached its per-process limit (VRAMGUARD_LIMIT) on {uuid}: it \
+             holds 1000 MiB of its 1.00 GiB limit, and asks 100 MiB more"
+        )),
+        "{line}"
+    );
+    assert!(!line.contains("never fit"), "{line}");
+
+    // One request larger than the limit itself, though it would fit on the card.
+    let line = refusal(Some("1GiB"), &["--chunk", "2GiB"]);
+    assert!(
+        line.ends_with(&format!(
+            "2.00 GiB can never fit within this process's per-process limit (VRAMGUARD_LIMIT) of \
+             1.00 GiB on {uuid}"
+        )),
+        "{line}"
+    );
 }

@@ -48,13 +48,16 @@ fn reserve_commit_release_account_every_byte() {
 }
 
 #[test]
-fn never_fits_is_refused_at_once_even_when_waiting() {
+fn never_fits_and_over_limit_are_refused_at_once_even_when_waiting() {
     let (_dir, _, ledger, dev, me) = fresh_member("never", 1000 * MIB, "never");
+    // At once: it never queues, so the wait's report is never made.
+    let waits = std::cell::Cell::new(0u32);
+    let on_wait = |_: &vramguard_core::ledger::WaitReport| waits.set(waits.get() + 1);
     let wait = Request {
         wait_until: Some(Instant::now() + Duration::from_secs(30)),
+        on_wait: Some(&on_wait),
         ..Request::default()
     };
-    let start = Instant::now();
     assert!(
         matches!(ledger.reserve(me, dev, 1001 * MIB, &wait), Err(Refusal::NeverFits { budget, .. }) if budget == 1000 * MIB)
     );
@@ -64,11 +67,35 @@ fn never_fits_is_refused_at_once_even_when_waiting() {
     };
     let r = ledger.reserve(me, dev, 60 * MIB, &limited).unwrap();
     ledger.commit(r);
-    assert!(matches!(
-        ledger.reserve(me, dev, 50 * MIB, &limited),
-        Err(Refusal::NeverFits { limit: Some(l), .. }) if l == 100 * MIB
-    ));
-    assert!(start.elapsed() < Duration::from_secs(1));
+    // Past the limit: what the member holds and asks, and no "can never fit" (it would fit).
+    let refusal = ledger.reserve(me, dev, 50 * MIB, &limited).unwrap_err();
+    assert!(
+        matches!(refusal, Refusal::OverLimit { requested, held, limit }
+            if (requested, held, limit) == (50 * MIB, 60 * MIB, 100 * MIB)),
+        "{refusal:?}"
+    );
+    assert_eq!(
+        refusal.to_string(),
+        format!(
+            "the process reached its per-process limit: it holds {} of its {} bytes and asks {} more",
+            60 * MIB,
+            100 * MIB,
+            50 * MIB
+        )
+    );
+    // Larger than the limit itself.
+    let refusal = ledger.reserve(me, dev, 101 * MIB, &limited).unwrap_err();
+    assert!(
+        matches!(refusal, Refusal::OverLimit { requested, .. } if requested == 101 * MIB),
+        "{refusal:?}"
+    );
+    assert!(
+        refusal
+            .to_string()
+            .contains("can never fit within the per-process limit")
+    );
+    assert_eq!(waits.get(), 0, "a request that can never fit waited");
+    assert_eq!(ledger.snapshot().devices[0].waiting, 0);
     ledger.leave(me);
 }
 
@@ -437,7 +464,11 @@ fn random_operations_match_a_naive_model() {
                             pending[who].push(r);
                         }
                         Err(Refusal::NeverFits { .. }) => {
-                            assert!(bytes > budget || over_limit, "round {round} step {step}")
+                            assert!(bytes > budget, "round {round} step {step}")
+                        }
+                        Err(Refusal::OverLimit { held, .. }) => {
+                            assert!(over_limit && bytes <= budget, "round {round} step {step}");
+                            assert_eq!(held, m.held + m.in_flight, "round {round} step {step}");
                         }
                         Err(Refusal::NoRoom { available, .. }) => {
                             assert!(
@@ -486,7 +517,7 @@ fn random_operations_match_a_naive_model() {
                             );
                             model[who] = after;
                         }
-                        Err(Refusal::NeverFits { .. }) => {
+                        Err(Refusal::OverLimit { .. }) => {
                             assert!(over_limit, "round {round} step {step}")
                         }
                         Err(Refusal::NoRoom { .. }) => {

@@ -199,9 +199,9 @@ fn a_truncated_ledger_is_restored_and_refused_without_a_fault() {
 }
 
 /// A member waits for room while another thread holds everything; the file is cut below the
-/// slots (the header survives) while nobody but the waiter looks. The waiter must notice within
-/// a few of its 50 ms sleeps, give the file its size back and mark it, so that the holder's next
-/// request is refused instead of faulting.
+/// slots (the header survives) while nobody but the waiter looks. The waiter must notice it (at
+/// the end of one of its 50 ms sleeps: its own deadline is far away), give the file its size
+/// back and mark it, so that the holder's next request is refused instead of faulting.
 fn waiter_child() {
     let dir = child_dir();
     let holder = Ledger::open(&dir).unwrap();
@@ -230,10 +230,7 @@ fn waiter_child() {
     let (refused, when) = waiting.join().unwrap();
     let noticed = when.saturating_duration_since(cut);
     println!("waiter noticed the truncation after {noticed:?}");
-    report(format!(
-        "waiter truncated {refused} within_2s {}",
-        noticed < Duration::from_secs(2)
-    ));
+    report(format!("waiter truncated {refused}"));
     report(format!("length {}", file_length(&dir)));
     report(format!(
         "holder reserve truncated {}",
@@ -252,7 +249,7 @@ fn a_waiter_notices_a_truncation_and_spares_the_other_members() {
     assert_eq!(
         lines,
         [
-            "waiter truncated true within_2s true".to_string(),
+            "waiter truncated true".to_string(),
             format!("length {}", layout::FILE_SIZE),
             "holder reserve truncated true".to_string(),
         ]

@@ -91,7 +91,8 @@ fn pid_reuse_cannot_fool_liveness() {
 /// Whether this kernel lets us make a pid namespace, or why not.
 fn pid_namespaces_available() -> Result<(), String> {
     let output = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "true"])
+        .args(ledger_support::pid_namespace::unshare_pid_args())
+        .args(["--mount-proc", "true"])
         .output()
         .map_err(|error| format!("cannot run unshare: {error}"))?;
     if output.status.success() {
@@ -123,7 +124,8 @@ fn liveness_works_across_pid_namespaces() {
     );
     let mut command = Command::new("unshare");
     command
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+        .args(ledger_support::pid_namespace::unshare_pid_args())
+        .args(["--mount-proc", "--"])
         .arg(inner.get_program())
         .args(inner.get_args());
     for (key, value) in inner.get_envs() {

@@ -495,7 +495,7 @@ fn liveness_holds_across_pid_namespaces_without_pid_confusion() {
     let start = |chunk: &str| {
         let mut command = sandbox.program("unshare");
         command
-            .args(["--pid", "--fork", "--kill-child"])
+            .args(support::pid_namespace::unshare_pid_args())
             .arg(&support::clients().direct)
             .args(["--chunk", chunk, "--hold-ms", "60000"]);
         let mut running = support::spawn(command);
@@ -534,9 +534,11 @@ fn liveness_holds_across_pid_namespaces_without_pid_confusion() {
 #[test]
 fn concurrent_processes_never_overcommit_the_card() {
     // Eight processes x 4 threads race for 50 MiB chunks on a 1 GiB card: every success is
-    // charged, every failure is a recorded refusal, and the peak never passes the capacity.
+    // charged, every failure is a recorded refusal, and the peak never passes the capacity. Each
+    // holds what it got until all eight are done (one alone would fit).
     let sandbox = card("1GiB", "0");
-    let racers: Vec<support::Running> = (0..8)
+    let release = sandbox.go_file("release");
+    let mut racers: Vec<support::Running> = (0..8)
         .map(|i| {
             let path = [ClientPath::Direct, ClientPath::Dlsym, ClientPath::Procaddr][i % 3];
             sandbox.start_client(
@@ -550,12 +552,16 @@ fn concurrent_processes_never_overcommit_the_card() {
                     "--count",
                     "5",
                     "--keep-going",
-                    "--hold-ms",
-                    "300",
+                    "--hold-until",
+                    release.arg(),
                 ],
             )
         })
         .collect();
+    for racer in &mut racers {
+        racer.wait_for_line("holding", FINISH_TIMEOUT);
+    }
+    release.go();
     let mut ok = 0;
     let mut failed = 0;
     for racer in racers {
@@ -583,14 +589,6 @@ fn concurrent_processes_never_overcommit_the_card() {
 #[test]
 fn latency_is_added_to_each_allocation_and_free() {
     let mut sandbox = card("1GiB", "0");
-    let quick_start = std::time::Instant::now();
-    let (quick, _) = sandbox.run_client(
-        ClientPath::Direct,
-        false,
-        &["--chunk", "1MiB", "--count", "100", "--free-each"],
-    );
-    let quick_time = quick_start.elapsed();
-    assert_eq!(quick.status.code(), Some(0), "{quick:?}");
     sandbox.set_env("SIMCUDA_LATENCY", "2ms");
     let slow_start = std::time::Instant::now();
     let (slow, _) = sandbox.run_client(
@@ -600,18 +598,18 @@ fn latency_is_added_to_each_allocation_and_free() {
     );
     let slow_time = slow_start.elapsed();
     assert_eq!(slow.status.code(), Some(0), "{slow:?}");
-    // 100 allocations + 100 frees, 2 ms each.
+    // 100 allocations + 100 frees, 2 ms each (however fast the machine: the simulator spins).
     assert!(slow_time >= Duration::from_millis(400), "{slow_time:?}");
-    assert!(slow_time > quick_time, "{slow_time:?} vs {quick_time:?}");
 }
 
 #[test]
 fn reset_drops_every_allocation_and_live_processes_notice() {
     let sandbox = card("1GiB", "100MiB");
+    let release = sandbox.go_file("release");
     let holder = sandbox.start_holding(
         ClientPath::Direct,
         false,
-        &["--chunk", "500MiB", "--hold-ms", "3000"],
+        &["--chunk", "500MiB", "--hold-until", release.arg()],
         HOLD_TIMEOUT,
     );
     assert_eq!(
@@ -628,6 +626,7 @@ fn reset_drops_every_allocation_and_live_processes_notice() {
     );
     // The holder's allocations died with the reset: its late frees fail, and take nothing
     // from the card (no wrap-around).
+    release.go();
     let finished = holder.finish(FINISH_TIMEOUT);
     assert_eq!(finished.status.code(), Some(1), "{finished:?}");
     assert!(finished.stdout.contains("free fail"), "{finished:?}");

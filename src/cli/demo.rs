@@ -29,9 +29,20 @@ const ACT_DEADLINE: Duration = Duration::from_secs(60);
 /// How often the live view looks at the ledger.
 const VIEW_INTERVAL: Duration = Duration::from_millis(100);
 const CARD: &str = "size=4GiB,name=Simulated GeForce GTX 1650 (4 GiB)";
-/// Each load holds its model for a second ("inference"), so that loads started together overlap
-/// even on a busy machine.
+/// A load alone holds its model for a second ("inference"); the three loads of an act hold it
+/// until the act says (see [`Hold`]).
 const LOAD_ARGS: &[&str] = &["--chunks", "30", "--chunk", "100MiB", "--hold-ms", "1000"];
+
+/// Until when the loads of an act that got their model hold it: the moment the act is about,
+/// which a busy machine (starting one load late) must not be able to skip.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Until every load has loaded or given up: the three loads meet on the card.
+    UntilAllTried,
+    /// Until the other two loads wait in the ledger's queue (or one ended): the first load's
+    /// turn shows both others waiting; later turns do not wait for anything.
+    UntilOthersWait,
+}
 const NAMES: [&str; 3] = ["script 1", "script 2", "script 3"];
 
 /// The demo's private directory, removed when dropped.
@@ -124,8 +135,14 @@ impl Stage {
         Ok(report["devices"][0].clone())
     }
 
-    /// Starts one load: unguarded, or through `vramguard run` with `guard_options`.
-    fn start_load(&self, name: &str, guard_options: Option<&[&str]>) -> std::io::Result<Child> {
+    /// Starts one load: unguarded, or through `vramguard run` with `guard_options`; it holds
+    /// its model until `release` exists, if given, else for a second.
+    fn start_load(
+        &self,
+        name: &str,
+        guard_options: Option<&[&str]>,
+        release: Option<&Path>,
+    ) -> std::io::Result<Child> {
         let mut command = self.command(&self.exe);
         if let Some(options) = guard_options {
             command.arg("run").args(options).arg("--").arg(&self.exe);
@@ -135,6 +152,9 @@ impl Stage {
             .arg("--name")
             .arg(name)
             .args(LOAD_ARGS);
+        if let Some(release) = release {
+            command.arg("--hold-until").arg(release);
+        }
         command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -144,12 +164,18 @@ impl Stage {
     /// Starts the three loads at once, narrates their output and the ledger as it changes, and
     /// waits for them (killing them past the deadline). Returns the outcomes and whether the
     /// live view ever saw a process waiting.
-    fn run_loads(&self, guard_options: Option<&[&str]>) -> Result<(Vec<Outcome>, bool), String> {
+    fn run_loads(
+        &self,
+        guard_options: Option<&[&str]>,
+        hold: Hold,
+    ) -> Result<(Vec<Outcome>, bool), String> {
+        let release = self.dir().join("release");
+        let _ = fs::remove_file(&release);
         let (lines_tx, lines_rx) = mpsc::channel::<(usize, String)>();
         let mut children = Vec::new();
         for (index, name) in NAMES.iter().enumerate() {
             let mut child = self
-                .start_load(name, guard_options)
+                .start_load(name, guard_options, Some(&release))
                 .map_err(|e| format!("cannot start a load: {e}"))?;
             // The load's own lines start with its name; the guard's (on stderr) get it too.
             let streams: [(Option<Box<dyn std::io::Read + Send>>, String); 2] = [
@@ -174,9 +200,11 @@ impl Stage {
         }
         drop(lines_tx);
         let mut outputs = vec![String::new(); NAMES.len()];
+        let mut loaded = [false; NAMES.len()];
         let mut codes: Vec<Option<Option<i32>>> = vec![None; NAMES.len()];
         let mut last_view: Vec<String> = Vec::new();
         let mut saw_waiting = false;
+        let mut most_waiting = 0;
         let started = Instant::now();
         loop {
             // Narrate the loads' lines until they pause for a moment.
@@ -184,6 +212,7 @@ impl Stage {
                 match lines_rx.recv_timeout(VIEW_INTERVAL) {
                     Ok((index, line)) => {
                         println!("    {line}");
+                        loaded[index] |= line.contains(": loaded ");
                         outputs[index].push_str(&line);
                         outputs[index].push('\n');
                     }
@@ -198,7 +227,9 @@ impl Stage {
             if guard_options.is_some()
                 && let Ok(report) = status::collect(&self.ledger_dir(), None)
             {
-                saw_waiting |= report.devices.iter().any(|d| d.waiting > 0);
+                let waiting = report.devices.iter().map(|d| d.waiting).max().unwrap_or(0);
+                saw_waiting |= waiting > 0;
+                most_waiting = most_waiting.max(waiting as usize);
                 let view = format::summary_lines(&report, |pid| {
                     let index = children.iter().position(|c| c.id() as i32 == pid)?;
                     Some(NAMES[index].to_string())
@@ -219,6 +250,15 @@ impl Stage {
             }
             if codes.iter().all(Option::is_some) {
                 break;
+            }
+            let release_now = match hold {
+                Hold::UntilAllTried => loaded.iter().zip(&codes).all(|(l, c)| *l || c.is_some()),
+                Hold::UntilOthersWait => {
+                    most_waiting == NAMES.len() - 1 || codes.iter().any(Option::is_some)
+                }
+            };
+            if release_now {
+                let _ = fs::write(&release, b"");
             }
             if started.elapsed() > ACT_DEADLINE {
                 for child in &mut children {
@@ -324,7 +364,7 @@ fn act_one(stage: &Stage) -> Result<bool, String> {
     println!(
         "  the 4 GiB card. Nothing coordinates them: together they ask for 9 GiB plus their contexts.\n"
     );
-    let (outcomes, _) = stage.run_loads(None)?;
+    let (outcomes, _) = stage.run_loads(None, Hold::UntilAllTried)?;
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|o| o.code != Some(0))
@@ -366,7 +406,10 @@ fn act_two(stage: &Stage) -> Result<bool, String> {
         "  much it will need (the guard adds its context), so the guard can answer before anything"
     );
     println!("  is loaded.\n");
-    let (outcomes, _) = stage.run_loads(Some(&["--policy", "deny", "--expect", "3GiB"]))?;
+    let (outcomes, _) = stage.run_loads(
+        Some(&["--policy", "deny", "--expect", "3GiB"]),
+        Hold::UntilAllTried,
+    )?;
     let loaded = count(&outcomes, demo_load::LOADED);
     let clean_oom = outcomes
         .iter()
@@ -414,8 +457,10 @@ fn act_three(stage: &Stage) -> Result<bool, String> {
     println!(
         "  plain waiting promises progress, not that all three finish. The up-front reservation does.)\n"
     );
-    let (outcomes, saw_waiting) =
-        stage.run_loads(Some(&["--policy", "wait", "--expect", "3GiB"]))?;
+    let (outcomes, saw_waiting) = stage.run_loads(
+        Some(&["--policy", "wait", "--expect", "3GiB"]),
+        Hold::UntilOthersWait,
+    )?;
     let loaded = count(&outcomes, demo_load::LOADED);
     let card = stage.card()?;
     let poisoned = card["poisoned"].as_bool().unwrap_or(true);

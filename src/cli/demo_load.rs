@@ -1,13 +1,13 @@
 //! `vramguard __demo-load`: one "model load" of the demo. It reaches the driver the way many
 //! programs do (`dlopen("libcuda.so.1")` and `dlsym`), takes the primary context of device 0,
-//! allocates CHUNKS x CHUNK, holds it a moment ("inference"), frees it, releases the context
-//! and exits.
+//! allocates CHUNKS x CHUNK, holds it a moment ("inference") or until a file appears, frees it,
+//! releases the context and exits.
 //!
 //! stdout: one line per event, for the demo to narrate. Exit codes follow the test clients: 0
 //! loaded, 2 an allocation failed with CUDA_ERROR_OUT_OF_MEMORY, 3 cuInit failed, 1 otherwise.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use vramguard_core::cuda::CuResult;
@@ -30,6 +30,9 @@ pub struct LoadArgs {
     /// How long to hold the memory once loaded, in milliseconds
     #[arg(long, default_value_t = 300)]
     hold_ms: u64,
+    /// Hold the memory once loaded until this file exists instead (at most 5 minutes)
+    #[arg(long)]
+    hold_until: Option<PathBuf>,
     /// Pause between chunks, in milliseconds (so that loads started together interleave)
     #[arg(long, default_value_t = 5)]
     pause_ms: u64,
@@ -109,10 +112,21 @@ fn load_chunks(driver: &Driver, args: &LoadArgs) -> i32 {
         format_size(held.len() as u64 * args.chunk),
         args.chunks
     );
-    std::thread::sleep(Duration::from_millis(args.hold_ms));
+    match &args.hold_until {
+        Some(file) => wait_for_file(file, Duration::from_secs(300)),
+        None => std::thread::sleep(Duration::from_millis(args.hold_ms)),
+    }
     for pointer in held {
         driver.free(pointer);
     }
     println!("{name}: done");
     LOADED
+}
+
+/// Waits until `file` exists, or `longest` passed (whoever was to create it is gone).
+fn wait_for_file(file: &Path, longest: Duration) {
+    let deadline = Instant::now() + longest;
+    while !file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -461,13 +461,17 @@ impl Ledger {
                 Ask::Claim(bytes) => bytes > limit,
             })
         };
-        let never_fits = || Refusal::NeverFits {
+        let past_limit = |now: Counters| Refusal::OverLimit {
             requested,
-            budget,
-            limit: req.limit,
+            held: now.used(),
+            limit: req.limit.unwrap_or(u64::MAX),
         };
-        if requested > budget || over_limit(Counters::read(share)) {
-            return Err(never_fits());
+        if requested > budget {
+            return Err(Refusal::NeverFits { requested, budget });
+        }
+        let before = Counters::read(share);
+        if over_limit(before) {
+            return Err(past_limit(before));
         }
 
         // Fast path: nobody waits and it fits. (The limit is checked again under the lock, as
@@ -475,7 +479,7 @@ impl Ledger {
         let guard = self.lock_device(dev, token)?;
         let now = Counters::read(share);
         if over_limit(now) {
-            return Err(never_fits());
+            return Err(past_limit(now));
         }
         if admissible_now(device, now, ask) {
             let available_after = apply(device, share, now, ask);

@@ -508,15 +508,23 @@ impl std::error::Error for LedgerError {
 /// Why a reservation (or claim) was not granted.
 #[derive(Debug)]
 pub enum Refusal {
-    /// The request is larger than the budget or the per-process limit: refused at once, under any
-    /// policy.
+    /// The request is larger than the device's budget: it can never fit on this card at all.
+    /// Refused at once, under any policy.
     NeverFits {
         /// bytes asked for
         requested: u64,
         /// the device's budget
         budget: u64,
-        /// the per-process limit, if one applied
-        limit: Option<u64>,
+    },
+    /// The request would take the member past its per-process limit (`VRAMGUARD_LIMIT`): only
+    /// its own frees could make room. Refused at once, under any policy.
+    OverLimit {
+        /// bytes asked for (for a claim: the whole claim)
+        requested: u64,
+        /// what the member holds on the device (held and in flight)
+        held: u64,
+        /// the per-process limit
+        limit: u64,
     },
     /// Deny policy: the request does not fit now (or others are queued ahead of it).
     NoRoom {
@@ -544,21 +552,27 @@ pub enum Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NeverFits {
+            Self::NeverFits { requested, budget } => write!(
+                f,
+                "{requested} bytes can never fit on this device (budget {budget} bytes)"
+            ),
+            Self::OverLimit {
                 requested,
-                budget,
-                limit: Some(limit),
+                held: _,
+                limit,
+            } if requested > limit => write!(
+                f,
+                "{requested} bytes can never fit within the per-process limit of {limit} bytes"
+            ),
+            Self::OverLimit {
+                requested,
+                held,
+                limit,
             } => write!(
                 f,
-                "{requested} bytes can never fit (budget {budget} bytes, per-process limit {limit} bytes)"
+                "the process reached its per-process limit: it holds {held} of its {limit} bytes \
+                 and asks {requested} more"
             ),
-            Self::NeverFits {
-                requested,
-                budget,
-                limit: None,
-            } => {
-                write!(f, "{requested} bytes can never fit (budget {budget} bytes)")
-            }
             Self::NoRoom {
                 requested,
                 available,

@@ -187,49 +187,134 @@ mod tests {
         assert_eq!(cache.get(0x5000, 7), None);
     }
 
-    #[test]
-    fn a_reader_never_mixes_two_writes() {
-        // Contexts that share one entry, written by two threads while two others read: every
-        // answer must be the device written together with the context asked about.
-        let cache = std::sync::Arc::new(DeviceCache::new());
+    /// Contexts that share one entry of `cache` (at least two).
+    fn colliding_contexts(cache: &DeviceCache, count: usize) -> Vec<usize> {
         let contexts: Vec<usize> = (1..100_000usize)
             .map(|i| i * 0x1000)
             .filter(|c| std::ptr::eq(cache.entry(*c), cache.entry(0x1000)))
-            .take(4)
+            .take(count)
             .collect();
         assert!(contexts.len() >= 2, "no colliding contexts found");
+        contexts
+    }
+
+    #[test]
+    fn contexts_sharing_an_entry_replace_each_other() {
+        let cache = DeviceCache::new();
+        let contexts = colliding_contexts(&cache, 2);
+        let (first, second) = (contexts[0], contexts[1]);
+        cache.put(first, 1, 4);
+        assert_eq!(cache.get(first, 1), Some(4));
+        cache.put(second, 1, 5);
+        assert_eq!(cache.get(second, 1), Some(5));
+        assert_eq!(
+            cache.get(first, 1),
+            None,
+            "replaced by a context sharing its entry"
+        );
+    }
+
+    #[test]
+    fn an_entry_being_written_is_neither_read_nor_written() {
+        let cache = DeviceCache::new();
+        cache.put(0x5000, 1, 3);
+        let entry = cache.entry(0x5000);
+        // Another writer is in the middle of its stores.
+        entry.sequence.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(
+            cache.get(0x5000, 1),
+            None,
+            "a reader asks the driver instead"
+        );
+        cache.put(0x5000, 1, 6);
+        assert_eq!(
+            entry.device.load(Ordering::Relaxed) as u32,
+            3,
+            "left to that writer"
+        );
+        entry.sequence.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(cache.get(0x5000, 1), Some(3));
+    }
+
+    #[test]
+    fn a_reader_never_mixes_two_writes() {
+        // Contexts that share one entry, written by two threads while two others read: every
+        // answer must be the device written together with the context asked about. Whether a
+        // read hits or misses depends on the scheduler and asserts nothing (the single-threaded
+        // tests above show hits); each reader keeps reading until the writers have written many
+        // times, so reads and writes overlap however the threads are scheduled.
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        use std::time::{Duration, Instant};
+
+        /// Stops the writers when a reader ends, also by a failed assertion.
+        struct StopOnDrop(Arc<AtomicBool>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+
+        const READS: usize = 200_000;
+        const WRITES: u64 = 10_000;
+        let cache = Arc::new(DeviceCache::new());
+        let contexts = colliding_contexts(&cache, 4);
         let device_of = |context: usize| (context / 0x1000 % 60) as CuDevice;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        // Only catches a hang: the writers never scheduled at all.
+        let deadline = Instant::now() + Duration::from_secs(120);
         let mut threads = Vec::new();
         for writer in 0..2 {
-            let (cache, contexts, stop) = (cache.clone(), contexts.clone(), stop.clone());
+            let (cache, contexts, stop, writes) = (
+                cache.clone(),
+                contexts.clone(),
+                stop.clone(),
+                writes.clone(),
+            );
             threads.push(std::thread::spawn(move || {
                 let mut n = writer;
                 while !stop.load(Ordering::Relaxed) {
                     let context = contexts[n % contexts.len()];
                     cache.put(context, 1, device_of(context));
+                    writes.fetch_add(1, Ordering::Relaxed);
                     n += 1;
-                    std::thread::yield_now();
+                    // A pause between writes, spent on the core (a busy machine would make a
+                    // yield last a whole time slice): the readers meet settled entries as well
+                    // as writes in progress, which is what catches a broken sequence check.
+                    for _ in 0..1000 {
+                        std::hint::spin_loop();
+                    }
                 }
-                0u64
             }));
         }
         for _ in 0..2 {
-            let (cache, contexts, stop) = (cache.clone(), contexts.clone(), stop.clone());
+            let (cache, contexts, stop, writes) = (
+                cache.clone(),
+                contexts.clone(),
+                stop.clone(),
+                writes.clone(),
+            );
             threads.push(std::thread::spawn(move || {
-                let mut hits = 0u64;
-                for n in 0..200_000usize {
+                let _stop = StopOnDrop(stop.clone());
+                let mut n = 0usize;
+                // (The stop flag set before enough writes: the other reader failed.)
+                while n < READS
+                    || (writes.load(Ordering::Relaxed) < WRITES && !stop.load(Ordering::Relaxed))
+                {
                     let context = contexts[n % contexts.len()];
                     if let Some(ordinal) = cache.get(context, 1) {
                         assert_eq!(ordinal, device_of(context), "context {context:#x}");
-                        hits += 1;
+                    }
+                    n += 1;
+                    if n.is_multiple_of(4096) {
+                        assert!(Instant::now() < deadline, "the writers never ran");
                     }
                 }
-                stop.store(true, Ordering::Relaxed);
-                hits
             }));
         }
-        let hits: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
-        assert!(hits > 0, "the readers never hit the cache");
+        for thread in threads {
+            thread.join().unwrap();
+        }
     }
 }

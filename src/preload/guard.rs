@@ -103,24 +103,29 @@ pub struct Process {
 /// A refusal of the ledger, said in sizes people read.
 pub fn describe(refusal: &Refusal, uuid: CuUuid) -> String {
     match refusal {
-        Refusal::NeverFits {
-            requested,
-            budget,
-            limit: Some(limit),
-        } => format!(
-            "{} can never fit (budget {} on {uuid}, per-process limit {})",
-            format_size(*requested),
-            format_size(*budget),
-            format_size(*limit)
-        ),
-        Refusal::NeverFits {
-            requested,
-            budget,
-            limit: None,
-        } => format!(
-            "{} can never fit (budget {} on {uuid})",
+        Refusal::NeverFits { requested, budget } => format!(
+            "{} can never fit on this card at all (its budget is {} on {uuid})",
             format_size(*requested),
             format_size(*budget)
+        ),
+        Refusal::OverLimit {
+            requested, limit, ..
+        } if requested > limit => format!(
+            "{} can never fit within this process's per-process limit (VRAMGUARD_LIMIT) of {} on \
+             {uuid}",
+            format_size(*requested),
+            format_size(*limit)
+        ),
+        Refusal::OverLimit {
+            requested,
+            held,
+            limit,
+        } => format!(
+            "this process has reached its per-process limit (VRAMGUARD_LIMIT) on {uuid}: it holds \
+             {} of its {} limit, and asks {} more",
+            format_size(*held),
+            format_size(*limit),
+            format_size(*requested)
         ),
         Refusal::NoRoom {
             requested,

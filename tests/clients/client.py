@@ -4,8 +4,9 @@ exported names), as Python libraries that drive CUDA without the runtime do. Sam
 and output as the C clients (see workload.c):
 
   client.py [--device N] [--api default|pitch|managed|async|pool|vmm|array|array3d|mipmapped|ctx]
-            [--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--threads N] [--fork] [--free-each]
-            [--keep-going] [--sleep-between-ms MS]
+            [--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--hold-until FILE]
+            [--hold-if-complete-until FILE] [--pause-before-chunk N --resume-file FILE] [--threads N] [--fork]
+            [--free-each] [--keep-going] [--sleep-between-ms MS]
 """
 import argparse
 import ctypes as C
@@ -286,6 +287,16 @@ class Lane:
         return d.cuCtxDestroy_v2(record)
 
 
+def wait_for_go_file(path):
+    """Waits until the test creates `path` (see go_file.h); gives up after five minutes."""
+    deadline = time.monotonic() + 300
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            print("client.py: %s did not appear within 5 minutes" % path, file=sys.stderr)
+            os._exit(1)
+        time.sleep(0.002)
+
+
 def worker(d, opt, dev, ctx, res, hold_start, hold_end):
     lane = Lane(d, opt, dev, ctx)
     records = []
@@ -296,6 +307,9 @@ def worker(d, opt, dev, ctx, res, hold_start, hold_end):
     for i in range(opt.count if usable else 0):
         if i and opt.sleep_between_ms:
             time.sleep(opt.sleep_between_ms / 1000.0)
+        if i + 1 == opt.pause_before_chunk:
+            say("paused")
+            wait_for_go_file(opt.resume_file)
         r, size, record = lane.alloc()
         if r == 0:
             res.ok += 1
@@ -337,7 +351,11 @@ def run_process(d, opt, dev, ctx):
     # Every worker has finished allocating: the barrier orders their results before this.
     complete = all(res.failed == 0 for res in results)
     hold = opt.hold_ms + (opt.hold_if_complete_ms if complete else 0)
-    if hold > 0:
+    until = opt.hold_until or (opt.hold_if_complete_until if complete else None)
+    if until:
+        say("holding until %s" % until)
+        wait_for_go_file(until)
+    elif hold > 0:
         say("holding %d" % hold)
         time.sleep(hold / 1000.0)
     hold_end.wait()
@@ -380,12 +398,18 @@ def main():
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--hold-ms", type=int, default=0)
     p.add_argument("--hold-if-complete-ms", type=int, default=0)
+    p.add_argument("--hold-until")
+    p.add_argument("--hold-if-complete-until")
+    p.add_argument("--pause-before-chunk", type=int, default=0)
+    p.add_argument("--resume-file")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fork", action="store_true")
     p.add_argument("--free-each", action="store_true")
     p.add_argument("--keep-going", action="store_true")
     p.add_argument("--sleep-between-ms", type=int, default=0)
     opt = p.parse_args()
+    if opt.pause_before_chunk and not opt.resume_file:
+        p.error("--pause-before-chunk needs --resume-file")
     try:
         d = Driver()
     except (OSError, AttributeError) as e:

@@ -3,14 +3,20 @@
  * report every event on stdout. How the driver is reached is up to the binding file linked in.
  *
  *   client [--device N] [--api default|pitch|managed|async|pool|vmm|array|array3d|mipmapped|ctx]
- *          [--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--threads N] [--fork] [--free-each]
- *          [--keep-going] [--sleep-between-ms MS] [--exhaust-fds] [--check-abi]
+ *          [--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--hold-until FILE]
+ *          [--hold-if-complete-until FILE] [--pause-before-chunk N --resume-file FILE] [--threads N] [--fork]
+ *          [--free-each] [--keep-going] [--sleep-between-ms MS] [--exhaust-fds] [--check-abi]
+ *
+ * --hold-until FILE holds (after allocating, whatever the outcome) until FILE exists, instead of
+ * for a time; --hold-if-complete-until FILE does so only when every allocation succeeded. With
+ * --pause-before-chunk N each thread prints `paused` before its Nth allocation and waits for
+ * --resume-file. These are how a test makes processes overlap whatever the machine's load.
  *
  * --exhaust-fds: right after cuInit, opens /dev/null until the process has no file descriptor
  * left (EMFILE), and keeps them open: what the guard does without descriptors after attaching.
  *
  * stdout: `alloc ok <bytes>` / `alloc fail <bytes> <CUDA_ERROR_NAME>` per allocation, `holding
- * <ms>` before holding, then `summary path=<path> ok=<n> failed=<n> bytes=<total>
+ * <ms>` (or `holding until <file>`) before holding, then `summary path=<path> ok=<n> failed=<n> bytes=<total>
  * first_error=<NAME|none>`. Exit: 0 all allocations succeeded, 2 one failed with
  * CUDA_ERROR_OUT_OF_MEMORY, 3 cuInit failed, 1 anything else.
  *
@@ -42,6 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "go_file.h"
 #include "workload.h"
 
 #define VMM_SEGMENT (20ull << 20) /* PyTorch's expandable segments map 20 MiB pages */
@@ -54,6 +61,9 @@ struct options {
     enum api_kind api;
     unsigned long long chunk;
     int count, hold_ms, hold_if_complete_ms, threads, fork, free_each, keep_going, sleep_between_ms, exhaust_fds;
+    const char *hold_until, *hold_if_complete_until; /* files; NULL: hold for the times above */
+    int pause_before_chunk;                          /* 1-based; 0: never pause */
+    const char *resume_file;
 };
 
 struct results {
@@ -316,6 +326,10 @@ static struct record *allocate_all(struct worker *w, struct lane *lane, int *liv
     *live = 0;
     for (int i = 0; i < o->count; i++) {
         if (i > 0 && o->sleep_between_ms > 0) sleep_ms(o->sleep_between_ms);
+        if (i + 1 == o->pause_before_chunk) {
+            say("paused\n");
+            wait_for_go_file(o->resume_file);
+        }
         struct record rec;
         CUresult r = alloc_one(w, lane, &rec);
         if (r == 0) {
@@ -402,7 +416,11 @@ static struct results run_process(const struct options *o, CUcontext ctx, CUdevi
     int complete = 1;
     for (int i = 0; i < n; i++) complete = complete && jobs[i].w.res.failed == 0;
     int hold = o->hold_ms + (complete ? o->hold_if_complete_ms : 0);
-    if (hold > 0) {
+    const char *until = o->hold_until ? o->hold_until : complete ? o->hold_if_complete_until : NULL;
+    if (until) {
+        say("holding until %s\n", until);
+        wait_for_go_file(until);
+    } else if (hold > 0) {
         say("holding %d\n", hold);
         sleep_ms(hold);
     }
@@ -448,13 +466,14 @@ static int exit_code(const struct results *res) {
 
 static void usage(void) {
     fprintf(stderr, "usage: client [--device N] [--api default|pitch|managed|async|pool|vmm|array|array3d|mipmapped|ctx] "
-                    "[--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--threads N] [--fork] [--free-each] [--keep-going] "
-                    "[--sleep-between-ms MS] [--exhaust-fds] [--check-abi]\n");
+                    "[--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--hold-until FILE] "
+                    "[--hold-if-complete-until FILE] [--pause-before-chunk N --resume-file FILE] [--threads N] [--fork] "
+                    "[--free-each] [--keep-going] [--sleep-between-ms MS] [--exhaust-fds] [--check-abi]\n");
     exit(1);
 }
 
 int main(int argc, char **argv) {
-    struct options o = {0, API_DEFAULT, 64ull << 20, 1, 0, 0, 1, 0, 0, 0, 0, 0};
+    struct options o = {.api = API_DEFAULT, .chunk = 64ull << 20, .count = 1, .threads = 1};
     int check_abi = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -471,6 +490,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--count") && v) { o.count = atoi(v); i++; }
         else if (!strcmp(a, "--hold-ms") && v) { o.hold_ms = atoi(v); i++; }
         else if (!strcmp(a, "--hold-if-complete-ms") && v) { o.hold_if_complete_ms = atoi(v); i++; }
+        else if (!strcmp(a, "--hold-until") && v) { o.hold_until = v; i++; }
+        else if (!strcmp(a, "--hold-if-complete-until") && v) { o.hold_if_complete_until = v; i++; }
+        else if (!strcmp(a, "--pause-before-chunk") && v) { o.pause_before_chunk = atoi(v); i++; }
+        else if (!strcmp(a, "--resume-file") && v) { o.resume_file = v; i++; }
         else if (!strcmp(a, "--threads") && v) { o.threads = atoi(v); i++; }
         else if (!strcmp(a, "--sleep-between-ms") && v) { o.sleep_between_ms = atoi(v); i++; }
         else if (!strcmp(a, "--fork")) o.fork = 1;
@@ -480,7 +503,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--check-abi")) check_abi = 1;
         else usage();
     }
-    if (o.chunk == 0 || o.count < 0) usage();
+    if (o.chunk == 0 || o.count < 0 || (o.pause_before_chunk > 0 && !o.resume_file)) usage();
     if (bind_driver(&api) != 0) return 1;
     if (check_abi) return binding_check_abi();
 

@@ -6,7 +6,7 @@
  *     unmapped;
  *   - memory left in a created context that is destroyed, and in the primary context when its
  *     last reference is released (the driver frees both with their context).
- * At each checkpoint it prints "stage <name>" and pauses, so the test can look.
+ * At each checkpoint it prints "stage <name>" and waits until the test has looked (steps.h).
  */
 #include "../clients/cuda_min.h"
 #include "steps.h"

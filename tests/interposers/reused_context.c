@@ -9,8 +9,8 @@
  *                            second and allocates in it before the destroying call has returned
  *                            (with SIMCUDA_RETURN_DELAY=cuCtxDestroy_v2:<a few hundred ms>).
  *
- * Linked with -lcuda and -lpthread. Prints "handles first=<h> second=<h>" and pauses at
- * "stage <name>" checkpoints so that a test can look at the ledger.
+ * Linked with -lcuda and -lpthread. Prints "handles first=<h> second=<h>" and stops at
+ * "stage <name>" checkpoints until the test has looked at the ledger (steps.h).
  */
 #include <pthread.h>
 #include <string.h>
@@ -35,7 +35,7 @@ int main(int argc, char **argv) {
     CUcontext second = NULL;
     CUdeviceptr p = 0;
     pthread_t destroyer;
-    struct timespec moment = {0, 100 * 1000 * 1000};
+    struct timespec moment = {0, 1000 * 1000};
     CHECK(cuInit(0));
     CHECK(cuDeviceGet(&first_device, 0));
     CHECK(cuDeviceGet(&second_device, 1));
@@ -54,7 +54,12 @@ int main(int argc, char **argv) {
             return 1;
         }
         while (!destroying) nanosleep(&moment, NULL);
-        nanosleep(&moment, NULL); /* the driver has destroyed it; the call has not returned */
+        /* Until the driver has destroyed it (setting it current then fails); the destroying call
+         * has not returned yet. */
+        while (cuCtxSetCurrent(first) == 0) {
+            CHECK(cuCtxSetCurrent(NULL));
+            nanosleep(&moment, NULL);
+        }
     } else {
         CHECK(cuCtxDestroy_v2(first));
     }

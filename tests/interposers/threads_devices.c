@@ -2,7 +2,7 @@
  * Two threads allocating at the same time, each in the primary context of its own device: every
  * allocation must be charged to the device of the context current in the thread that made it.
  * Each thread makes 2000 allocate-and-free pairs of 1 MiB, then keeps (ordinal + 1) x 10 MiB.
- * Linked with -lcuda and -lpthread; pauses at "stage held" so that a test can look.
+ * Linked with -lcuda and -lpthread; stops at "stage held" until the test has looked (steps.h).
  */
 #include <pthread.h>
 

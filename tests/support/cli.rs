@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 #[path = "spawn.rs"]
-mod spawn;
+pub mod spawn;
 
 /// The `vramguard` executable cargo built for these tests.
 pub fn vramguard() -> PathBuf {

@@ -201,10 +201,11 @@ fn build_c(source: &str, output: &str, args: &[&str]) -> PathBuf {
     let source = support::repo().join("tests/interposers").join(source);
     let header = support::repo().join("tests/clients/cuda_min.h");
     let steps = support::repo().join("tests/interposers/steps.h");
+    let go_file = support::repo().join("tests/clients/go_file.h");
     let mut cc_args: Vec<&OsStr> = ["-O1", "-Wall", "-Werror"].map(OsStr::new).to_vec();
     cc_args.push(source.as_os_str());
     cc_args.extend(args.iter().map(OsStr::new));
-    support::build_c(output, &[source.clone(), header, steps], &cc_args)
+    support::build_c(output, &[source.clone(), header, steps, go_file], &cc_args)
 }
 
 /// The second `LD_PRELOAD` interposer (`tests/interposers/second.c`).

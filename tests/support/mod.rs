@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod pid_namespace;
 mod spawn;
 
 /// The workspace root.
@@ -165,7 +166,7 @@ pub fn clients() -> Clients {
 fn build_clients() -> Clients {
     let (simulator, _) = simulator_artifacts();
     let sources = repo().join("tests/clients");
-    let shared: Vec<PathBuf> = ["workload.c", "workload.h", "cuda_min.h"]
+    let shared: Vec<PathBuf> = ["workload.c", "workload.h", "cuda_min.h", "go_file.h"]
         .iter()
         .map(|f| sources.join(f))
         .chain([simulator.clone()])
@@ -260,6 +261,36 @@ pub const ANSWER_MODES: [&str; 2] = ["exported", "internal"];
 /// The management library's soname, as the sandbox's library directory holds it.
 const NVML_NAME: &str = "libnvidia-ml.so.1";
 
+/// A file whose creation lets waiting test programs go on: the clients' `--hold-until`,
+/// `--hold-if-complete-until` and `--resume-file`, the interposer programs' stages
+/// (`tests/clients/go_file.h`). Created by [`GoFile::go`], or when dropped, so that the programs
+/// of a test that failed do not wait for it.
+pub struct GoFile(PathBuf);
+
+impl GoFile {
+    /// A go file at `path` (not created yet).
+    pub fn at(path: PathBuf) -> GoFile {
+        let _ = fs::remove_file(&path);
+        GoFile(path)
+    }
+
+    /// The path, as a program argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("sandbox paths are UTF-8")
+    }
+
+    /// Lets the programs waiting for this file go on.
+    pub fn go(&self) {
+        fs::write(&self.0, b"").expect("create the go file");
+    }
+}
+
+impl Drop for GoFile {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.0, b"");
+    }
+}
+
 /// A private simulated card, library directory and ledger directory; removed on drop.
 pub struct Sandbox {
     root: PathBuf,
@@ -313,6 +344,11 @@ impl Sandbox {
     pub fn without_nvml(&mut self) -> &mut Sandbox {
         let _ = fs::remove_file(self.lib_dir.join(NVML_NAME));
         self
+    }
+
+    /// A [`GoFile`] in the sandbox named `name` (one name per thing that waits).
+    pub fn go_file(&self, name: &str) -> GoFile {
+        GoFile::at(self.root.join(format!("go-{name}")))
     }
 
     /// Sets a variable for every command of this sandbox (`SIMCUDA_*`, `VRAMGUARD_*`,
@@ -420,6 +456,26 @@ impl Sandbox {
         )
     }
 
+    /// Starts a client through `path` that takes `chunk` in one allocation and holds it until
+    /// `release` goes; returns once it holds (60 s at most).
+    pub fn start_holder(
+        &self,
+        path: ClientPath,
+        guarded: bool,
+        chunk: &str,
+        release: &GoFile,
+    ) -> Running {
+        let args = [
+            "--chunk",
+            chunk,
+            "--count",
+            "1",
+            "--hold-until",
+            release.arg(),
+        ];
+        self.start_holding(path, guarded, &args, Duration::from_secs(60))
+    }
+
     /// A `simcuda` tool command.
     pub fn simcuda(&self, args: &[&str]) -> Command {
         let (_, tool) = simulator_artifacts();
@@ -495,6 +551,13 @@ pub struct Running {
     errors: Vec<String>,
 }
 
+/// One of a child's piped output streams.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
 /// A finished child.
 #[derive(Debug)]
 pub struct Finished {
@@ -538,40 +601,64 @@ impl Running {
     /// Waits until a stdout line contains `needle`; panics (killing the child) after `timeout`
     /// or if the child's output ends first.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
-        self.wait_for_any_line(&[needle], timeout)
+        self.wait_for_line_or_end(needle, timeout)
+            .unwrap_or_else(|| self.ended_before(needle))
     }
 
-    /// Waits until a stdout line contains one of `needles`, and returns it; panics (killing the
-    /// child) after `timeout` or if the child's output ends first.
-    pub fn wait_for_any_line(&mut self, needles: &[&str], timeout: Duration) -> String {
+    /// Waits until a stderr line contains `needle`; panics (killing the child) after `timeout`
+    /// or if the child's stderr ends first.
+    pub fn wait_for_stderr_line(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_on(Stream::Stderr, needle, timeout)
+            .unwrap_or_else(|| self.ended_before(needle))
+    }
+
+    /// Waits until a stdout line contains `needle` (`Some(line)`) or the child's stdout ends
+    /// (`None`: it exited without printing one); panics (killing the child) after `timeout`.
+    pub fn wait_for_line_or_end(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_on(Stream::Stdout, needle, timeout)
+    }
+
+    fn wait_on(&mut self, stream: Stream, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.lines.recv_timeout(left) {
+            let received = match stream {
+                Stream::Stdout => self.stdout.lines.recv_timeout(left),
+                Stream::Stderr => self.stderr.lines.recv_timeout(left),
+            };
+            match received {
                 Ok(line) => {
-                    self.seen.push(line.clone());
-                    if needles.iter().any(|needle| line.contains(needle)) {
-                        return line;
+                    let found = line.contains(needle).then(|| line.clone());
+                    match stream {
+                        Stream::Stdout => self.seen.push(line),
+                        Stream::Stderr => self.errors.push(line),
+                    }
+                    if found.is_some() {
+                        return found;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
                     panic!(
-                        "no line with {needles:?} within {timeout:?}; stdout so far:\n{}",
-                        self.seen.join("\n")
-                    );
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.child.kill();
-                    self.errors.extend(self.stderr.lines.try_iter());
-                    panic!(
-                        "output ended before a line with {needles:?}; stdout:\n{}\nstderr:\n{}",
+                        "no line with {needle:?} within {timeout:?}; stdout so far:\n{}\nstderr so far:\n{}",
                         self.seen.join("\n"),
                         self.errors.join("\n")
                     );
                 }
+                Err(RecvTimeoutError::Disconnected) => return None,
             }
         }
+    }
+
+    fn ended_before(&mut self, needle: &str) -> ! {
+        let _ = self.child.kill();
+        self.seen.extend(self.stdout.lines.try_iter());
+        self.errors.extend(self.stderr.lines.try_iter());
+        panic!(
+            "output ended before a line with {needle:?}; stdout:\n{}\nstderr:\n{}",
+            self.seen.join("\n"),
+            self.errors.join("\n")
+        );
     }
 
     /// SIGKILLs the child and reaps it. Output its own children still write is not awaited.
