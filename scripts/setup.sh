@@ -22,6 +22,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+# >>> Python tools of the installation tests >>>
+# The tests that build the wheel, guard virtualenvs and Jupyter kernels, and check the CDI spec
+# and the Kubernetes manifests (tests/install_*.rs) use a project-local virtualenv,
+# target/pytools, with the pinned packages of scripts/python-tools.txt (never what is installed
+# by hand). Quick when they are already there.
+pytools=target/pytools
+if ! "$pytools/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    echo "setup: creating $pytools" >&2
+    python3 -m venv "$pytools"
+fi
+"$pytools/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/python-tools.txt
+# <<< Python tools of the installation tests <<<
+
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo is not installed; install Rust (https://rustup.rs) and run this again" >&2
     exit 1
