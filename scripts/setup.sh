@@ -27,6 +27,14 @@ fi
 # and the Kubernetes manifests (tests/install_*.rs) use a project-local virtualenv,
 # target/pytools, with the pinned packages of scripts/python-tools.txt (never what is installed
 # by hand). Quick when they are already there.
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1; then
+    # systemd-analyze reads the systemd drop-in (tests/cli_service.rs); objdump checks the wheel.
+    echo "setup: installing systemd binutils" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends systemd binutils
+fi
 pytools=target/pytools
 if ! "$pytools/bin/python" -c 'import sys' >/dev/null 2>&1; then
     echo "setup: creating $pytools" >&2
