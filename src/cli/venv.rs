@@ -11,8 +11,9 @@
 //!   the activated shell, so that the programs it starts that are not Python are guarded too;
 //!   `deactivate` restores `LD_PRELOAD`.
 //!
-//! Removal deletes the hook (and the bytecode Python compiled from it) and the blocks with the
-//! blank line installed before them, so every file is as it was before the first install.
+//! The hook is compiled to bytecode at install with the virtualenv's interpreter. Removal deletes
+//! the hook, its bytecode, and the blocks with the blank line installed before them, so every
+//! file is as it was before the first install.
 
 use std::fs;
 use std::io;
@@ -145,9 +146,48 @@ fn install_hook(packages: &Path, module: &str) -> io::Result<bool> {
     }
     // The module first: a .pth whose module is missing would make every start print an error.
     fs::write(&module_path, module)?;
-    fs::write(&pth_path, HOOK_PTH_LINE)?;
     remove_bytecode(packages)?;
+    compile_hook(venv_python(packages), &module_path);
+    fs::write(&pth_path, HOOK_PTH_LINE)?;
     Ok(true)
+}
+
+/// The interpreter of the virtualenv whose `site-packages` is `packages`
+/// (`<venv>/lib/python3.X/site-packages` -> `<venv>/bin/python`).
+fn venv_python(packages: &Path) -> PathBuf {
+    let venv = packages.ancestors().nth(3).unwrap_or(packages);
+    venv.join("bin").join("python")
+}
+
+/// Compiles the hook's module to bytecode with the virtualenv's own interpreter, so that every
+/// start loads it compiled, even where Python writes no bytecode itself
+/// (`PYTHONDONTWRITEBYTECODE`, common in container images, or a read-only virtualenv). Without
+/// it the hook still works, compiled at each start (a few milliseconds).
+fn compile_hook(python: PathBuf, module: &Path) {
+    let compiled = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)",
+        ])
+        .arg(module)
+        .env("VRAMGUARD_DISABLE", "1")
+        .env_remove("LD_PRELOAD")
+        .stdin(std::process::Stdio::null())
+        .output();
+    match compiled {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => eprintln!(
+            "vramguard env: could not compile the hook with {} (it is compiled at each start \
+             instead): {}",
+            python.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+        Err(e) => eprintln!(
+            "vramguard env: could not run {} to compile the hook (it is compiled at each start \
+             instead): {e}",
+            python.display()
+        ),
+    }
 }
 
 /// Removes what Python compiled from the hook (`__pycache__/_vramguard_hook.*.pyc`).
