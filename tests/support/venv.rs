@@ -38,7 +38,7 @@ pub fn pytools_python() -> PathBuf {
 /// The `site-packages` of the project's Python tools.
 pub fn pytools_site_packages() -> PathBuf {
     let lib = support::repo().join("target/pytools/lib");
-    let found = fs::read_dir(&lib)
+    fs::read_dir(&lib)
         .ok()
         .and_then(|entries| {
             entries
@@ -51,8 +51,7 @@ pub fn pytools_site_packages() -> PathBuf {
                 "no site-packages under {}: run ./scripts/setup.sh",
                 lib.display()
             )
-        });
-    found
+        })
 }
 
 /// Checks that the project's Python tools can import `module` (the test fails naming the setup
