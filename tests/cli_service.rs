@@ -60,17 +60,15 @@ fn the_drop_in_is_printed_installed_read_by_systemd_and_removed() {
     let unit_text = "[Unit]\nDescription=an inference server\n[Service]\nExecStart=/bin/true\n";
     fs::write(units.join("vgserve.service"), unit_text).unwrap();
 
-    let printed = env_systemd(
-        &library,
-        &[
-            "--systemd",
-            "vgserve",
-            "--policy",
-            "wait",
-            "--expect",
-            "6GiB",
-        ],
-    );
+    let options = [
+        "--systemd",
+        "vgserve",
+        "--policy",
+        "wait",
+        "--expect",
+        "6GiB",
+    ];
+    let printed = env_systemd(&library, &options);
     assert!(printed.status.success(), "{}", stderr(&printed));
     let text = stdout(&printed);
     assert!(text.contains("\n[Service]\n"), "{text}");
@@ -90,17 +88,7 @@ fn the_drop_in_is_printed_installed_read_by_systemd_and_removed() {
     let root_arg = root.to_str().unwrap();
     let installed = env_systemd(
         &library,
-        &[
-            "--systemd",
-            "vgserve",
-            "--policy",
-            "wait",
-            "--expect",
-            "6GiB",
-            "--install",
-            "--root",
-            root_arg,
-        ],
+        &[&options[..], &["--install", "--root", root_arg]].concat(),
     );
     assert!(installed.status.success(), "{}", stderr(&installed));
     assert!(
