@@ -236,6 +236,18 @@ fn the_installed_wheel_guards_programs_from_outside_the_build_tree() {
         "{finished:?}"
     );
 
+    // python -m vramguard doctor checks the interpreter that ran it.
+    let mut command = i.run(i.venv.join("bin/python"));
+    command.args(["-m", "vramguard", "doctor"]);
+    let finished = finish(command);
+    let python = i.venv.join("bin/python");
+    assert!(
+        finished
+            .stdout
+            .contains(&format!("python: {} is not guarded", python.display())),
+        "{finished:?}"
+    );
+
     // The virtualenv guarded by its own command: bin/python called directly.
     let mut command = i.run(i.command());
     command.args(["env", "--venv"]).arg(&i.venv);
