@@ -4,12 +4,16 @@
 //! Run: `cargo bench --bench ledger` (or `cargo bench --bench ledger -- --quick`).
 //! Each worker process is this benchmark binary again, started with `LEDGER_BENCH_ROLE=worker`;
 //! it writes its samples (nanoseconds, little-endian u32) to a file the parent merges.
+//!
+//! `cargo bench --bench ledger -- --backing [DIR]` measures instead what giving every page of
+//! the ledger file its storage costs (`vramguard_core::ledger::backing`), at creation and at
+//! join, in a directory of DIR's file system (default `/dev/shm`): median of 20 runs each.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use vramguard_core::ledger::{Ledger, Request};
+use vramguard_core::ledger::{Ledger, Request, backing, layout};
 
 const ROLE_VAR: &str = "LEDGER_BENCH_ROLE";
 const UUID: [u8; 16] = *b"ledger-bench-gpu";
@@ -117,9 +121,161 @@ fn run_processes(dir: &Path, processes: usize, iterations: usize) -> Vec<u32> {
         .collect()
 }
 
+/// The median of `runs` timings of `step`, each after its own untimed `prepare`.
+fn median_of<T>(runs: usize, mut prepare: impl FnMut() -> T, mut step: impl FnMut(T)) -> Duration {
+    let mut samples: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let input = prepare();
+            let started = Instant::now();
+            step(input);
+            started.elapsed()
+        })
+        .collect();
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+/// Gives back the storage of every page of `file` but the first 64 KiB (its size stays): a
+/// ledger as an older build left it, sparse.
+fn punch_holes(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let size = layout::FILE_SIZE as libc::off_t;
+    // SAFETY: an open descriptor; the kernel checks the range.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            65536,
+            size - 65536,
+        )
+    };
+    assert_eq!(rc, 0, "punch holes: {}", std::io::Error::last_os_error());
+}
+
+/// `--backing [DIR]`: the cost of backing the ledger file at creation and at join.
+fn backing_costs(base: &Path) {
+    const RUNS: usize = 20;
+    let size = layout::FILE_SIZE as u64;
+    let dir = base.join(format!("vramguard-backing-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let fresh_dir = {
+        let mut n = 0;
+        let dir = dir.clone();
+        move || {
+            n += 1;
+            let fresh = dir.join(format!("fresh-{n}"));
+            std::fs::create_dir_all(&fresh).expect("fresh directory");
+            fresh
+        }
+    };
+    println!(
+        "vramguard ledger: backing the {size}-byte file, in {} (median of {RUNS} runs)",
+        base.display()
+    );
+    let mut fresh = fresh_dir;
+    let create = median_of(RUNS, &mut fresh, |d| {
+        drop(Ledger::open(&d).expect("create"))
+    });
+    let reserve = median_of(
+        RUNS,
+        || {
+            let path = fresh().join("file");
+            std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .expect("new file")
+        },
+        |file| backing::reserve_new(&file, size).expect("reserve"),
+    );
+    let ledger_dir = dir.join("ledger");
+    let path = Ledger::open(&ledger_dir)
+        .expect("the ledger")
+        .path()
+        .to_owned();
+    let open = || {
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open the ledger")
+    };
+    let join = median_of(
+        RUNS,
+        || (),
+        |()| drop(Ledger::open(&ledger_dir).expect("join")),
+    );
+    let check = median_of(RUNS, open, |file| {
+        backing::ensure_whole(&file, size, true).expect("whole")
+    });
+    let refallocate = median_of(RUNS, open, |file| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an open descriptor; the kernel checks the range.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+        assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+    });
+    let sparse = median_of(
+        RUNS,
+        || {
+            let file = open();
+            punch_holes(&file);
+            file
+        },
+        |file| backing::ensure_whole(&file, size, true).expect("made whole"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let us = |d: Duration| format!("{:.1} us", d.as_secs_f64() * 1e6);
+    println!("{:<58} {:>12}", "step", "median");
+    println!(
+        "{:<58} {:>12}",
+        "creation: Ledger::open of a new ledger (all of it)",
+        us(create)
+    );
+    println!(
+        "{:<58} {:>12}",
+        "  of which reserving the file (backing::reserve_new)",
+        us(reserve)
+    );
+    println!(
+        "{:<58} {:>12}",
+        "join: Ledger::open of an existing, whole ledger",
+        us(join)
+    );
+    println!(
+        "{:<58} {:>12}",
+        "  of which making sure it is whole (backing::ensure_whole)",
+        us(check)
+    );
+    println!(
+        "{:<58} {:>12}",
+        "join of a sparse ledger: ensure_whole backs what is missing",
+        us(sparse)
+    );
+    println!(
+        "{:<58} {:>12}",
+        "(fallocate(2) over the whole ledger, every page there)",
+        us(refallocate)
+    );
+    println!(
+        "(rerun: cargo bench --bench ledger -- --backing {})",
+        base.display()
+    );
+}
+
 fn main() {
     if std::env::var(ROLE_VAR).as_deref() == Ok("worker") {
         worker();
+        return;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--backing") {
+        let base = args
+            .get(at + 1)
+            .filter(|a| !a.starts_with("--"))
+            .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from);
+        backing_costs(&base);
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");

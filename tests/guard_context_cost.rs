@@ -269,3 +269,61 @@ fn a_created_context_is_charged_what_it_took() {
     );
     drop(holder.kill());
 }
+
+/// The pids `vramguard status --json` shows waiting.
+fn waiting(sandbox: &Sandbox) -> Vec<u64> {
+    let mut command = sandbox.program(support::artifacts().cli);
+    command.args(["status", "--json"]);
+    let finished = run(command);
+    let status: Value = serde_json::from_str(&finished.stdout).unwrap_or(Value::Null);
+    status["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["state"].as_str() == Some("waiting"))
+        .filter_map(|p| p["pid"].as_u64())
+        .collect()
+}
+
+#[test]
+fn programs_waiting_for_room_for_their_context_wait_in_line_together() {
+    // The card is nearly full; two programs under `wait` both need room for a context. The
+    // first must not hold the context-creation lock while it waits: both are seen waiting in
+    // the ledger, and both start once the memory is freed.
+    let sandbox = card("300MiB", Nvml::PerProcess);
+    // 1 GiB card, 768 MiB budget: 300 MiB context + 400 MiB leaves 68 MiB.
+    let holder = sandbox.hold(true, "400MiB");
+    let waiters: Vec<Running> = (0..2)
+        .map(|_| {
+            let mut command = sandbox.command(ClientPath::Procaddr, true);
+            // Only a context: what is tested is the wait for its room. (An allocation after it
+            // could meet the killed holder's memory still on the simulated card for a moment.)
+            command
+                .args(["--chunk", "16MiB", "--count", "0"])
+                .env("VRAMGUARD_POLICY", "wait")
+                .env("VRAMGUARD_WAIT_TIMEOUT", "120s");
+            support::spawn(command)
+        })
+        .collect();
+    let pids: Vec<u64> = waiters.iter().map(|w| u64::from(w.pid())).collect();
+    let deadline = std::time::Instant::now() + CLIENT_DEADLINE;
+    loop {
+        let shown = waiting(&sandbox);
+        if pids.iter().all(|p| shown.contains(p)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both programs should be waiting in the ledger; waiting: {shown:?}, programs: {pids:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(holder.kill());
+    for waiter in waiters {
+        let finished = waiter.finish(CLIENT_DEADLINE);
+        assert_eq!(finished.status.code(), Some(0), "{finished:?}");
+        // Neither found the creation lock kept by the other's wait.
+        assert!(!finished.stderr.contains("unserialised"), "{finished:?}");
+    }
+    assert_card_safe(&sandbox.sim_report(), 0);
+}

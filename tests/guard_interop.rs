@@ -6,20 +6,10 @@
 mod guard_support;
 mod support;
 
-use std::process::Command;
-
-use guard_support::{assert_card_safe, guard_lines, run, second_interposer};
+use guard_support::{
+    assert_card_safe, check_unusable_ledger, guard_lines, limited_client, run, second_interposer,
+};
 use support::{ClientPath, Sandbox};
-
-/// 5 x 100 MiB under a 550 MiB limit: the context and two chunks fit, the third is refused by the
-/// guard (the driver never sees it).
-fn limited_client(sandbox: &Sandbox, path: ClientPath) -> Command {
-    let mut command = sandbox.command(path, true);
-    command
-        .args(["--chunk", "100MiB", "--count", "5"])
-        .env("VRAMGUARD_LIMIT", "550MiB");
-    command
-}
 
 /// The second interposer's report line: (cuMemAlloc_v2 calls, getenv calls).
 fn second_report(stderr: &str) -> (u64, u64) {
@@ -89,56 +79,6 @@ fn disable_is_a_pure_pass_through() {
         .expect("the ledger dir")
         .count();
     assert_eq!(entries, 0, "a disabled guard touched the ledger directory");
-}
-
-/// Runs a guarded client with `dir` as VRAMGUARD_DIR under `on_error`, and checks the outcome.
-fn check_unusable_ledger(sandbox: &Sandbox, dir: &std::path::Path, what: &str) {
-    for path in [ClientPath::Direct, ClientPath::Procaddr, ClientPath::Python] {
-        let mut open = limited_client(sandbox, path);
-        open.env("VRAMGUARD_DIR", dir)
-            .env("VRAMGUARD_ON_ERROR", "open");
-        let finished = run(open);
-        assert_eq!(
-            finished.status.code(),
-            Some(0),
-            "{what}, open, {path:?}: {finished:?}"
-        );
-        assert_eq!(
-            finished.summary().ok,
-            5,
-            "open: calls pass through, the limit is not applied"
-        );
-        let lines = guard_lines(&finished.stderr);
-        assert_eq!(
-            lines.len(),
-            1,
-            "{what}, open, {path:?}: one message, got {lines:?}"
-        );
-        assert!(
-            lines[0].contains("ledger") && lines[0].contains("VRAMGUARD_ON_ERROR=open"),
-            "{lines:?}"
-        );
-
-        let mut closed = limited_client(sandbox, path);
-        closed
-            .env("VRAMGUARD_DIR", dir)
-            .env("VRAMGUARD_ON_ERROR", "closed");
-        let finished = run(closed);
-        let summary = finished.summary();
-        assert_eq!(
-            summary.first_error.as_deref(),
-            Some("CUDA_ERROR_OUT_OF_MEMORY"),
-            "{what}, closed, {path:?}: {finished:?}"
-        );
-        assert_eq!(summary.ok, 0);
-        let lines = guard_lines(&finished.stderr);
-        assert_eq!(
-            lines.len(),
-            1,
-            "{what}, closed, {path:?}: one message, got {lines:?}"
-        );
-        assert!(lines[0].contains("VRAMGUARD_ON_ERROR=closed"), "{lines:?}");
-    }
 }
 
 #[test]

@@ -260,6 +260,8 @@ fn layout_offsets_are_pinned() {
         .unwrap();
     let me = ledger.join("pinned").unwrap();
     hold(&ledger, me, dev, 1000);
+    // The driver says 3000 of 4096 are free: 1096 used, 96 of them not held by the ledger.
+    ledger.note_driver_memory(dev, 3000, 4096);
     let bytes = std::fs::read(ledger.path()).unwrap();
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
@@ -316,6 +318,17 @@ fn layout_offsets_are_pinned() {
     // A figure past the capacity (a damaged file) is clamped.
     ledger.note_context_cost(dev, 1 << 40, 1);
     assert_eq!(ledger.context_cost(dev), Some(4096));
+    assert_eq!(
+        (u64_at(device + 168), u64_at(device + 176)),
+        (1096, 96),
+        "driver_used, driver_unaccounted"
+    );
+    let seen = u64_at(device + 184);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(seen > 0 && seen <= now, "driver_seen_unix_ms {seen}");
     // Slot record of our slot at 12416 + index * 3200; its device 0 share at +128.
     let slot = 12_416 + me.index() as usize * 3200;
     assert_eq!(u32_at(slot), 1, "active");
@@ -325,6 +338,37 @@ fn layout_offsets_are_pinned() {
         (u64_at(slot + 128), u64_at(slot + 136), u64_at(slot + 144)),
         (1000, 0, 0)
     );
+    ledger.leave(me);
+}
+
+/// What a guarded process last learned from the driver: none until one asks, then the card's
+/// used bytes and, of them, what the ledger did not hold at that moment (never below zero).
+#[test]
+fn the_driver_figure_is_remembered_with_what_the_ledger_held_then() {
+    let dir = TempDir::new("driver-figure");
+    let ledger = dir.open_ledger();
+    let dev = ledger
+        .register_device(uuid(8), "Figure", 4000, 3000)
+        .unwrap();
+    assert_eq!(ledger.driver_figure(dev), None);
+    assert_eq!(ledger.snapshot().devices[0].driver, None);
+    let me = ledger.join("figure").unwrap();
+    hold(&ledger, me, dev, 1000);
+    ledger.note_driver_memory(dev, 2500, 4000);
+    let figure = ledger.driver_figure(dev).expect("a figure");
+    assert_eq!((figure.used, figure.unaccounted), (1500, 500));
+    assert_eq!(ledger.snapshot().devices[0].driver, Some(figure));
+    // Later the process frees its memory: the figure stays what it was when it was taken.
+    ledger.release(me, dev, 1000);
+    assert_eq!(ledger.driver_figure(dev).map(|f| f.unaccounted), Some(500));
+    // A driver that counts less than the ledger holds (a context cheaper than charged).
+    hold(&ledger, me, dev, 2000);
+    ledger.note_driver_memory(dev, 2500, 4000);
+    let figure = ledger.driver_figure(dev).unwrap();
+    assert_eq!((figure.used, figure.unaccounted), (1500, 0));
+    // A free figure above the total (a driver being odd) never wraps.
+    ledger.note_driver_memory(dev, 5000, 4000);
+    assert_eq!(ledger.driver_figure(dev).map(|f| f.used), Some(0));
     ledger.leave(me);
 }
 

@@ -98,8 +98,24 @@ fn other_layout_version_is_refused() {
     assert_clear(
         &error,
         &dir.join(layout::FILE_NAME),
+        "made by a newer vramguard",
+    );
+    assert_clear(&error, &dir.join(layout::FILE_NAME), "upgrade");
+    // An older layout: the same version everywhere, or a new file.
+    let mut bytes = valid_bytes();
+    bytes[8..12].copy_from_slice(&0u32.to_le_bytes());
+    let dir = directory_with(&tmp, &bytes);
+    let error = Ledger::open(&dir).err().unwrap();
+    assert!(
+        matches!(error, LedgerError::LayoutVersion { found: 0, .. }),
+        "{error:?}"
+    );
+    assert_clear(
+        &error,
+        &dir.join(layout::FILE_NAME),
         "same vramguard version",
     );
+    assert_clear(&error, &dir.join(layout::FILE_NAME), "remove the file");
 }
 
 #[test]

@@ -17,12 +17,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::report::{device_u64, process};
-use support::{ClientPath, Running, Sandbox, nvml_simulator, run_with_deadline};
+use support::{Running, Sandbox, nvml_simulator, run_with_deadline};
 use vramguard_core::nvml::{Nvml, NvmlError, NvmlReturn};
 
 const MIB: u64 = 1 << 20;
 const OBSERVER_VAR: &str = "VRAMGUARD_NVML_TEST_OBSERVER";
-const HOLD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// When this binary is started as the observer, report what NVML says as JSON and exit.
 #[ctor::ctor(unsafe)]
@@ -123,15 +122,6 @@ fn observe_in(sandbox: &Sandbox, pids: &[u32], uuids: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("the observer printed no JSON ({e}): {text}"))
 }
 
-fn hold(sandbox: &Sandbox, guarded: bool, chunk: &str) -> Running {
-    sandbox.start_holding(
-        ClientPath::Direct,
-        guarded,
-        &["--chunk", chunk, "--count", "1", "--hold-ms", "60000"],
-        HOLD_TIMEOUT,
-    )
-}
-
 fn card(devices: &str) -> Sandbox {
     let mut sandbox = Sandbox::new(devices);
     sandbox.set_env("SIMCUDA_CONTEXT_COST", "100MiB");
@@ -142,8 +132,8 @@ fn card(devices: &str) -> Sandbox {
 #[test]
 fn the_client_reads_the_simulated_card() {
     let sandbox = card("size=4GiB,uuid=GPU-11111111-2222-3333-4444-555555555555;2GiB");
-    let unguarded = hold(&sandbox, false, "512MiB");
-    let guarded = hold(&sandbox, true, "256MiB");
+    let unguarded = sandbox.hold(false, "512MiB");
+    let guarded = sandbox.hold(true, "256MiB");
     let observed = observe_in(
         &sandbox,
         &[unguarded.pid(), guarded.pid(), std::process::id()],
@@ -210,7 +200,7 @@ fn devices_are_found_by_uuid_and_an_unknown_uuid_is_not_found() {
     let sandbox = card(
         "size=4GiB,uuid=GPU-11111111-2222-3333-4444-555555555555;size=2GiB,uuid=GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
     );
-    let _holder = hold(&sandbox, false, "64MiB");
+    let _holder = sandbox.hold(false, "64MiB");
     let observed = observe_in(
         &sandbox,
         &[],
@@ -243,7 +233,7 @@ fn the_process_list_grows_past_its_first_buffer() {
     let mut sandbox = Sandbox::new("8GiB");
     sandbox.set_env("SIMCUDA_CONTEXT_COST", "1MiB");
     sandbox.init();
-    let holders: Vec<Running> = (0..36).map(|_| hold(&sandbox, false, "2MiB")).collect();
+    let holders: Vec<Running> = (0..36).map(|_| sandbox.hold(false, "2MiB")).collect();
     let observed = observe_in(&sandbox, &[holders[35].pid()], &[]);
     let listed = observed["devices"][0]["processes"].as_array().unwrap();
     assert_eq!(listed.len(), 36, "{observed}");
@@ -263,7 +253,7 @@ fn the_process_list_grows_past_its_first_buffer() {
 fn inside_a_foreign_pid_namespace_nvml_lists_nobody() {
     let mut sandbox = card("4GiB");
     sandbox.set_env("SIMCUDA_NVML_PROCESSES", "0");
-    let holder = hold(&sandbox, false, "512MiB");
+    let holder = sandbox.hold(false, "512MiB");
     let observed = observe_in(&sandbox, &[holder.pid()], &[]);
     assert_eq!(observed["devices"][0]["processes"], json!([]), "{observed}");
     assert_eq!(observed["asked"][holder.pid().to_string()], Value::Null);

@@ -45,17 +45,36 @@ pub fn build(source: &str, name: &str, out_dir: &Path, libcuda_dir: &Path) -> CP
     let direct = out_dir.join(format!("{name}-direct"));
     let dynamic = out_dir.join(name);
     let lib_dir = format!("-L{}", libcuda_dir.display());
-    compile(&src, &direct, &["-DVG_DIRECT", &lib_dir, "-lcuda", "-ldl"]);
-    compile(&src, &dynamic, &["-ldl"]);
+    compile(
+        &[&src],
+        &direct,
+        &["-DVG_DIRECT", &lib_dir, "-lcuda", "-ldl"],
+    );
+    compile(&[&src], &dynamic, &["-ldl"]);
     CProgram { direct, dynamic }
 }
 
-fn compile(src: &Path, out: &Path, link: &[&str]) {
+/// Builds the test suite's workload client (`tests/clients/workload.c`) with the driver binding
+/// `tests/clients/<binding>.c` (`bind_dlsym`, `bind_procaddr`: the bindings that `dlopen` the
+/// driver) into `out_dir/<name>`, and returns its path.
+pub fn build_test_client(binding: &str, name: &str, out_dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(out_dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", out_dir.display()));
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let workload = clients.join("workload.c");
+    let binding = clients.join(format!("{binding}.c"));
+    let out = out_dir.join(name);
+    compile(&[&workload, &binding], &out, &["-pthread", "-ldl"]);
+    out
+}
+
+fn compile(sources: &[&Path], out: &Path, link: &[&str]) {
     let temp = out.with_extension(format!("tmp{}", std::process::id()));
+    let src = sources.first().copied().unwrap_or(Path::new("?"));
     let output = Command::new("cc")
         .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&temp)
-        .arg(src)
+        .args(sources)
         .args(link)
         .output()
         .unwrap_or_else(|e| panic!("cannot run cc (install a C compiler: scripts/setup.sh): {e}"));

@@ -13,6 +13,7 @@
 //! which times the calls from inside the process with CLOCK_MONOTONIC. `docs/benchmarks.md` holds
 //! a table of them and how to read it.
 
+#[allow(dead_code)] // shared with the story benchmark, which builds a test client too
 #[path = "../common/cprogs.rs"]
 mod cprogs;
 mod instructions;

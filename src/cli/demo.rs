@@ -196,7 +196,7 @@ impl Stage {
                 }
             }
             if guard_options.is_some()
-                && let Ok(report) = status::collect(&self.ledger_dir())
+                && let Ok(report) = status::collect(&self.ledger_dir(), None)
             {
                 saw_waiting |= report.devices.iter().any(|d| d.waiting > 0);
                 let view = format::summary_lines(&report, |pid| {

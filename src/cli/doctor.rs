@@ -8,17 +8,19 @@
 //! stage each cause.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vramguard_core::ledger::{Ledger, LedgerError};
+use vramguard_core::cuda::CuUuid;
+use vramguard_core::ledger::{Ledger, LedgerError, SPACE_FIX, backing, layout};
 use vramguard_core::settings::Config;
 use vramguard_core::units::format_size;
 
 use super::driver::{Driver, describe, open_library};
-use super::library;
+use super::nvml_reader::{NvmlReader, NvmlState};
+use super::{library, outside, status};
 
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -222,6 +224,113 @@ fn check_ledger_dir(dir: &Path) -> Vec<Finding> {
         Err(e) => findings.push(Finding::fail(format!("ledger: {e}"), "see the message")),
     }
     findings
+}
+
+/// Whether the management library can be used, and on each card of the ledger the memory that
+/// no guarded process accounts for: a warning when it is large ([`outside::is_large`]).
+fn check_outside(dir: &Path, library: &Path) -> Vec<Finding> {
+    let mut reader = NvmlReader::new(library);
+    let mut findings = vec![match reader.open() {
+        NvmlState::Open(count) => Finding::ok(format!(
+            "nvml: {} found ({count} device(s)); status shows the memory held outside the guard",
+            library.display()
+        )),
+        NvmlState::Failed(message) => Finding::ok(format!(
+            "nvml: {} not usable ({message}); status shows the memory outside the guard as \
+             guarded programs last learned it from the driver",
+            library.display()
+        )),
+        NvmlState::Unopened => Finding::ok(format!("nvml: {} not opened", library.display())),
+    }];
+    let Ok(ledger) = Ledger::open_existing(dir) else {
+        return findings; // check_ledger_dir says why
+    };
+    let snapshot = ledger.snapshot();
+    let (used, _) = status::nvml_used(&snapshot, Some(&mut reader));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for (device, used) in snapshot.devices.iter().zip(used) {
+        let card = format!("card {}", CuUuid(device.uuid));
+        let Some(found) = outside::outside(device, used, now) else {
+            findings.push(Finding::ok(format!(
+                "{card}: memory outside the guard unknown (no management library, and no guarded \
+                 program has asked the driver yet)"
+            )));
+            continue;
+        };
+        let figure = outside::describe(Some(found));
+        if outside::is_large(found.bytes, device.capacity) {
+            findings.push(Finding::warn(
+                format!(
+                    "{card}: {figure} of {} is held outside the guard",
+                    format_size(device.capacity)
+                ),
+                "memory no guarded program accounts for: a program started without the guard \
+                 (start it with `vramguard run`, or `vramguard env` for a virtualenv), the \
+                 display server, or a runtime path the guard missed; `nvidia-smi` lists the \
+                 processes on the card. Guarded programs get that much less",
+            ));
+        } else {
+            findings.push(Finding::ok(format!("{card}: {figure} outside the guard")));
+        }
+    }
+    findings
+}
+
+/// The free space of the ledger's file system against what the ledger needs: the storage it
+/// lacks (all of it while it does not exist), and one more ledger's size to spare (a creation
+/// racing another, a re-creation after removal, a repair after truncation).
+fn check_ledger_space(dir: &Path) -> Finding {
+    let Some(existing) = dir.ancestors().find(|p| p.exists()) else {
+        return Finding::ok("ledger: no existing directory to ask for free space");
+    };
+    let Some(free) = backing::free_space(existing) else {
+        return Finding::warn(
+            format!(
+                "ledger: cannot ask the file system of {} for its free space",
+                existing.display()
+            ),
+            "check it with df -h",
+        );
+    };
+    let size = layout::FILE_SIZE as u64;
+    let missing = match fs::symlink_metadata(dir.join(layout::FILE_NAME)) {
+        Ok(meta) if meta.is_file() => size.saturating_sub(meta.blocks().saturating_mul(512)),
+        _ => size,
+    };
+    let free_here = format!(
+        "{} free on the file system of {}",
+        format_size(free),
+        existing.display()
+    );
+    if free < missing {
+        Finding::fail(
+            format!(
+                "ledger: {free_here}, and the ledger needs {}: guarded programs cannot use it and \
+                 follow VRAMGUARD_ON_ERROR",
+                format_size(missing)
+            ),
+            SPACE_FIX,
+        )
+    } else if free < missing + size {
+        let needs = if missing == 0 {
+            "the ledger has all its storage".to_string()
+        } else {
+            format!("the ledger needs {}", format_size(missing))
+        };
+        Finding::warn(
+            format!(
+                "ledger: only {free_here}: {needs}, and {} to spare are wanted (to make it again \
+                 or repair it); programs sharing the file system, such as data loader workers, \
+                 fail when it is full",
+                format_size(size)
+            ),
+            SPACE_FIX,
+        )
+    } else {
+        Finding::ok(format!("ledger: {free_here}"))
+    }
 }
 
 /// Creates and removes a file in `dir`.
@@ -571,6 +680,8 @@ pub fn doctor() -> i32 {
     findings.push(check_library());
     findings.push(super::interpreter::check(&config));
     findings.extend(check_ledger_dir(&config.dir));
+    findings.push(check_ledger_space(&config.dir));
+    findings.extend(check_outside(&config.dir, &config.nvml));
     let (driver_findings, driver_works, driver_library) = check_driver(&config.driver);
     findings.extend(driver_findings);
     if !driver_works {

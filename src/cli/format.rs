@@ -8,6 +8,8 @@ use std::fmt::Write;
 use serde::Serialize;
 use vramguard_core::units::{format_duration, format_size};
 
+use super::outside;
+
 /// Everything `status` shows.
 #[derive(Serialize, Debug, Default)]
 pub struct StatusReport {
@@ -21,6 +23,19 @@ pub struct StatusReport {
     pub processes: Vec<ProcessView>,
     /// Bytes returned to the cards from dead processes by this call.
     pub reclaimed_bytes: u64,
+    /// The management library, when it was asked about the cards (`None`: no card to ask about).
+    pub nvml: Option<NvmlView>,
+}
+
+/// The management library as `status` found it.
+#[derive(Serialize, Debug)]
+pub struct NvmlView {
+    /// Its name or path (`VRAMGUARD_NVML`).
+    pub library: String,
+    /// Whether it could be loaded and answered.
+    pub found: bool,
+    /// Why not, when it could not.
+    pub error: Option<String>,
 }
 
 /// One card.
@@ -42,6 +57,23 @@ pub struct DeviceView {
     pub reserved_bytes: u64,
     /// Processes waiting for memory on this card.
     pub waiting: u32,
+    /// Memory on the card that no guarded process accounts for; `None` when unknown.
+    pub outside_bytes: Option<u64>,
+    /// Where that figure comes from: `nvml` (the management library, now) or `driver` (what a
+    /// guarded process last learned from the driver); `None` when unknown.
+    pub outside_source: Option<&'static str>,
+    /// How old the figure is, in milliseconds (0 for `nvml`); `None` when unknown.
+    pub outside_age_ms: Option<u64>,
+    /// The same three, as one value.
+    #[serde(skip)]
+    pub outside: Option<outside::Outside>,
+}
+
+impl DeviceView {
+    /// The memory outside the guard for people ([`outside::describe`]).
+    pub fn outside_text(&self) -> String {
+        outside::describe(self.outside)
+    }
 }
 
 /// One guarded process.
@@ -143,6 +175,7 @@ pub fn human(report: &StatusReport) -> String {
                 "HELD",
                 "IN FLIGHT",
                 "WAITING",
+                "OUTSIDE THE GUARD",
             ]
             .map(String::from)
             .to_vec(),
@@ -157,10 +190,24 @@ pub fn human(report: &StatusReport) -> String {
                 format_size(d.held_bytes),
                 format_size(d.reserved_bytes),
                 d.waiting.to_string(),
+                d.outside_text(),
             ]);
         }
         out.push('\n');
         out.push_str(&table(&rows));
+        for d in &report.devices {
+            if d.outside_bytes
+                .is_some_and(|bytes| outside::is_large(bytes, d.capacity_bytes))
+            {
+                let _ = writeln!(
+                    out,
+                    "\n{} on {} is held outside the guard: a program started without it, the \
+                     display, or a path the guard missed (see `vramguard doctor`)",
+                    d.outside_text(),
+                    short_uuid(&d.uuid)
+                );
+            }
+        }
     }
     if report.processes.is_empty() {
         out.push_str("\nno guarded process is running\n");
@@ -301,39 +348,51 @@ fn label(value: &str) -> String {
         .replace('\n', r"\n")
 }
 
-/// The per-device gauges: name, help text, and the figure of a device.
-type DeviceFamily = (&'static str, &'static str, fn(&DeviceView) -> u64);
+/// The per-device gauges: name, help text, and the figure of a device (`None`: no sample).
+type DeviceFamily = (&'static str, &'static str, fn(&DeviceView) -> Option<u64>);
 
-const DEVICE_FAMILIES: [DeviceFamily; 6] = [
+const DEVICE_FAMILIES: [DeviceFamily; 8] = [
     (
         "vramguard_device_capacity_bytes",
         "Memory of the card.",
-        |d| d.capacity_bytes,
+        |d| Some(d.capacity_bytes),
     ),
     (
         "vramguard_device_budget_bytes",
         "What guarded processes may use together on the card (capacity less the reserve).",
-        |d| d.budget_bytes,
+        |d| Some(d.budget_bytes),
     ),
     (
         "vramguard_device_used_bytes",
         "Charged to guarded processes: held, in flight and unused up-front reservations.",
-        |d| d.used_bytes,
+        |d| Some(d.used_bytes),
     ),
     (
         "vramguard_device_held_bytes",
         "Allocated by guarded processes.",
-        |d| d.held_bytes,
+        |d| Some(d.held_bytes),
     ),
     (
         "vramguard_device_reserved_bytes",
         "Admitted but not yet returned by the driver (in flight).",
-        |d| d.reserved_bytes,
+        |d| Some(d.reserved_bytes),
     ),
     (
         "vramguard_device_waiting",
         "Guarded processes waiting for memory on the card.",
-        |d| u64::from(d.waiting),
+        |d| Some(u64::from(d.waiting)),
+    ),
+    (
+        "vramguard_device_outside_bytes",
+        "Memory on the card no guarded process accounts for (programs without the guard, the \
+         display); absent when unknown.",
+        |d| d.outside_bytes,
+    ),
+    (
+        "vramguard_device_outside_age_seconds",
+        "Age of vramguard_device_outside_bytes: 0 from the management library, else since a \
+         guarded process last asked the driver.",
+        |d| d.outside_bytes.and(d.outside_age_ms).map(|ms| ms / 1000),
     ),
 ];
 
@@ -358,7 +417,7 @@ pub fn prometheus(report: &StatusReport) -> String {
         let samples = report
             .devices
             .iter()
-            .map(|d| (device_labels(d), value(d)))
+            .filter_map(|d| Some((device_labels(d), value(d)?)))
             .collect();
         family(name, help, samples);
     }

@@ -13,6 +13,8 @@ mod env;
 mod format;
 mod interpreter;
 mod library;
+mod nvml_reader;
+mod outside;
 mod run;
 mod status;
 mod systemd;

@@ -1,5 +1,7 @@
-//! `vramguard status`: reads the ledger (never the GPU: no CUDA context is created) and shows
-//! every card and every guarded process, once or every few seconds.
+//! `vramguard status`: reads the ledger and shows every card and every guarded process, once or
+//! every few seconds, with the memory on each card that no guarded process accounts for
+//! ("outside the guard", [`super::outside`]: from the management library, else from what a
+//! guarded process last learned from the driver). It never creates a CUDA context.
 //!
 //! Processes found dead are shown once as `reclaimed`: when the ledger is writable, their memory
 //! is given back by this call (the next decision of any guarded process would do it too).
@@ -9,10 +11,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use vramguard_core::cuda::CuUuid;
-use vramguard_core::ledger::{Ledger, LedgerError, ProcessSnapshot, ProcessState, Snapshot};
+use vramguard_core::ledger::{
+    DeviceSnapshot, Ledger, LedgerError, ProcessSnapshot, ProcessState, Snapshot,
+};
 use vramguard_core::settings::Config;
 
-use super::format::{self, DeviceView, ProcessDeviceView, ProcessView, StatusReport, WaitView};
+use super::format::{
+    self, DeviceView, NvmlView, ProcessDeviceView, ProcessView, StatusReport, WaitView,
+};
+use super::nvml_reader::{NvmlReader, NvmlState};
+use super::outside;
 
 /// How `status` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,13 +84,59 @@ fn process_view(p: &ProcessSnapshot, reclaimed: bool) -> ProcessView {
     }
 }
 
+/// The view of one card, with `nvml_used`, the card's used bytes from the management library.
+fn device_view(d: &DeviceSnapshot, nvml_used: Option<u64>, now_unix_ms: u64) -> DeviceView {
+    let outside = outside::outside(d, nvml_used, now_unix_ms);
+    DeviceView {
+        uuid: uuid_text(d.uuid),
+        name: d.name.clone(),
+        capacity_bytes: d.capacity,
+        budget_bytes: d.budget,
+        used_bytes: d.used,
+        held_bytes: d.held,
+        reserved_bytes: d.reserved,
+        waiting: d.waiting,
+        outside_bytes: outside.map(|o| o.bytes),
+        outside_source: outside.map(|o| o.source.name()),
+        outside_age_ms: outside.map(|o| o.source.age_ms()),
+        outside,
+    }
+}
+
+/// Asks the management library for the used bytes of each of `snapshot`'s cards (`None` per card
+/// it cannot tell; all `None` without a reader or a usable library), and how it went.
+pub fn nvml_used(
+    snapshot: &Snapshot,
+    nvml: Option<&mut NvmlReader>,
+) -> (Vec<Option<u64>>, Option<NvmlView>) {
+    let unknown = vec![None; snapshot.devices.len()];
+    let Some(reader) = nvml.filter(|_| !snapshot.devices.is_empty()) else {
+        return (unknown, None);
+    };
+    let uuids: Vec<[u8; 16]> = snapshot.devices.iter().map(|d| d.uuid).collect();
+    let used = reader.used(&uuids);
+    let error = match reader.state() {
+        NvmlState::Failed(message) => Some(message.clone()),
+        _ => None,
+    };
+    let view = NvmlView {
+        library: reader.library().display().to_string(),
+        found: used.is_some(),
+        error,
+    };
+    (used.unwrap_or(unknown), Some(view))
+}
+
 /// The report for one snapshot plus the views of processes found dead (and reclaimed) before it.
 fn report_from(
     ledger_path: &Path,
     snapshot: &Snapshot,
     dead: Vec<ProcessView>,
     reclaimed: u64,
+    nvml: Option<&mut NvmlReader>,
 ) -> StatusReport {
+    let (used, nvml) = nvml_used(snapshot, nvml);
+    let now = now_unix_ms();
     let mut processes: Vec<ProcessView> = snapshot
         .processes
         .iter()
@@ -96,24 +150,18 @@ fn report_from(
         devices: snapshot
             .devices
             .iter()
-            .map(|d| DeviceView {
-                uuid: uuid_text(d.uuid),
-                name: d.name.clone(),
-                capacity_bytes: d.capacity,
-                budget_bytes: d.budget,
-                used_bytes: d.used,
-                held_bytes: d.held,
-                reserved_bytes: d.reserved,
-                waiting: d.waiting,
-            })
+            .zip(used)
+            .map(|(d, used)| device_view(d, used, now))
             .collect(),
         processes,
         reclaimed_bytes: reclaimed,
+        nvml,
     }
 }
 
-/// Reads the ledger in `dir`. A missing ledger is not an error: the report says so.
-pub fn collect(dir: &Path) -> Result<StatusReport, LedgerError> {
+/// Reads the ledger in `dir`, and the cards' used memory from `nvml` (when given). A missing
+/// ledger is not an error: the report says so.
+pub fn collect(dir: &Path, nvml: Option<&mut NvmlReader>) -> Result<StatusReport, LedgerError> {
     let ledger = match Ledger::open_existing(dir) {
         Ok(ledger) => ledger,
         Err(LedgerError::Missing { .. }) => {
@@ -147,7 +195,7 @@ pub fn collect(dir: &Path) -> Result<StatusReport, LedgerError> {
     } else {
         (0, before)
     };
-    Ok(report_from(ledger.path(), &after, dead, reclaimed))
+    Ok(report_from(ledger.path(), &after, dead, reclaimed, nvml))
 }
 
 fn render(format: Format, report: &StatusReport) -> String {
@@ -166,8 +214,9 @@ pub fn status(format: Format, watch: Option<f64>, output: Option<&Path>) -> i32 
         eprintln!("vramguard status: {error}");
     }
     let interval = watch.map(|secs| Duration::from_secs_f64(secs.clamp(0.1, 86_400.0)));
+    let mut nvml = NvmlReader::new(&config.nvml);
     loop {
-        let text = match collect(&config.dir) {
+        let text = match collect(&config.dir, Some(&mut nvml)) {
             Ok(report) => render(format, &report),
             Err(e) => {
                 eprintln!("vramguard status: {e}");

@@ -1,16 +1,30 @@
 //! Why the ledger could not be used, and why a request was refused.
 //!
 //! Every [`LedgerError`] names the file or directory involved and says what to do about it, since
-//! the message usually ends up in front of a user who never heard of the ledger.
+//! the message usually ends up in front of a user who never heard of the ledger. Running out of
+//! space, file descriptors or memory is told apart from a damaged file ([`LedgerError::from_io`]),
+//! since each has its own remedy, and [`Cause`] groups the variants by remedy for the guard, which
+//! says each cause once per process.
+//!
+//! Unsafe code here: one `getrlimit` call, into a local.
+#![allow(unsafe_code)]
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::units::format_size;
 
 /// What the user can do when the ledger file itself is unusable.
 const REMOVE_FIX: &str = "stop every guarded program and remove the file (it is recreated on the \
                           next start), or point VRAMGUARD_DIR at another directory";
+
+/// What to do when the ledger's file system (often a container's `/dev/shm`) has no room.
+pub const SPACE_FIX: &str = "make room there: in Docker give the container more shared memory \
+                         (`docker run --shm-size=256m`; the default /dev/shm is 64 MiB), or \
+                         remove what fills it (`df -h` and `ls -la` on the directory), or set \
+                         VRAMGUARD_DIR to a directory with room, the same for every guarded program";
 
 /// The ledger could not be opened, created or trusted.
 #[derive(Debug)]
@@ -31,6 +45,47 @@ pub enum LedgerError {
         op: &'static str,
         /// the error
         source: io::Error,
+    },
+    /// The ledger's file system has no room for the pages of the ledger file (`ENOSPC`,
+    /// `EDQUOT`): they cannot be reserved, so the file is not used (a page without storage
+    /// kills the process that touches it).
+    NoSpace {
+        /// the ledger file
+        path: PathBuf,
+        /// the operation that failed
+        op: &'static str,
+        /// bytes the ledger needed
+        needed: u64,
+        /// bytes free on the file system when it failed, if known
+        free: Option<u64>,
+    },
+    /// Part of the ledger file has no storage and it cannot be reserved from here (a read-only
+    /// descriptor, or a file system that cannot reserve space): the file is not used.
+    NotBacked {
+        /// the ledger file
+        path: PathBuf,
+        /// bytes without storage, at least
+        missing: u64,
+    },
+    /// This process (`EMFILE`) or the whole system (`ENFILE`) has no file descriptor left; the
+    /// ledger itself is fine.
+    Descriptors {
+        /// the ledger file
+        path: PathBuf,
+        /// the operation that failed
+        op: &'static str,
+        /// the whole system is out of descriptors, not just this process
+        system_wide: bool,
+        /// this process's limit (`RLIMIT_NOFILE`, `ulimit -n`), if known
+        limit: Option<u64>,
+    },
+    /// Out of memory or address space (`ENOMEM`: a memory limit of the container, `ulimit -v`);
+    /// the ledger itself is fine.
+    NoMemory {
+        /// the ledger file
+        path: PathBuf,
+        /// the operation that failed
+        op: &'static str,
     },
     /// The file (or directory) exists but this user may not open it for writing.
     PermissionDenied {
@@ -131,9 +186,127 @@ pub enum LedgerError {
     },
 }
 
+/// The kinds of trouble a [`LedgerError`] can be, each with its own remedy. A guarded process
+/// says each kind once (`LedgerError::cause`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum Cause {
+    /// The ledger's file system is full.
+    Space,
+    /// Out of file descriptors.
+    Descriptors,
+    /// Out of memory or address space.
+    Memory,
+    /// Not allowed to use the file or its directory.
+    Permission,
+    /// The file or directory is missing, of the wrong kind, or a symbolic link.
+    Setup,
+    /// The file's content cannot be trusted (wrong size, magic or header; not backed).
+    Damaged,
+    /// The file was truncated while in use.
+    Truncated,
+    /// The file is of another layout version.
+    Layout,
+    /// A lock stayed busy past its deadline.
+    Busy,
+    /// Every process slot or device record is taken.
+    Full,
+    /// This process's membership or handles are no longer valid.
+    Membership,
+    /// Any other failing system call.
+    System,
+}
+
+impl Cause {
+    /// A number below 32 of its own, for sets of causes kept in one word.
+    pub fn index(self) -> u32 {
+        self as u32
+    }
+}
+
+impl LedgerError {
+    /// The error for `op` on the ledger file `path` failing with `source`: running out of
+    /// space, descriptors or memory gets its own variant (and its own remedy), anything else is
+    /// [`LedgerError::Io`]. `needed`: the bytes the operation wanted from the file system.
+    pub fn from_io(path: &Path, op: &'static str, needed: u64, source: io::Error) -> LedgerError {
+        let path_buf = path.to_owned();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => LedgerError::NoSpace {
+                free: path.parent().and_then(super::backing::free_space),
+                path: path_buf,
+                op,
+                needed,
+            },
+            Some(code @ (libc::EMFILE | libc::ENFILE)) => LedgerError::Descriptors {
+                path: path_buf,
+                op,
+                system_wide: code == libc::ENFILE,
+                limit: descriptor_limit(),
+            },
+            Some(libc::ENOMEM) => LedgerError::NoMemory { path: path_buf, op },
+            _ => LedgerError::Io {
+                path: path_buf,
+                op,
+                source,
+            },
+        }
+    }
+
+    /// Which kind of trouble this is.
+    pub fn cause(&self) -> Cause {
+        match self {
+            Self::NoSpace { .. } => Cause::Space,
+            Self::Descriptors { .. } => Cause::Descriptors,
+            Self::NoMemory { .. } => Cause::Memory,
+            Self::PermissionDenied { .. } | Self::ReadOnly { .. } => Cause::Permission,
+            Self::Directory { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+                Cause::Permission
+            }
+            Self::Directory { .. }
+            | Self::Missing { .. }
+            | Self::Symlink { .. }
+            | Self::NotRegularFile { .. } => Cause::Setup,
+            Self::WrongSize { .. }
+            | Self::BadMagic { .. }
+            | Self::BadHeader { .. }
+            | Self::NotBacked { .. } => Cause::Damaged,
+            Self::Truncated { .. } => Cause::Truncated,
+            Self::LayoutVersion { .. } => Cause::Layout,
+            Self::LockTimeout { .. } => Cause::Busy,
+            Self::SlotsFull { .. } | Self::DevicesFull { .. } => Cause::Full,
+            Self::SlotLost { .. } | Self::UnknownHandle { .. } => Cause::Membership,
+            Self::Io { .. } => Cause::System,
+        }
+    }
+}
+
+/// This process's soft limit of open files, if it has one.
+fn descriptor_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a live `rlimit` the call fills.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
 impl fmt::Display for LedgerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Directory { dir, source }
+                if source.kind() == io::ErrorKind::PermissionDenied && dir.is_dir() =>
+            {
+                write!(
+                    f,
+                    "ledger directory {}: {source}; make it writable for every GPU user (`sudo \
+                     chmod 1777 {}`) or set VRAMGUARD_DIR to a directory of your own (budgets are \
+                     then not shared with others)",
+                    dir.display(),
+                    dir.display()
+                )
+            }
             Self::Directory { dir, source } => write!(
                 f,
                 "ledger directory {}: {source}; create it with `mkdir -p -m 1777 {}` or set \
@@ -148,6 +321,61 @@ impl fmt::Display for LedgerError {
                     path.display()
                 )
             }
+            Self::NoSpace {
+                path,
+                op,
+                needed,
+                free,
+            } => {
+                let free = free.map_or_else(|| "unknown".to_string(), format_size);
+                write!(
+                    f,
+                    "ledger {}: {op} failed: no room for it on its file system ({} needed, \
+                     {free} free); {SPACE_FIX}",
+                    path.display(),
+                    format_size(*needed)
+                )
+            }
+            Self::NotBacked { path, missing } => write!(
+                f,
+                "ledger {}: {} of it have no storage on its file system and cannot be reserved \
+                 from here (read-only, or a file system that cannot reserve space), and touching \
+                 them could kill the program; {REMOVE_FIX}",
+                path.display(),
+                format_size(*missing)
+            ),
+            Self::Descriptors {
+                path,
+                op,
+                system_wide: false,
+                limit,
+            } => {
+                let limit = limit.map_or_else(String::new, |n| format!(" of {n}"));
+                write!(
+                    f,
+                    "ledger {}: {op} failed: this process has used all its file descriptors (its \
+                     limit{limit}, `ulimit -n`); the ledger is fine: raise the limit before \
+                     starting the program (`ulimit -n 65536`, in Docker `--ulimit nofile=65536`)",
+                    path.display()
+                )
+            }
+            Self::Descriptors {
+                path,
+                op,
+                system_wide: true,
+                ..
+            } => write!(
+                f,
+                "ledger {}: {op} failed: the system's table of open files is full; the ledger is \
+                 fine: close programs or raise the system's limit (`sysctl fs.file-max`)",
+                path.display()
+            ),
+            Self::NoMemory { path, op } => write!(
+                f,
+                "ledger {}: {op} failed: out of memory or address space; the ledger is fine: \
+                 raise the program's memory limit (the container's, or `ulimit -v`) or free memory",
+                path.display()
+            ),
             Self::PermissionDenied { path } => write!(
                 f,
                 "ledger {}: permission denied; its owner (or root) can run `chmod 0666 {}`, or set \
@@ -200,6 +428,17 @@ impl fmt::Display for LedgerError {
                 "ledger {} was truncated while in use (by a user with write access to it) and \
                  its content is lost; processes that had it open no longer use it and follow \
                  VRAMGUARD_ON_ERROR until they restart; {REMOVE_FIX}",
+                path.display()
+            ),
+            Self::LayoutVersion {
+                path,
+                found,
+                expected,
+            } if found > expected => write!(
+                f,
+                "ledger {} was made by a newer vramguard (layout version {found}, this one knows \
+                 {expected}); upgrade this program's vramguard so that every guarded program runs \
+                 the same version",
                 path.display()
             ),
             Self::LayoutVersion {

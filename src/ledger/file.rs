@@ -5,6 +5,9 @@
 //! this layout's sizes and offsets. A new file is built under a temporary name, initialised, and
 //! then hard-linked into place, which fails if another process published one first: nobody ever
 //! maps a half-initialised ledger, and two processes racing to create it end up sharing one.
+//! Every page of the file has storage before it is mapped (`backing`): a new file is reserved
+//! whole before it is initialised, an existing one made whole before it is mapped, so that no
+//! page is ever first touched, by any operation, on a file system without room for it.
 //!
 //! Also here: new open file descriptions of an open ledger (through `/proc/self/fd`, so that they
 //! work after the file was removed), and noticing and repairing a file truncated while mapped.
@@ -18,9 +21,13 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::backing::{self, Unbacked};
 use super::error::LedgerError;
 use super::layout::{self, FILE_NAME, FILE_SIZE, LAYOUT_VERSION, LedgerLayout, MAGIC};
 use super::liveness;
+
+/// How long a creator that found no room waits for another creator's ledger to appear.
+const PUBLISHER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Mode of the ledger directory: everybody may create files in it, only owners may remove them.
 const DIR_MODE: u32 = 0o1777;
@@ -59,11 +66,12 @@ impl Mapping {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(LedgerError::Io {
-                path: path.to_owned(),
-                op: "mmap",
-                source: io::Error::last_os_error(),
-            });
+            return Err(LedgerError::from_io(
+                path,
+                "mmap",
+                0,
+                io::Error::last_os_error(),
+            ));
         }
         let base = NonNull::new(base.cast::<LedgerLayout>()).ok_or_else(|| LedgerError::Io {
             path: path.to_owned(),
@@ -123,7 +131,16 @@ pub fn open(dir: &Path, create: bool) -> Result<OpenLedger, LedgerError> {
     // win, and everybody else opens the winner's file.
     for _ in 0..8 {
         match open_file(&path, true) {
-            Err(LedgerError::Missing { .. }) if create => create_and_publish(dir, &path)?,
+            Err(LedgerError::Missing { .. }) if create => match create_and_publish(dir, &path) {
+                // Racing creators each reserve a whole file: on a nearly full file system one
+                // may find no room while another's file is on its way.
+                Err(no_space @ LedgerError::NoSpace { .. }) => {
+                    if !room_after_other_creators(dir, &path) {
+                        return Err(no_space);
+                    }
+                }
+                other => other?,
+            },
             Err(LedgerError::PermissionDenied { .. }) if !create => return open_file(&path, false),
             Err(LedgerError::ReadOnly { .. }) if !create => return open_file(&path, false),
             other => return other,
@@ -136,10 +153,57 @@ pub fn open(dir: &Path, create: bool) -> Result<OpenLedger, LedgerError> {
     })
 }
 
+/// After a creation that found no room: whether to try again. Racing creators each reserve a
+/// whole file, so on a nearly full file system one may find no room while another's file is on
+/// its way, or all may fail together. Waits (up to [`PUBLISHER_WAIT`]) while others are at work;
+/// then true if the ledger appeared, or if the file system has room for it now (after a pause
+/// that differs from creator to creator, so that those who failed together do not meet again).
+/// False when there is no room, or the wait ran out (a temporary file of a creator that died).
+fn room_after_other_creators(dir: &Path, path: &Path) -> bool {
+    let deadline = std::time::Instant::now() + PUBLISHER_WAIT;
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let pause = std::time::Duration::from_micros(200 + u64::from(clock % 2000));
+    let mut paused = false;
+    loop {
+        if fs::symlink_metadata(path).is_ok() {
+            return true;
+        }
+        let others = another_creator_at_work(dir);
+        if !others && paused {
+            return backing::free_space(dir).is_some_and(|free| free >= FILE_SIZE as u64);
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        // Nobody else at work yet: look again once after the pause (a creator may be starting).
+        paused = !others;
+        std::thread::sleep(pause);
+    }
+}
+
+/// Whether `dir` holds a temporary ledger file (see [`create_and_publish`]).
+fn another_creator_at_work(dir: &Path) -> bool {
+    let prefix = format!(".{FILE_NAME}.");
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(".tmp")
+        })
+    })
+}
+
 fn ensure_directory(dir: &Path) -> Result<(), LedgerError> {
-    let directory_error = |source| LedgerError::Directory {
-        dir: dir.to_owned(),
-        source,
+    let directory_error = |source: io::Error| match source.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
+            LedgerError::from_io(&ledger_path(dir), "create the directory", 0, source)
+        }
+        _ => LedgerError::Directory {
+            dir: dir.to_owned(),
+            source,
+        },
     };
     match fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => return Ok(()),
@@ -166,11 +230,7 @@ fn ensure_directory(dir: &Path) -> Result<(), LedgerError> {
 }
 
 fn io_error<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> LedgerError + 'a {
-    move |source| LedgerError::Io {
-        path: path.to_owned(),
-        op,
-        source,
-    }
+    move |source| LedgerError::from_io(path, op, 0, source)
 }
 
 fn create_and_publish(dir: &Path, path: &Path) -> Result<(), LedgerError> {
@@ -198,17 +258,14 @@ fn create_and_publish(dir: &Path, path: &Path) -> Result<(), LedgerError> {
                 dir: dir.to_owned(),
                 source,
             },
-            _ => LedgerError::Io {
-                path: temporary.clone(),
-                op: "create",
-                source,
-            },
+            _ => LedgerError::from_io(path, "create", FILE_SIZE as u64, source),
         })?;
     let result = (|| {
         file.set_permissions(Permissions::from_mode(FILE_MODE))
             .map_err(io_error(path, "chmod"))?;
-        file.set_len(FILE_SIZE as u64)
-            .map_err(io_error(path, "set size"))?;
+        backing::reserve_new(&file, FILE_SIZE as u64).map_err(|source| {
+            LedgerError::from_io(path, "reserve (fallocate)", FILE_SIZE as u64, source)
+        })?;
         let mapping = Mapping::new(file.as_fd(), true, path)?;
         layout::initialise_header(&mapping.layout().header, liveness::unix_ms());
         drop(mapping);
@@ -262,6 +319,20 @@ pub fn open_file(path: &Path, writable: bool) -> Result<OpenLedger, LedgerError>
             expected: FILE_SIZE as u64,
         });
     }
+    backing::ensure_whole(&file, FILE_SIZE as u64, writable).map_err(
+        |unbacked| match unbacked {
+            Unbacked::Failed(source) => LedgerError::from_io(
+                path,
+                "reserve (fallocate)",
+                (FILE_SIZE as u64).saturating_sub(meta.blocks().saturating_mul(512)),
+                source,
+            ),
+            Unbacked::Holes { missing } => LedgerError::NotBacked {
+                path: path.to_owned(),
+                missing,
+            },
+        },
+    )?;
     let mapping = Mapping::new(file.as_fd(), writable, path)?;
     validate(&mapping, path)?;
     Ok(OpenLedger {
@@ -305,11 +376,7 @@ fn classify_open_error(path: &Path, source: io::Error) -> LedgerError {
         },
         Some(libc::EACCES) | Some(libc::EPERM) => LedgerError::PermissionDenied { path: path_buf },
         Some(libc::EROFS) | Some(libc::ETXTBSY) => LedgerError::ReadOnly { path: path_buf },
-        _ => LedgerError::Io {
-            path: path_buf,
-            op: "open",
-            source,
-        },
+        _ => LedgerError::from_io(path, "open", 0, source),
     }
 }
 
@@ -392,14 +459,16 @@ pub fn is_truncated(file: &File) -> bool {
 }
 
 /// Gives a truncated ledger its size back and marks it truncated, without touching the mapping:
-/// the lost pages come back zero-filled, so no process that still maps the file faults on them
-/// any more, and the mark in place of the magic number tells every member (and every newcomer)
-/// that the content is gone. Needs a writable descriptor; best effort otherwise.
+/// the lost pages come back zero-filled and with storage again (where the file system has room),
+/// so no process that still maps the file faults on them any more, and the mark in place of the
+/// magic number tells every member (and every newcomer) that the content is gone. Needs a
+/// writable descriptor; best effort otherwise.
 pub fn restore_size_and_mark(file: &File) {
     use std::os::unix::fs::FileExt;
     // Growing only: a concurrent restorer sets the same size; the content is lost either way.
     if is_truncated(file) {
         let _ = file.set_len(FILE_SIZE as u64);
     }
+    let _ = backing::ensure_whole(file, FILE_SIZE as u64, true);
     let _ = file.write_at(&layout::TRUNCATED_MAGIC.to_le_bytes(), 0);
 }

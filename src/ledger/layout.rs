@@ -111,6 +111,15 @@ pub struct DeviceRecord {
     pub context_bytes: AtomicU64,
     /// Unix time in milliseconds of that measurement; 0: no context was measured yet.
     pub context_measured_unix_ms: AtomicU64,
+    /// The card's used bytes (`total - free` of `cuMemGetInfo_v2`) as a guarded process last
+    /// learned them from the driver. Written without the lock by whoever asked (see
+    /// `driver_figure`); 0 until [`DeviceRecord::driver_seen_unix_ms`] is set.
+    pub driver_used: AtomicU64,
+    /// Of [`DeviceRecord::driver_used`], what the ledger did not hold at that moment (used less
+    /// the held total, never below zero): memory outside the guard, as of then.
+    pub driver_unaccounted: AtomicU64,
+    /// Unix time in milliseconds of that figure; 0 when no guarded process has asked yet.
+    pub driver_seen_unix_ms: AtomicU64,
 }
 
 /// One member's standing on one device. Each word is written only under the device's lock.
@@ -216,6 +225,9 @@ const _: () = {
     assert!(offset_of!(DeviceRecord, name) == 88);
     assert!(offset_of!(DeviceRecord, context_bytes) == 152);
     assert!(offset_of!(DeviceRecord, context_measured_unix_ms) == 160);
+    assert!(offset_of!(DeviceRecord, driver_used) == 168);
+    assert!(offset_of!(DeviceRecord, driver_unaccounted) == 176);
+    assert!(offset_of!(DeviceRecord, driver_seen_unix_ms) == 184);
 
     assert!(size_of::<SlotDevice>() == 48);
     assert!(offset_of!(SlotDevice, held) == 0);

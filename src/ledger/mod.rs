@@ -6,6 +6,8 @@
 //! - [`layout`]: `#[repr(C)]` records of fixed-width atomics, offsets pinned at compile time.
 //! - `file`: opening, creating (atomically published) and validating the file; reopening it
 //!   after removal; repairing it after truncation (see `Ledger::check_file`).
+//! - [`backing`]: every page of the file given storage before it is mapped, so that a full file
+//!   system refuses the ledger cleanly instead of killing the process that touches a page.
 //! - `liveness`: a member is alive exactly while the kernel holds its slot's OFD byte lock.
 //! - `lock`: the per-device compare-and-swap lock, taken over from dead owners.
 //! - `futex`: sleeping and waking on a word of the mapping, always with a timeout.
@@ -14,10 +16,14 @@
 //! - `contexts`: what a context costs on each device, as last measured, and the lock that lets
 //!   one member at a time create a context on a device and measure it.
 //! - `snapshot`: an owned copy of the ledger for display; who holds a device lock.
+//! - `driver_figure`: what guarded processes last learned from the driver about each card's
+//!   memory (for `vramguard status`'s "outside the guard").
 #![deny(unsafe_code)]
 
 mod admission;
+pub mod backing;
 mod contexts;
+mod driver_figure;
 mod error;
 mod file;
 mod futex;
@@ -33,7 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use contexts::ContextCreation;
-pub use error::{LedgerError, Refusal};
+pub use driver_figure::DriverFigure;
+pub use error::{Cause, LedgerError, Refusal, SPACE_FIX};
 pub use layout::{MAX_DEVICES, MAX_PROCESSES};
 pub use snapshot::{
     DeviceSnapshot, LockHolder, ProcessDevice, ProcessSnapshot, ProcessState, Snapshot,
@@ -226,7 +233,14 @@ impl Ledger {
         layout::store_text(&record.name, name);
         record.capacity.store(capacity, Ordering::Relaxed);
         record.budget.store(budget, Ordering::Relaxed);
-        for counter in [&record.charged, &record.held, &record.in_flight] {
+        for counter in [
+            &record.charged,
+            &record.held,
+            &record.in_flight,
+            &record.driver_used,
+            &record.driver_unaccounted,
+            &record.driver_seen_unix_ms,
+        ] {
             counter.store(0, Ordering::Relaxed);
         }
         record.lock.store(0, Ordering::Relaxed);

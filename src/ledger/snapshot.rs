@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 
 use super::layout::{self, DEVICE_READY, SLOT_ACTIVE, SLOT_FREE};
-use super::{DeviceId, Ledger, MAX_DEVICES, MAX_PROCESSES, lock};
+use super::{DeviceId, DriverFigure, Ledger, MAX_DEVICES, MAX_PROCESSES, driver_figure, lock};
 
 /// The whole ledger at (about) one moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct DeviceSnapshot {
     pub reserved: u64,
     /// Requests waiting.
     pub waiting: u32,
+    /// What guarded processes last learned from the driver about the card's memory.
+    pub driver: Option<DriverFigure>,
 }
 
 /// One member process.
@@ -174,6 +176,7 @@ impl Ledger {
                     held: record.held.load(Ordering::Relaxed),
                     reserved: record.in_flight.load(Ordering::Relaxed),
                     waiting: record.waiters.load(Ordering::Relaxed),
+                    driver: driver_figure::figure_of(record),
                 })
             })
             .collect();

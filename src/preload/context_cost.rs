@@ -87,8 +87,16 @@ impl<'a> Probe<'a> {
         };
         probe.before = SOURCES
             .into_iter()
+            .filter(|source| *source != Source::Driver)
             .filter_map(|source| probe.read(source, When::Before))
             .collect();
+        // The driver is asked only when the management library cannot answer: its figure needs
+        // a current context on the device, and asking costs driver calls at every creation.
+        if probe.before.is_empty() {
+            probe
+                .before
+                .extend(probe.read(Source::Driver, When::Before));
+        }
         probe
     }
 

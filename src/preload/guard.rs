@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 use vramguard_core::cuda::{CuDevice, CuResult, CuUuid};
 use vramguard_core::ledger::{
-    DeviceId, Ledger, MAX_DEVICES, Refusal, Request, Reservation, SlotId, WaitReport,
+    ContextCreation, DeviceId, Ledger, MAX_DEVICES, Refusal, Request, Reservation, SlotId,
+    WaitReport,
 };
 use vramguard_core::settings::{Config, OnError, Policy};
 use vramguard_core::units::{format_duration, format_size};
@@ -309,7 +310,7 @@ impl Process {
             .ledger
             .register_device(uuid.0, &name, capacity, budget)
             .map_err(|e| {
-                log::error(&format!("cannot register {uuid} in the ledger: {e}"));
+                crate::state::ledger_failed(&format!("cannot register {uuid} in the ledger"), &e);
                 NoDevice::Unusable
             })?;
         let budget = self.ledger.budget(id);
@@ -442,8 +443,11 @@ impl Process {
                     device.uuid
                 ));
             }
-            Err(Refusal::Ledger(e)) if self.config.on_error == OnError::Open => {
-                log::error(&format!("cannot set the VRAMGUARD_EXPECT claim: {e}"));
+            Err(Refusal::Ledger(e)) => {
+                crate::state::ledger_failed("cannot set the VRAMGUARD_EXPECT claim", &e);
+                if self.config.on_error == OnError::Closed {
+                    return Err(CuResult::OUT_OF_MEMORY);
+                }
             }
             Err(refusal) => {
                 log::warn(&format!(
@@ -496,9 +500,10 @@ impl Process {
         // This process's reservations in flight, this request included (the ledger's figure, or
         // at least this request when the ledger cannot tell).
         let own_in_flight = self.ledger.in_flight(self.slot, device.id).max(bytes);
-        let Some(free) = driver_free() else {
+        let Some((free, total)) = driver_memory() else {
             return DriverCheck::Unknown;
         };
+        self.note_driver_memory(device, free, total);
         if let Some(slot) = slot {
             // What the ledger holds: its admitted total less what is admitted but not taken.
             let holds = admitted
@@ -677,7 +682,7 @@ impl Process {
         refusal: &Refusal,
     ) -> Result<Admitted, CuResult> {
         if let Refusal::Ledger(e) = refusal {
-            log::error(&format!("the ledger cannot decide {what}: {e}"));
+            crate::state::ledger_failed(&format!("the ledger cannot decide {what}"), e);
             return match self.config.on_error {
                 OnError::Open => Ok(Admitted::NOTHING),
                 OnError::Closed => Err(CuResult::OUT_OF_MEMORY),
@@ -758,7 +763,8 @@ impl Process {
 
     /// Creates a context on `device` with `call`, charging what it really takes: one creation
     /// at a time on the device (the ledger's context-creation lock), the estimate
-    /// ([`context_cost::estimate`]) admitted up front as for any allocation, the card read
+    /// ([`context_cost::estimate`]) admitted up front as for any allocation (under `wait`, an
+    /// estimate that does not fit is waited for with the lock let go), the card read
     /// before and after the call ([`context_cost::Probe`]), and the charge set to the measured
     /// figure (the estimate when it cannot be measured). When the context took more than
     /// fits, `undo` destroys it and the caller gets `CUDA_ERROR_OUT_OF_MEMORY`. On success:
@@ -770,23 +776,33 @@ impl Process {
         call: impl FnOnce() -> CuResult,
         undo: impl FnOnce(),
     ) -> Result<(u64, CuResult), CuResult> {
-        let _one_at_a_time = self
-            .ledger
-            .lock_context_creation(device.id, Instant::now() + CONTEXT_CREATION_PATIENCE)
-            .map_err(|e| log::warn(&format!("{what} is created unserialised: {e}")))
-            .ok();
+        // The up-front claim may wait its turn: never while holding the creation lock, which
+        // would keep every other process's context (and its own wait in the ledger) back.
+        self.ensure_claim(device)?;
+        let mut one_at_a_time = self.lock_context_creation(device, what);
         let estimate = context_cost::estimate(&self.ledger, device.id, self.config.context_size);
-        let mut measured = None;
-        let measured_call = || {
-            let probe = context_cost::Probe::start(&self.ledger, self.slot, device);
-            let result = call();
-            if result.is_success() {
-                measured = probe.finish();
-            }
-            result
-        };
-        let (admitted, result) =
-            self.call_admitted(device, Context::Named, estimate, what, measured_call)?;
+        // Under `wait`, an estimate that does not fit now is waited for in the ledger's line
+        // (seen by `vramguard status`, first come first served), the lock let go meanwhile.
+        let waits = self.config.policy == Policy::Wait
+            && self
+                .ledger
+                .available(self.slot, device.id, self.config.limit)
+                < estimate;
+        if waits {
+            one_at_a_time = None;
+        }
+        let admitted = self.admit(device, Context::Named, estimate, what)?;
+        if waits {
+            one_at_a_time = self.lock_context_creation(device, what);
+        }
+        let probe = context_cost::Probe::start(&self.ledger, self.slot, device);
+        let result = call();
+        if !result.is_success() {
+            self.rollback_after(admitted, result);
+            return Err(result);
+        }
+        let measured = probe.finish();
+        drop(one_at_a_time);
         let actual = measured.unwrap_or(estimate);
         let charged = if estimate == 0 {
             // Nothing was admitted up front (the device's contexts measured free so far).
@@ -816,12 +832,28 @@ impl Process {
         }
     }
 
+    /// `device`'s context-creation lock (`None`, said once, when it stayed busy: the creation
+    /// then goes ahead, and its measurement may include another process's context).
+    fn lock_context_creation(&self, device: &Device, what: &str) -> Option<ContextCreation> {
+        self.ledger
+            .lock_context_creation(device.id, Instant::now() + CONTEXT_CREATION_PATIENCE)
+            .map_err(|e| log::warn(&format!("{what} is created unserialised: {e}")))
+            .ok()
+    }
+
     /// Returns held bytes to the ledger.
     #[inline]
     pub fn release(&self, charge: Option<Charge>) {
         if let Some(charge) = charge.filter(|c| c.bytes > 0) {
             self.ledger.release(self.slot, charge.device, charge.bytes);
         }
+    }
+
+    /// Records what the driver just said about `device`'s memory in the ledger, for
+    /// `vramguard status` (its "outside the guard" when the management library cannot say).
+    pub fn note_driver_memory(&self, device: &Device, driver_free: u64, driver_total: u64) {
+        self.ledger
+            .note_driver_memory(device.id, driver_free, driver_total);
     }
 
     /// `cuMemGetInfo` as this process may use the device: (free, total).
@@ -851,13 +883,13 @@ impl Process {
     }
 }
 
-/// The driver's free memory on the current context's device (`cuMemGetInfo_v2`).
-fn driver_free() -> Option<u64> {
+/// The driver's (free, total) memory on the current context's device (`cuMemGetInfo_v2`).
+fn driver_memory() -> Option<(u64, u64)> {
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY: both are live usizes the driver writes.
     unsafe { real::cuMemGetInfo_v2(&mut free, &mut total) }
         .is_success()
-        .then_some(free as u64)
+        .then_some((free as u64, total as u64))
 }
 
 fn query_uuid(ordinal: CuDevice) -> Option<CuUuid> {

@@ -434,10 +434,14 @@ pub unsafe fn cuMemAllocManaged(
 
 // ----- what the process is told ----------------------------------------------------------------
 
-/// The guard's (free, total) for the current device, given the driver's free figure.
-fn guarded_info(driver_free: u64) -> Option<(u64, u64)> {
+/// The guard's (free, total) for the current device, given the driver's free figure and its
+/// total, which is recorded in the ledger when it is known (`None`: clamped by a legacy form).
+fn guarded_info(driver_free: u64, driver_total: Option<u64>) -> Option<(u64, u64)> {
     let process = guarded_process().ok()?;
     let (device, _) = process.current_device().ok()?;
+    if let Some(total) = driver_total {
+        process.note_driver_memory(device, driver_free, total);
+    }
     Some(process.memory_info(device, driver_free))
 }
 
@@ -452,7 +456,10 @@ pub unsafe fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CuResult {
         return result;
     }
     // SAFETY: both non-null and just written by the driver.
-    if let Some((f, t)) = guarded_info(u64::from(unsafe { *free })) {
+    let (driver_free, driver_total) = unsafe { (*free, *total) };
+    // A figure at the 32-bit limit may have been clamped: not recorded.
+    let unclamped = (driver_total < c_uint::MAX).then_some(u64::from(driver_total));
+    if let Some((f, t)) = guarded_info(u64::from(driver_free), unclamped) {
         // SAFETY: as above.
         unsafe {
             *free = f.min(u64::from(c_uint::MAX)) as c_uint;
@@ -473,7 +480,8 @@ pub unsafe fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CuResult {
         return result;
     }
     // SAFETY: both non-null and just written by the driver.
-    if let Some((f, t)) = guarded_info(unsafe { *free } as u64) {
+    let (driver_free, driver_total) = unsafe { (*free, *total) };
+    if let Some((f, t)) = guarded_info(driver_free as u64, Some(driver_total as u64)) {
         // SAFETY: as above.
         unsafe {
             *free = f as usize;

@@ -5,6 +5,9 @@
 //!   the constructor reads it itself; either way it is read once.
 //! - The first guarded call of a process attaches: opens the ledger, checks the driver, joins.
 //!   A failure is said once on stderr, then `VRAMGUARD_ON_ERROR` decides (pass through / refuse).
+//! - The ledger failing an attached process later (a device it cannot register, a decision it
+//!   cannot make) is said once per process per cause ([`ledger_failed`]): the user learns why
+//!   the guard stepped aside and what to do, without a line for every allocation.
 //! - A forked child is recognised by its pid (cached without a system call per call, see
 //!   [`crate::pid`]): its first guarded call attaches it as itself, with empty tables (the
 //!   parent's state is left untouched: its locks may be held by threads that do not exist in the
@@ -12,9 +15,10 @@
 //! - At exit (`atexit`) the process leaves the ledger, which never blocks without a deadline.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use vramguard_core::ledger::{Cause, LedgerError};
 use vramguard_core::settings::{Config, OnError};
 
 use crate::guard::Process;
@@ -110,6 +114,64 @@ fn failure_session() -> Session {
     }
 }
 
+/// What the guard does when attaching failed, as said after the reason.
+fn failure_mode() -> &'static str {
+    match config().on_error {
+        OnError::Open => "VRAMGUARD_ON_ERROR=open: CUDA calls pass through unguarded",
+        OnError::Closed => "VRAMGUARD_ON_ERROR=closed: allocations are refused",
+    }
+}
+
+/// What the guard does with the calls the ledger fails an attached process on.
+fn failure_mode_for_calls() -> &'static str {
+    match config().on_error {
+        OnError::Open => {
+            "VRAMGUARD_ON_ERROR=open: such calls pass through unguarded (said once per process)"
+        }
+        OnError::Closed => {
+            "VRAMGUARD_ON_ERROR=closed: such allocations are refused (said once per process)"
+        }
+    }
+}
+
+/// The causes of ledger failures this process has said: its pid in the upper half, one bit per
+/// [`Cause`] in the lower half (a forked child, another pid, starts with none said).
+static CAUSES_SAID: AtomicU64 = AtomicU64::new(0);
+
+/// Whether this process has not said a ledger failure of `cause` yet; from now on it has.
+fn first_time(cause: Cause) -> bool {
+    let pid = u64::from(crate::pid::current() as u32);
+    let bit = 1u64 << cause.index().min(31);
+    let mut current = CAUSES_SAID.load(Ordering::Acquire);
+    loop {
+        let said = if current >> 32 == pid {
+            current & u64::from(u32::MAX)
+        } else {
+            0
+        };
+        if said & bit != 0 {
+            return false;
+        }
+        match CAUSES_SAID.compare_exchange_weak(
+            current,
+            (pid << 32) | said | bit,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return true,
+            Err(seen) => current = seen,
+        }
+    }
+}
+
+/// Says that `what` failed because of `error`, and what the guard does instead, unless this
+/// process already said a failure of the same cause.
+pub fn ledger_failed(what: &str, error: &LedgerError) {
+    if first_time(error.cause()) {
+        crate::log::error(&format!("{what}: {error}; {}", failure_mode_for_calls()));
+    }
+}
+
 /// How the current call proceeds; attaches on first use.
 #[inline]
 pub fn session() -> Session {
@@ -185,11 +247,7 @@ fn attach(pid: i32) -> Session {
                 Session::Guarded(process)
             }
             Err(message) => {
-                let mode = match config().on_error {
-                    OnError::Open => "VRAMGUARD_ON_ERROR=open: CUDA calls pass through unguarded",
-                    OnError::Closed => "VRAMGUARD_ON_ERROR=closed: allocations are refused",
-                };
-                crate::log::line(&format!("{message}; {mode}"));
+                crate::log::line(&format!("{message}; {}", failure_mode()));
                 FAILED_PID.store(pid, Ordering::Release);
                 failure_session()
             }

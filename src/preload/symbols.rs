@@ -186,3 +186,25 @@ pub mod aux {
     /// `cuMemPoolGetAttribute(CUmemoryPool, CUmemPool_attribute, void*)`
     pub static CU_MEM_POOL_GET_ATTRIBUTE: Symbol = Symbol::new("cuMemPoolGetAttribute\0");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lookup_answer_is_adopted_only_for_a_name_nobody_defines() {
+        extern "C" fn answer() {}
+        let answered = answer as *const () as *mut c_void;
+        // No library defines this name: the driver's answer becomes the slot's function.
+        let missing = Symbol::new("cuVramguardTestNoSuchFunction\0");
+        assert_eq!(missing.resolve(), None);
+        missing.adopt(answered);
+        assert_eq!(missing.resolve(), Some(answered));
+        // A name that is defined keeps its definition.
+        let defined = Symbol::new("getpid\0");
+        let own = defined.resolve().expect("libc defines getpid");
+        defined.adopt(answered);
+        assert_eq!(defined.resolve(), Some(own));
+        assert_ne!(own, answered);
+    }
+}

@@ -4,7 +4,10 @@
  *
  *   client [--device N] [--api default|pitch|managed|async|pool|vmm|array|array3d|mipmapped|ctx]
  *          [--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--threads N] [--fork] [--free-each]
- *          [--keep-going] [--sleep-between-ms MS] [--check-abi]
+ *          [--keep-going] [--sleep-between-ms MS] [--exhaust-fds] [--check-abi]
+ *
+ * --exhaust-fds: right after cuInit, opens /dev/null until the process has no file descriptor
+ * left (EMFILE), and keeps them open: what the guard does without descriptors after attaching.
  *
  * stdout: `alloc ok <bytes>` / `alloc fail <bytes> <CUDA_ERROR_NAME>` per allocation, `holding
  * <ms>` before holding, then `summary path=<path> ok=<n> failed=<n> bytes=<total>
@@ -28,6 +31,7 @@
  * the child starts its own CUDA session after the parent's and reports through a pipe. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,7 +53,7 @@ struct options {
     int device;
     enum api_kind api;
     unsigned long long chunk;
-    int count, hold_ms, hold_if_complete_ms, threads, fork, free_each, keep_going, sleep_between_ms;
+    int count, hold_ms, hold_if_complete_ms, threads, fork, free_each, keep_going, sleep_between_ms, exhaust_fds;
 };
 
 struct results {
@@ -415,11 +419,22 @@ static struct results run_process(const struct options *o, CUcontext ctx, CUdevi
     return total;
 }
 
+/* Opens /dev/null until the descriptor table is full; returns how many were opened. */
+static int exhaust_descriptors(void) {
+    int opened = 0;
+    while (open("/dev/null", O_RDONLY) >= 0) opened++;
+    return opened;
+}
+
 /* cuInit, the device, and its primary context made current (what cudart does first). */
 static CUresult open_device(const struct options *o, CUdevice *dev, CUcontext *ctx, int *init_failed) {
     CUresult r = api.Init(0);
     *init_failed = r != 0;
     if (r != 0) return r;
+    if (o->exhaust_fds) {
+        int opened = exhaust_descriptors();
+        say("exhausted %d descriptors (%s)\n", opened, strerror(errno));
+    }
     r = api.DeviceGet(dev, o->device);
     if (r == 0) r = api.DevicePrimaryCtxRetain(ctx, *dev);
     if (r == 0) r = api.CtxSetCurrent(*ctx);
@@ -434,12 +449,12 @@ static int exit_code(const struct results *res) {
 static void usage(void) {
     fprintf(stderr, "usage: client [--device N] [--api default|pitch|managed|async|pool|vmm|array|array3d|mipmapped|ctx] "
                     "[--chunk SIZE] [--count N] [--hold-ms MS] [--hold-if-complete-ms MS] [--threads N] [--fork] [--free-each] [--keep-going] "
-                    "[--sleep-between-ms MS] [--check-abi]\n");
+                    "[--sleep-between-ms MS] [--exhaust-fds] [--check-abi]\n");
     exit(1);
 }
 
 int main(int argc, char **argv) {
-    struct options o = {0, API_DEFAULT, 64ull << 20, 1, 0, 0, 1, 0, 0, 0, 0};
+    struct options o = {0, API_DEFAULT, 64ull << 20, 1, 0, 0, 1, 0, 0, 0, 0, 0};
     int check_abi = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -461,6 +476,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--fork")) o.fork = 1;
         else if (!strcmp(a, "--free-each")) o.free_each = 1;
         else if (!strcmp(a, "--keep-going")) o.keep_going = 1;
+        else if (!strcmp(a, "--exhaust-fds")) o.exhaust_fds = 1;
         else if (!strcmp(a, "--check-abi")) check_abi = 1;
         else usage();
     }

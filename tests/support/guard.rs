@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vramguard_core::ledger::{Ledger, ProcessSnapshot, Snapshot};
 
-use super::support::{self, Finished, Running};
+use super::support::{self, ClientPath, Finished, Running, Sandbox};
 
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
@@ -19,6 +19,75 @@ pub const GIB: u64 = 1 << 30;
 
 /// How long any single client may take before the test fails.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// 5 x 100 MiB under a 550 MiB limit: the context and two chunks fit, the third is refused by the
+/// guard (the driver never sees it).
+pub fn limited_client(sandbox: &Sandbox, path: ClientPath) -> Command {
+    let mut command = sandbox.command(path, true);
+    command
+        .args(["--chunk", "100MiB", "--count", "5"])
+        .env("VRAMGUARD_LIMIT", "550MiB");
+    command
+}
+
+/// Runs a guarded [`limited_client`] with `dir` as `VRAMGUARD_DIR` through the direct, procaddr
+/// and Python paths under each `VRAMGUARD_ON_ERROR`: see [`check_unusable_ledger_with`].
+pub fn check_unusable_ledger(sandbox: &Sandbox, dir: &std::path::Path, what: &str) -> Vec<String> {
+    check_unusable_ledger_with(
+        sandbox,
+        what,
+        &[ClientPath::Direct, ClientPath::Procaddr, ClientPath::Python],
+        |mut command| {
+            command.env("VRAMGUARD_DIR", dir);
+            command
+        },
+    )
+}
+
+/// Runs a guarded [`limited_client`] of each of `paths` under each `VRAMGUARD_ON_ERROR`, its
+/// command made by `prepare` (which points it at the unusable ledger, or runs it in a private
+/// mount), and checks that the program exits by itself, never by a signal, after exactly one
+/// message of the guard: under `open` the five allocations pass through (the limit is not
+/// applied), under `closed` they are refused with `CUDA_ERROR_OUT_OF_MEMORY`. Returns the
+/// message of every run.
+pub fn check_unusable_ledger_with(
+    sandbox: &Sandbox,
+    what: &str,
+    paths: &[ClientPath],
+    prepare: impl Fn(Command) -> Command,
+) -> Vec<String> {
+    let mut messages = Vec::new();
+    for &path in paths {
+        for on_error in ["open", "closed"] {
+            let mut command = limited_client(sandbox, path);
+            command.env("VRAMGUARD_ON_ERROR", on_error);
+            let finished = run(prepare(command));
+            let context = format!("{what}, {on_error}, {path:?}: {finished:?}");
+            assert!(finished.status.code().is_some(), "killed: {context}");
+            let summary = finished.summary();
+            if on_error == "open" {
+                assert_eq!(finished.status.code(), Some(0), "{context}");
+                assert_eq!(summary.ok, 5, "open: calls pass through: {context}");
+            } else {
+                assert_eq!(
+                    summary.first_error.as_deref(),
+                    Some("CUDA_ERROR_OUT_OF_MEMORY"),
+                    "{context}"
+                );
+                assert_eq!(summary.ok, 0, "{context}");
+            }
+            let lines = guard_lines(&finished.stderr);
+            assert_eq!(lines.len(), 1, "one message: {context}");
+            assert!(
+                lines[0].contains("ledger")
+                    && lines[0].contains(&format!("VRAMGUARD_ON_ERROR={on_error}")),
+                "{context}"
+            );
+            messages.push(lines[0].to_string());
+        }
+    }
+    messages
+}
 
 /// Starts every command, then waits for each (each with its deadline).
 pub fn run_together(commands: Vec<Command>) -> Vec<Finished> {

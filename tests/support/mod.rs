@@ -409,6 +409,17 @@ impl Sandbox {
         client
     }
 
+    /// Starts a client (linked with `-lcuda`) that takes one allocation of `chunk` in the primary
+    /// context and holds it (a minute, or until killed); returns once it holds it (30 s deadline).
+    pub fn hold(&self, guarded: bool, chunk: &str) -> Running {
+        self.start_holding(
+            ClientPath::Direct,
+            guarded,
+            &["--chunk", chunk, "--count", "1", "--hold-ms", "60000"],
+            Duration::from_secs(30),
+        )
+    }
+
     /// A `simcuda` tool command.
     pub fn simcuda(&self, args: &[&str]) -> Command {
         let (_, tool) = simulator_artifacts();
