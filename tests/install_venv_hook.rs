@@ -62,6 +62,16 @@ impl Guarded {
             .env("VRAMGUARD_LOG", "info");
         command
     }
+
+    /// Runs `script` in `bash -c` and checks that its client was refused by the guard after
+    /// `expected` restarts of an interpreter.
+    fn assert_refused_in_bash(&self, script: &str, expected: usize) {
+        let mut command = self.command("bash");
+        command.arg("-c").arg(script);
+        let finished = finish(command);
+        assert_refused_by_guard(&self.sandbox, &finished, script);
+        assert_eq!(restarts(&finished.stderr), expected, "{}", finished.stderr);
+    }
 }
 
 #[test]
@@ -104,28 +114,22 @@ fn dash_m_dash_c_and_stdin_keep_their_arguments_working_directory_and_input() {
     assert_refused_by_guard(&g.sandbox, &finished, "python -c");
 
     // The script on stdin (`python -`): the restarted interpreter reads what the first did not.
-    let mut command = g.command("bash");
-    command.arg("-c").arg(format!(
+    let script = format!(
         "exec {} - --chunk {OVER_BUDGET} < vg_client.py",
         g.python().display()
-    ));
-    let finished = finish(command);
-    assert_refused_by_guard(&g.sandbox, &finished, "python - < client.py");
-    assert_eq!(restarts(&finished.stderr), 1, "{}", finished.stderr);
+    );
+    g.assert_refused_in_bash(&script, 1);
 }
 
 #[test]
 fn an_activated_shell_is_guarded_without_a_restart() {
     let g = guarded_venv();
-    let mut command = g.command("bash");
-    command.arg("-c").arg(format!(
+    let script = format!(
         ". {}/bin/activate && python {} --chunk {OVER_BUDGET}",
         g.venv.display(),
         g.client.display()
-    ));
-    let finished = finish(command);
-    assert_refused_by_guard(&g.sandbox, &finished, "activated shell");
-    assert_eq!(restarts(&finished.stderr), 0, "{}", finished.stderr);
+    );
+    g.assert_refused_in_bash(&script, 0);
 }
 
 #[test]
