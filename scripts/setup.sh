@@ -13,6 +13,9 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v nm >/dev/null 2>&1 || need_apt+=(binutils)
 command -v fish >/dev/null 2>&1 || need_apt+=(fish)
+# systemd-analyze reads the systemd drop-in (tests/cli_service.rs); objdump checks the wheel.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -36,6 +39,19 @@ else
     python3 -m pip --python "$venv/bin/python" install -q --disable-pip-version-check \
         -r tests/clients/requirements.txt
 fi
+
+# >>> Python tools of the installation tests >>>
+# The tests that build the wheel, guard virtualenvs and Jupyter kernels, and check the CDI spec
+# and the Kubernetes manifests (tests/install_*.rs) use a project-local virtualenv,
+# target/pytools, with the pinned packages of scripts/python-tools.txt (never what is installed
+# by hand). Quick when they are already there.
+pytools=target/pytools
+if ! "$pytools/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    echo "setup: creating $pytools" >&2
+    python3 -m venv "$pytools"
+fi
+"$pytools/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/python-tools.txt
+# <<< Python tools of the installation tests <<<
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo is not installed; install Rust (https://rustup.rs) and run this again" >&2

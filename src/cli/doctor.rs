@@ -24,28 +24,28 @@ use super::{library, outside, status};
 
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Level {
+pub(super) enum Level {
     Ok,
     Warn,
     Fail,
 }
 
 /// One line of the doctor's report, with what to do when it is not ok.
-struct Finding {
+pub(super) struct Finding {
     level: Level,
     what: String,
     fix: Option<String>,
 }
 
 impl Finding {
-    fn ok(what: impl Into<String>) -> Self {
+    pub(super) fn ok(what: impl Into<String>) -> Self {
         Finding {
             level: Level::Ok,
             what: what.into(),
             fix: None,
         }
     }
-    fn warn(what: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub(super) fn warn(what: impl Into<String>, fix: impl Into<String>) -> Self {
         Finding {
             level: Level::Warn,
             what: what.into(),
@@ -68,9 +68,15 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(20);
 fn probe(args: &[&std::ffi::OsStr]) -> Result<(Option<i32>, String, String), String> {
     let exe = std::env::current_exe()
         .map_err(|e| format!("cannot find the vramguard executable: {e}"))?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .env_remove("LD_PRELOAD")
+    let mut command = Command::new(exe);
+    command.args(args).env_remove("LD_PRELOAD");
+    run_probe(command)
+}
+
+/// Runs `command` (stdin closed, small output) with the probe deadline; returns (exit code,
+/// stdout, stderr).
+pub(super) fn run_probe(mut command: Command) -> Result<(Option<i32>, String, String), String> {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -672,6 +678,7 @@ pub fn doctor() -> i32 {
         ));
     }
     findings.push(check_library());
+    findings.push(super::interpreter::check(&config));
     findings.extend(check_ledger_dir(&config.dir));
     findings.push(check_ledger_space(&config.dir));
     findings.extend(check_outside(&config.dir, &config.nvml));

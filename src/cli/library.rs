@@ -2,7 +2,9 @@
 //!
 //! Without configuration the library is found, in this order: `$VRAMGUARD_LIBRARY`; next to the
 //! `vramguard` executable (`target/release/` in a build); `<exe dir>/../lib/vramguard/` (the layout
-//! `scripts/install.sh` creates). `scripts/vramguard-run` searches the same places.
+//! `scripts/install.sh` creates); the `vramguard` Python package that the wheel installs beside the
+//! executable (`<exe dir>/../lib/python3.X/site-packages/vramguard/`, `dist-packages` on Debian's
+//! system Python). `scripts/vramguard-run` searches the first three.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -33,8 +35,8 @@ impl fmt::Display for LibraryNotFound {
         }
         write!(
             f,
-            ". Build it (cargo build --release --workspace), install it (scripts/install.sh), or set \
-             VRAMGUARD_LIBRARY to its path"
+            ". Install it (pip install of the vramguard wheel, or scripts/install.sh), build it (cargo \
+             build --release --workspace), or set VRAMGUARD_LIBRARY to its path"
         )
     }
 }
@@ -51,10 +53,34 @@ fn default_places() -> Vec<PathBuf> {
         return Vec::new();
     };
     let prefix = exe_dir.parent().unwrap_or(&exe_dir);
-    vec![
+    let mut places = vec![
         exe_dir.join(LIBRARY_NAME),
         prefix.join("lib").join("vramguard").join(LIBRARY_NAME),
-    ]
+    ];
+    places.extend(python_package_places(&prefix.join("lib")));
+    places
+}
+
+/// Where the wheel puts the library for an executable installed into `<prefix>/bin`: the package
+/// directory in every `python*/{site,dist}-packages` under `<prefix>/lib`, in name order (a
+/// virtualenv, `pip install --user` and a system `pip install` all use this layout).
+fn python_package_places(lib: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(lib) else {
+        return Vec::new();
+    };
+    let mut pythons: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("python"))
+        .map(|entry| entry.path())
+        .collect();
+    pythons.sort();
+    pythons
+        .iter()
+        .flat_map(|python| {
+            ["site-packages", "dist-packages"]
+                .map(|packages| python.join(packages).join("vramguard").join(LIBRARY_NAME))
+        })
+        .collect()
 }
 
 /// Finds the library and returns its absolute, canonical path.

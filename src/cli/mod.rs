@@ -3,22 +3,27 @@
 //! Exit codes are part of the interface; they are listed in `--help` ([`EXIT_CODES`]) and in
 //! `docs/usage.md`.
 
+mod atomic_file;
+mod cdi;
 mod demo;
 mod demo_load;
 mod doctor;
 mod driver;
 mod env;
 mod format;
+mod interpreter;
 mod library;
 mod nvml_reader;
 mod outside;
 mod run;
 mod status;
+mod systemd;
+mod venv;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// The exit codes, as `--help` prints them.
 pub const EXIT_CODES: &str = "\
@@ -26,8 +31,11 @@ Exit codes:
   run     the command's own status (128+N when a signal N ended it);
           125 vramguard could not set up the guard (library not found),
           126 the command cannot be executed, 127 the command was not found
-  status  0 shown (also when no guarded process has run yet), 1 the ledger cannot be read
-  env     0 printed or installed, 1 the library or the virtualenv was not found
+  status  0 shown or written (also when no guarded process has run yet),
+          1 the ledger cannot be read or --output cannot be written
+  env     0 printed, installed or removed; 1 the library, the virtualenv or the unit is not
+          found, or a file cannot be written
+  cdi     0 printed or written, 1 the library is not found or --output cannot be written
   doctor  0 every check passed, 1 a check warned or failed
   demo    0 every act showed what it should, 1 otherwise
   any     2 the command line itself is wrong";
@@ -170,20 +178,41 @@ enum Command {
         /// Redraw every SECS seconds (default 2) until interrupted
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<f64>,
+        /// Write the report to FILE instead of stdout, atomically (a temporary file in the same
+        /// directory, then a rename), e.g. for a node exporter's textfile collector; with
+        /// --watch, rewritten every SECS seconds
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
-    /// Print the shell lines that put the guard in place, or install them into a virtualenv
+    /// Print the shell lines that put the guard in place, or install the guard into a virtualenv
+    /// or a systemd service
+    #[command(group(ArgGroup::new("installable").args(["venv", "systemd"])))]
     Env {
         /// The shell the lines are for
         #[arg(long, value_enum, default_value_t = ShellArg::Sh)]
         shell: ShellArg,
-        /// Install the guard into this virtualenv's activate scripts (undone by `deactivate`);
-        /// set other VRAMGUARD_* variables in your environment as usual
+        /// Guard every interpreter of this virtualenv, however it is started (a start-up hook in
+        /// its site-packages), and its activated shell; set other VRAMGUARD_* variables in your
+        /// environment as usual
         #[arg(
             long,
             value_name = "PATH",
             conflicts_with_all = ["list", "markdown", "policy", "timeout", "expect", "limit", "reserve"]
         )]
         venv: Option<PathBuf>,
+        /// Print the systemd drop-in that preloads the guard (and the options given) into the
+        /// service UNIT (`ollama` means ollama.service)
+        #[arg(long, value_name = "UNIT", conflicts_with_all = ["list", "markdown"])]
+        systemd: Option<String>,
+        /// With --systemd: write the drop-in to ROOT/etc/systemd/system/UNIT.d/vramguard.conf
+        #[arg(long, requires = "systemd", conflicts_with = "remove")]
+        install: bool,
+        /// Undo --venv (hook and activate blocks) or --systemd --install completely
+        #[arg(long, requires = "installable")]
+        remove: bool,
+        /// With --systemd: the file system root the drop-in is written under or removed from
+        #[arg(long, value_name = "DIR", requires = "systemd", default_value = "/")]
+        root: PathBuf,
         /// List every VRAMGUARD_* setting with its default
         #[arg(long, conflicts_with = "markdown")]
         list: bool,
@@ -193,7 +222,14 @@ enum Command {
         #[command(flatten)]
         guard: GuardOptions,
     },
-    /// Check the library, the ledger directory and the driver; explain "CUDA unknown error"
+    /// Print a Container Device Interface spec that guards containers started with
+    /// `--device vramguard.dev/guard=all`
+    #[command(
+        after_help = "Example:\n  sudo vramguard cdi --output /etc/cdi/vramguard.yaml\n  docker run --device vramguard.dev/guard=all --gpus all IMAGE python train.py"
+    )]
+    Cdi(cdi::CdiArgs),
+    /// Check the library, the ledger directory, the driver and whether Python is guarded;
+    /// explain "CUDA unknown error"
     Doctor,
     /// Tell the three-scripts-on-one-card story on a simulated 4 GiB card (no GPU needed)
     Demo,
@@ -223,6 +259,7 @@ pub fn main() -> i32 {
             json,
             prometheus,
             watch,
+            output,
         } => {
             let format = if json {
                 status::Format::Json
@@ -231,11 +268,15 @@ pub fn main() -> i32 {
             } else {
                 status::Format::Human
             };
-            status::status(format, watch)
+            status::status(format, watch, output.as_deref())
         }
         Command::Env {
             shell,
             venv,
+            systemd,
+            install,
+            remove,
+            root,
             list,
             markdown,
             guard,
@@ -245,11 +286,24 @@ pub fn main() -> i32 {
             } else if markdown {
                 env::print_settings_markdown()
             } else if let Some(venv) = venv {
-                env::install_venv(&venv)
+                if remove {
+                    venv::remove(&venv)
+                } else {
+                    venv::install(&venv)
+                }
+            } else if let Some(unit) = systemd {
+                if remove {
+                    systemd::remove(&unit, &root)
+                } else if install {
+                    systemd::install(&unit, &guard, &root)
+                } else {
+                    systemd::print(&unit, &guard)
+                }
             } else {
                 env::print_lines(shell, &guard)
             }
         }
+        Command::Cdi(args) => cdi::cdi(&args),
         Command::Doctor => doctor::doctor(),
         Command::Demo => demo::demo(),
         Command::DemoLoad(args) => demo_load::load(&args),

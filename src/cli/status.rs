@@ -206,8 +206,9 @@ fn render(format: Format, report: &StatusReport) -> String {
     }
 }
 
-/// `vramguard status [--json | --prometheus] [--watch [SECS]]`.
-pub fn status(format: Format, watch: Option<f64>) -> i32 {
+/// `vramguard status [--json | --prometheus] [--watch [SECS]] [--output FILE]`. With `output`
+/// each report replaces the file atomically instead of going to stdout.
+pub fn status(format: Format, watch: Option<f64>, output: Option<&Path>) -> i32 {
     let (config, errors) = Config::from_env();
     for error in errors {
         eprintln!("vramguard status: {error}");
@@ -222,6 +223,19 @@ pub fn status(format: Format, watch: Option<f64>) -> i32 {
                 return 1;
             }
         };
+        if let Some(path) = output {
+            if let Err(e) = super::atomic_file::write(path, text.as_bytes(), 0o644) {
+                eprintln!("vramguard status: cannot write {}: {e}", path.display());
+                return 1;
+            }
+            match interval {
+                Some(every) => {
+                    std::thread::sleep(every);
+                    continue;
+                }
+                None => return 0,
+            }
+        }
         let mut stdout = std::io::stdout().lock();
         let shown = match interval {
             // Clear the screen and move home before each redraw.

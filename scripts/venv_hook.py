@@ -1,0 +1,93 @@
+# vramguard's start-up hook for this virtualenv, imported by `_vramguard.pth` in its site-packages
+# whenever one of its interpreters starts (however it is started: an activated shell, bin/python
+# called directly, a Jupyter kernel, cron, systemd, subprocess, multiprocessing).
+#
+# When libvramguard.so is not loaded into this interpreter yet, it starts the interpreter again
+# (exec: same pid, same stdin and other descriptors, same working directory, same environment
+# plus LD_PRELOAD) with the library preloaded and the exact original arguments (sys.orig_argv),
+# once. It does nothing when the guard is already loaded (by LD_PRELOAD, /etc/ld.so.preload or
+# `vramguard run`) or disabled (VRAMGUARD_DISABLE=1), and never stops the interpreter from
+# starting: when it cannot put the guard in place it says why once on stderr and carries on.
+#
+# Written by `vramguard env --venv PATH` from scripts/venv_hook.py with the library's path filled
+# in; `vramguard env --venv PATH --remove` removes it (or delete this file and _vramguard.pth).
+import os
+import sys
+
+LIBRARY = "@VRAMGUARD_LIBRARY@"
+# Set in the environment of the restarted interpreter (to its pid, which exec keeps), and removed
+# from it at once, so that the restart happens once and children never inherit the marker.
+_MARKER = "_VRAMGUARD_REEXEC"
+_LEVELS = {"off": 0, "error": 1, "warn": 2, "info": 3, "debug": 4}
+
+
+def _say(level, text):
+    wanted = _LEVELS.get(os.environ.get("VRAMGUARD_LOG", "warn").strip().lower(), 2)
+    if _LEVELS[level] <= wanted:
+        try:
+            os.write(2, ("vramguard: %s\n" % text).encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def _loaded():
+    """Whether a libvramguard.so is mapped into this process (None when that cannot be told)."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return b"/libvramguard.so\n" in maps.read()
+    except OSError:
+        return None
+
+
+def _guard():
+    if os.environ.get("VRAMGUARD_DISABLE", "").strip() == "1":
+        return
+    restarted = os.environ.pop(_MARKER, None) == str(os.getpid())
+    loaded = _loaded()
+    if loaded is not False:
+        return
+    if restarted:
+        _say("warn", "%s could not be preloaded into %s; it runs unguarded" % (LIBRARY, sys.executable))
+        return
+    if not os.path.isfile(LIBRARY):
+        _say("warn", "%s is missing: this virtualenv's interpreters run unguarded (remove the hook "
+             "with `vramguard env --venv %s --remove`, or delete %s and its _vramguard.pth)"
+             % (LIBRARY, sys.prefix, __file__))
+        return
+    argv = getattr(sys, "orig_argv", None)
+    if not argv:
+        _say("warn", "Python %d.%d cannot be restarted with its exact arguments (3.10 or later can); "
+             "start it with `vramguard run` to guard it" % sys.version_info[:2])
+        return
+    executable = sys.executable
+    try:
+        own = bool(executable) and os.path.realpath("/proc/self/exe") == os.path.realpath(executable)
+    except OSError:
+        own = False
+    if not own:
+        # An interpreter embedded in another program: restarting it would replace that program.
+        _say("warn", "this interpreter is embedded in another program; start that program with "
+             "`vramguard run` to guard it")
+        return
+    env = dict(os.environ)
+    kept = [entry for entry in env.get("LD_PRELOAD", "").replace(" ", ":").split(":")
+            if entry and os.path.basename(entry) != "libvramguard.so"]
+    env["LD_PRELOAD"] = ":".join([LIBRARY] + kept)
+    env[_MARKER] = str(os.getpid())
+    _say("info", "restarting %s with %s preloaded" % (executable, LIBRARY))
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    try:
+        os.execve(executable, argv, env)
+    except OSError as error:
+        _say("warn", "cannot restart %s with the guard preloaded (%s); it runs unguarded"
+             % (executable, error))
+
+
+try:
+    _guard()
+except Exception:  # the hook never stops an interpreter from starting
+    pass
