@@ -1,5 +1,6 @@
-//! `vramguard cdi` prints a Container Device Interface spec that the CDI JSON schema (vendored in
-//! `tests/cdi-schema/`, validated with the project's Python `jsonschema`) accepts, in YAML and in
+//! `vramguard cdi` prints a Container Device Interface spec that a JSON schema of the CDI spec file
+//! (`tests/cdi-schema/`, written from the specification; validated with the project's Python
+//! `jsonschema`) accepts, in YAML and in
 //! JSON, with the edits that guard a container: the library mounted read-only where `LD_PRELOAD`
 //! points, the host's ledger directory mounted where `VRAMGUARD_DIR` points. The Kubernetes
 //! manifests in `deploy/` parse as YAML, say what they must (hostPath ledger per node, the
@@ -17,17 +18,15 @@ use std::process::Command;
 use serde_json::Value;
 use venv_support::*;
 
-/// Validates each file (YAML or JSON) against the vendored schema and prints it as one JSON line
+/// Validates each file (YAML or JSON) against the schema in `tests/cdi-schema` and prints it as one JSON line
 /// per file; with `--yaml-only`, only parses every YAML document of each file.
 const CHECKER: &str = r#"
 import json, sys
 import jsonschema, yaml
-from referencing import Registry
-from referencing.jsonschema import DRAFT7
 mode, schema_dir, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
-load = lambda name: json.load(open("%s/%s" % (schema_dir, name)))
-registry = Registry().with_resources([("defs.json", DRAFT7.create_resource(load("defs.json")))])
-validator = jsonschema.Draft7Validator(load("schema.json"), registry=registry)
+schema = json.load(open("%s/cdi-spec.schema.json" % schema_dir))
+jsonschema.Draft7Validator.check_schema(schema)
+validator = jsonschema.Draft7Validator(schema)
 for path in paths:
     with open(path) as f:
         documents = list(yaml.safe_load_all(f))
