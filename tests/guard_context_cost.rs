@@ -73,13 +73,10 @@ fn sixteen_programs(sandbox: &Sandbox, chunks: &str) -> (Vec<Outcome>, Vec<Runni
     (outcomes, holding)
 }
 
-/// Bytes the simulated card holds for each live process.
-fn card_holds(report: &Value) -> BTreeMap<u64, u64> {
-    report["processes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["alive"].as_bool() == Some(true))
+/// Bytes per pid of a list of processes that each list their `devices` with `used_bytes` (the
+/// shape of `simcuda report --json` and of `vramguard status --json`).
+fn used_per_pid<'a>(processes: impl Iterator<Item = &'a Value>) -> BTreeMap<u64, u64> {
+    processes
         .map(|p| {
             let used = p["devices"]
                 .as_array()
@@ -92,6 +89,17 @@ fn card_holds(report: &Value) -> BTreeMap<u64, u64> {
         .collect()
 }
 
+/// Bytes the simulated card holds for each live process.
+fn card_holds(report: &Value) -> BTreeMap<u64, u64> {
+    used_per_pid(
+        report["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["alive"].as_bool() == Some(true)),
+    )
+}
+
 /// Bytes `vramguard status --json` shows for each process.
 fn status_shows(sandbox: &Sandbox) -> BTreeMap<u64, u64> {
     let cli = support::artifacts().cli;
@@ -101,20 +109,7 @@ fn status_shows(sandbox: &Sandbox) -> BTreeMap<u64, u64> {
     assert_eq!(finished.status.code(), Some(0), "{finished:?}");
     let status: Value = serde_json::from_str(&finished.stdout)
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", finished.stdout));
-    status["processes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            let used = p["devices"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|d| d["used_bytes"].as_u64())
-                .sum();
-            (p["pid"].as_u64().unwrap_or(0), used)
-        })
-        .collect()
+    used_per_pid(status["processes"].as_array().into_iter().flatten())
 }
 
 /// Every holding process is shown with what the card holds for it, within 1%.
@@ -140,6 +135,24 @@ fn refused_cleanly(finished: &Finished) -> bool {
     finished.summary().first_error.as_deref() == Some("CUDA_ERROR_OUT_OF_MEMORY")
 }
 
+/// What every run of the sixteen must show: each refusal a clean out-of-memory, each holder
+/// shown as the card holds it, the card never over-committed. Then the holders are let go.
+fn assert_a_clean_start(
+    sandbox: &Sandbox,
+    outcomes: &[Outcome],
+    holding: Vec<Running>,
+    context: &str,
+) {
+    for outcome in outcomes {
+        if let Outcome::Refused(f) = outcome {
+            assert!(refused_cleanly(f), "{context}: {f:?}");
+        }
+    }
+    assert_status_matches_the_card(sandbox, outcomes, context);
+    assert_card_safe(&sandbox.sim_report(), 0);
+    holding.into_iter().for_each(|p| drop(p.kill()));
+}
+
 #[test]
 fn contexts_that_cost_nothing_let_all_sixteen_start() {
     for nvml in [Nvml::PerProcess, Nvml::CardOnly] {
@@ -160,9 +173,7 @@ fn contexts_that_cost_nothing_let_all_sixteen_start() {
                 .all(|o| matches!(o, Outcome::Holding(_, true))),
             "{context}: an allocation was refused"
         );
-        assert_status_matches_the_card(&sandbox, &outcomes, &context);
-        assert_card_safe(&sandbox.sim_report(), 0);
-        holding.into_iter().for_each(|p| drop(p.kill()));
+        assert_a_clean_start(&sandbox, &outcomes, holding, &context);
     }
 }
 
@@ -173,19 +184,12 @@ fn contexts_of_64_mib_are_charged_64_mib() {
         let sandbox = card("64MiB", nvml);
         // 16 x (64 + 16) MiB do not fit the 768 MiB budget: some are refused, cleanly.
         let (outcomes, holding) = sixteen_programs(&sandbox, "1");
-        for outcome in &outcomes {
-            if let Outcome::Refused(f) = outcome {
-                assert!(refused_cleanly(f), "{context}: {f:?}");
-            }
-        }
         assert!(
             holding.len() >= 8,
             "{context}: only {} of 16 started",
             holding.len()
         );
-        assert_status_matches_the_card(&sandbox, &outcomes, &context);
-        assert_card_safe(&sandbox.sim_report(), 0);
-        holding.into_iter().for_each(|p| drop(p.kill()));
+        assert_a_clean_start(&sandbox, &outcomes, holding, &context);
     }
 }
 
@@ -200,14 +204,11 @@ fn contexts_of_700_mib_refuse_the_programs_that_do_not_fit_at_context_creation()
         assert_eq!(holding.len(), 1, "{context}");
         for outcome in &outcomes {
             if let Outcome::Refused(f) = outcome {
-                assert!(refused_cleanly(f), "{context}: {f:?}");
                 assert!(f.stdout.contains("setup fail"), "{context}: {f:?}");
                 assert_eq!(f.summary().ok, 0, "{context}: {f:?}");
             }
         }
-        assert_status_matches_the_card(&sandbox, &outcomes, &context);
-        assert_card_safe(&sandbox.sim_report(), 0);
-        holding.into_iter().for_each(|p| drop(p.kill()));
+        assert_a_clean_start(&sandbox, &outcomes, holding, &context);
     }
 }
 

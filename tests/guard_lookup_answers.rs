@@ -34,6 +34,25 @@ fn internal_calls(sandbox: &Sandbox, pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no process {pid} in {report}"))
 }
 
+/// A guarded holder on the runtime's path with `gib` x 1 GiB, checked to be in the ledger with
+/// its allocations and its 300 MiB context.
+fn runtime_holder(sandbox: &Sandbox, mode: &str, gib: u64) -> support::Running {
+    let uuid = sim_uuid(&sandbox.sim_report(), 0);
+    let count = gib.to_string();
+    let holder = sandbox.start_holding(
+        ClientPath::Procaddr,
+        true,
+        &["--chunk", "1GiB", "--count", &count, "--hold-ms", "60000"],
+        CLIENT_DEADLINE,
+    );
+    assert_eq!(
+        charged(&snapshot(sandbox), holder.pid(), uuid),
+        gib * 1024 * MIB + 300 * MIB,
+        "{mode}: the holder's allocations are not in the ledger"
+    );
+    holder
+}
+
 #[test]
 fn the_simulated_driver_really_answers_with_internal_functions() {
     // The premise of every other test here: without the guard, the runtime's path calls the
@@ -84,20 +103,8 @@ fn a_limit_gives_a_clean_out_of_memory_whatever_the_driver_answers() {
 fn a_budget_shared_with_another_process_is_respected_whatever_the_driver_answers() {
     for mode in ANSWER_MODES {
         let sandbox = card(mode);
-        let uuid = sim_uuid(&sandbox.sim_report(), 0);
         // The holder reaches the driver the runtime's way too: 2 GiB + its context.
-        let holder = sandbox.start_holding(
-            ClientPath::Procaddr,
-            true,
-            &["--chunk", "1GiB", "--count", "2", "--hold-ms", "60000"],
-            CLIENT_DEADLINE,
-        );
-        let holder_charge = charged(&snapshot(&sandbox), holder.pid(), uuid);
-        assert_eq!(
-            holder_charge,
-            2048 * MIB + 300 * MIB,
-            "{mode}: the holder's allocations are not in the ledger"
-        );
+        let holder = runtime_holder(&sandbox, mode, 2);
         // Budget 3.75 GiB less 2.3 GiB held: 1.45 GiB, of which the newcomer's context takes
         // 300 MiB, so 11 chunks of 100 MiB fit and the 12th is refused by the guard.
         let mut newcomer = sandbox.command(ClientPath::Procaddr, true);
@@ -119,19 +126,7 @@ fn a_budget_shared_with_another_process_is_respected_whatever_the_driver_answers
 fn a_killed_process_gives_its_memory_back_whatever_the_driver_answers() {
     for mode in ANSWER_MODES {
         let sandbox = card(mode);
-        let uuid = sim_uuid(&sandbox.sim_report(), 0);
-        let holder = sandbox.start_holding(
-            ClientPath::Procaddr,
-            true,
-            &["--chunk", "1GiB", "--count", "3", "--hold-ms", "60000"],
-            CLIENT_DEADLINE,
-        );
-        let pid = holder.pid();
-        assert_eq!(
-            charged(&snapshot(&sandbox), pid, uuid),
-            3072 * MIB + 300 * MIB,
-            "{mode}: the holder's allocations are not in the ledger"
-        );
+        let holder = runtime_holder(&sandbox, mode, 3);
         // While it holds, a 1 GiB request cannot fit the 3.75 GiB budget...
         let mut blocked = sandbox.command(ClientPath::Procaddr, true);
         blocked.args(["--chunk", "1GiB", "--count", "1"]);
