@@ -277,18 +277,7 @@ fn a_guarded_programs_own_question_to_the_driver_is_remembered() {
 /// answers (from the driver figure, else unknown) and says why NVML is of no use.
 #[test]
 fn a_management_library_that_fails_or_hangs_does_not_stop_status() {
-    let source = support::repo().join("tests/clients/broken_nvml.c");
-    let library = support::build_c(
-        "libbroken-nvml.so",
-        std::slice::from_ref(&source),
-        &[
-            "-shared".as_ref(),
-            "-fPIC".as_ref(),
-            "-Wall".as_ref(),
-            "-Werror".as_ref(),
-            source.as_os_str(),
-        ],
-    );
+    let library = support::broken_nvml();
     let mut sandbox = card();
     sandbox.set_env("VRAMGUARD_NVML", library.to_str().unwrap());
     let _guarded = sandbox.hold(true, "64MiB");

@@ -330,3 +330,35 @@ fn programs_waiting_for_room_for_their_context_wait_in_line_together() {
     }
     assert_card_safe(&sandbox.sim_report(), 0);
 }
+
+#[test]
+fn a_management_library_that_hangs_does_not_stop_a_context_creation() {
+    // NVML can hang on a wedged GPU: the guard gives up on it after its patience, says so once,
+    // and measures through the driver where it can (the created contexts, with one current).
+    let mut sandbox = Sandbox::new("4GiB");
+    sandbox
+        .set_env("SIMCUDA_CONTEXT_COST", "40MiB")
+        .set_env("VRAMGUARD_NVML", support::broken_nvml().to_str().unwrap())
+        .set_env("BROKEN_NVML", "hang");
+    sandbox.init();
+    let mut holder = sandbox.start_client(
+        ClientPath::Direct,
+        true,
+        &["--api", "ctx", "--count", "2", "--hold-ms", "60000"],
+    );
+    holder.wait_for_line("holding", CLIENT_DEADLINE);
+    let pid = u64::from(holder.pid());
+    // The primary context keeps the 300 MiB estimate; the two created ones are measured.
+    let shown = status_shows(&sandbox);
+    assert_eq!(
+        shown.get(&pid),
+        Some(&(300 * MIB + 2 * 40 * MIB)),
+        "{shown:?}"
+    );
+    let finished = holder.kill();
+    let warnings = finished
+        .stderr
+        .matches("the management library did not answer")
+        .count();
+    assert_eq!(warnings, 1, "{finished:?}");
+}

@@ -21,7 +21,9 @@
 //! figure measured on the device).
 
 use std::os::unix::fs::MetadataExt;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
 
 use vramguard_core::cuda::CuDevice;
 use vramguard_core::ledger::{DeviceId, Ledger, SlotId};
@@ -127,9 +129,11 @@ impl<'a> Probe<'a> {
                 if !in_host_pid_namespace() {
                     return None;
                 }
-                let nvml = nvml()?;
-                let device = nvml.device_by_uuid(&self.device.uuid.0).ok()?;
-                let listed = nvml.process_memory(device, std::process::id()).ok()?;
+                let uuid = self.device.uuid.0;
+                let listed = ask_nvml(move |nvml| {
+                    let device = nvml.device_by_uuid(&uuid).ok()?;
+                    nvml.process_memory(device, std::process::id()).ok()
+                })?;
                 match (listed, when) {
                     (Some(used), _) => used,
                     // Before its first context the process is not listed: it holds nothing yet.
@@ -140,9 +144,11 @@ impl<'a> Probe<'a> {
                 }
             }
             Source::NvmlDevice => {
-                let nvml = nvml()?;
-                let device = nvml.device_by_uuid(&self.device.uuid.0).ok()?;
-                nvml.memory(device).ok()?.used
+                let uuid = self.device.uuid.0;
+                ask_nvml(move |nvml| {
+                    let device = nvml.device_by_uuid(&uuid).ok()?;
+                    Some(nvml.memory(device).ok()?.used)
+                })?
             }
             Source::Driver => driver_used(self.device.ordinal)?,
         };
@@ -175,9 +181,48 @@ fn in_host_pid_namespace() -> bool {
     std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == HOST_PID_NAMESPACE_INODE)
 }
 
-/// The management library, opened at the first context creation (`VRAMGUARD_NVML`); `None`
-/// (said once, at debug level: most machines without it measure through the driver) when it
-/// cannot be loaded.
+/// How long the management library may take to answer one question (opening it included)
+/// before the guard stops asking it: on a wedged GPU NVML can hang, and the program's context
+/// creation must go on.
+const NVML_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Set once the management library failed to answer in time: it is not asked again.
+static NVML_GAVE_UP: AtomicBool = AtomicBool::new(false);
+
+/// Asks the management library `question` in a thread of its own, waiting at most
+/// [`NVML_PATIENCE`]; `None` when it cannot be loaded, does not know, or did not answer in time
+/// (said once; the thread is left behind and goes with the process).
+fn ask_nvml<T: Send + 'static>(
+    question: impl FnOnce(&'static Nvml) -> Option<T> + Send + 'static,
+) -> Option<T> {
+    if NVML_GAVE_UP.load(Ordering::Acquire) {
+        return None;
+    }
+    let (answer, answered) = mpsc::channel();
+    let asked = std::thread::Builder::new()
+        .name("vramguard-nvml".into())
+        .spawn(move || {
+            let _ = answer.send(nvml().and_then(question));
+        });
+    if asked.is_err() {
+        return None;
+    }
+    match answered.recv_timeout(NVML_PATIENCE) {
+        Ok(found) => found,
+        Err(_) => {
+            if !NVML_GAVE_UP.swap(true, Ordering::AcqRel) {
+                log::warn(&format!(
+                    "the management library did not answer within {NVML_PATIENCE:?}: contexts are measured without it"
+                ));
+            }
+            None
+        }
+    }
+}
+
+/// The management library, opened at the first question (`VRAMGUARD_NVML`); `None` (said once,
+/// at debug level: most machines without it measure through the driver) when it cannot be
+/// loaded. Only [`ask_nvml`]'s thread calls this.
 fn nvml() -> Option<&'static Nvml> {
     static NVML: OnceLock<Option<Nvml>> = OnceLock::new();
     NVML.get_or_init(|| {

@@ -210,6 +210,23 @@ fn build_clients() -> Clients {
     }
 }
 
+/// A management library that cannot answer (`tests/clients/broken_nvml.c`): `nvmlInit_v2` fails,
+/// or with `BROKEN_NVML=hang` never returns, as NVML can on a wedged GPU.
+pub fn broken_nvml() -> PathBuf {
+    let source = repo().join("tests/clients/broken_nvml.c");
+    build_c(
+        "libbroken-nvml.so",
+        std::slice::from_ref(&source),
+        &[
+            "-shared".as_ref(),
+            "-fPIC".as_ref(),
+            "-Wall".as_ref(),
+            "-Werror".as_ref(),
+            source.as_os_str(),
+        ],
+    )
+}
+
 /// Compiles a C program or library with `cc -o <output> <args>` into `<target>/clients/`, unless
 /// it is already newer than every one of `inputs`, and returns its path. Test binaries building
 /// at once serialise on a lock in that directory (given up after 5 minutes).
