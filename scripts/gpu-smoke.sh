@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # gpu-smoke.sh: checks vramguard on a real NVIDIA card with PyTorch (it cannot run without one).
 #
-# Starts three real PyTorch processes under the guard that together want more than the card, each
-# declaring its need up front (--expect):
+# First checks that the guard sees what real PyTorch allocates (through NVIDIA's runtime and its
+# cuGetProcAddress lookups, whatever pointers the driver answers with):
+#   0. a process holding 512 MiB is shown by `vramguard status --json` with at least that much,
+#      and one that wants 2 GiB under --limit 1GiB gets a clean OutOfMemoryError.
+# Then starts three real PyTorch processes under the guard that together want more than the card,
+# each declaring its need up front (--expect):
 #   1. policy deny: each wants 60% of the card; expected: one loads, the others fail at once with a
 #                   clean out-of-memory (torch.cuda.OutOfMemoryError, or the driver's out-of-memory
 #                   at start), none dies of anything else;
@@ -110,6 +114,34 @@ phase() {
 }
 
 verdict=0
+# Phase 0: the guard sees real PyTorch's allocations. A process holding 512 MiB must show in the
+# ledger with at least that much; 2 GiB wanted under a 1 GiB limit must end in OutOfMemoryError.
+"$vramguard" run -- "$python" "$work/load.py" seen 512 20 >"$work/seen.out" 2>&1 &
+seen=$!
+shown_mib=0
+for _ in $(seq 1 100); do
+    grep -q LOADED "$work/seen.out" && break
+    sleep 0.2
+done
+shown_mib=$("$vramguard" status --json 2>/dev/null | "$python" -c '
+import json, sys
+report = json.load(sys.stdin)
+print(sum(d["used_bytes"] for p in report["processes"] for d in p["devices"]) >> 20)' || echo 0)
+kill "$seen" 2>/dev/null || true
+wait "$seen" 2>/dev/null || true
+echo "gpu-smoke: seen: a PyTorch process holding 512 MiB is shown with ${shown_mib} MiB (its context included)"
+if [ "${shown_mib:-0}" -lt 512 ]; then
+    echo "gpu-smoke: seen phase FAILED: the guard does not see PyTorch's allocations"; verdict=1
+fi
+if "$vramguard" run --limit 1GiB -- "$python" "$work/load.py" limited 2048 0 >"$work/limited.out" 2>&1; then
+    limited_code=0
+else
+    limited_code=$?
+fi
+echo "gpu-smoke: limited: exit $limited_code; $(tail -n 1 "$work/limited.out")"
+if [ "$limited_code" -ne 2 ]; then
+    echo "gpu-smoke: seen phase FAILED: 2 GiB under a 1 GiB limit should end in OutOfMemoryError"; verdict=1
+fi
 phase deny --policy deny --expect "${want_mib}MiB"
 if [ "$loaded" -lt 1 ] || [ "$other" -ne 0 ] || [ "$((loaded + oom))" -ne 3 ]; then
     echo "gpu-smoke: deny phase FAILED: expected a load and only clean out-of-memory errors"; verdict=1
