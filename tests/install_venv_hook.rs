@@ -362,16 +362,7 @@ fn remove_leaves_the_virtualenv_as_it_was() {
             .keys()
             .any(|p| p.to_string_lossy().contains("_vramguard_hook.cpython"))
     );
-    let out = vramguard_ok(
-        &sandbox,
-        &cli,
-        &[
-            "env".as_ref(),
-            "--venv".as_ref(),
-            venv.as_os_str(),
-            "--remove".as_ref(),
-        ],
-    );
+    let out = remove_hook(&sandbox, &cli, venv.as_os_str());
     assert!(out.contains("removed the start-up hook"), "{out}");
     let after = tree(&venv);
     let added: Vec<_> = after.keys().filter(|k| !before.contains_key(*k)).collect();
@@ -382,20 +373,20 @@ fn remove_leaves_the_virtualenv_as_it_was() {
     );
     assert!(after == before, "a file's contents differ after --remove");
     // Removing again is fine and says so.
-    let out = vramguard_ok(
-        &sandbox,
-        &cli,
-        &[
-            "env".as_ref(),
-            "--venv".as_ref(),
-            venv.as_os_str(),
-            "--remove".as_ref(),
-        ],
-    );
+    let out = remove_hook(&sandbox, &cli, venv.as_os_str());
     assert!(out.contains("had no guard to remove"), "{out}");
 }
 
 /// `vramguard doctor`'s line about Python, for the interpreter chosen through `env`.
+/// `vramguard env --venv VENV --remove`, which must succeed; returns what it printed.
+fn remove_hook(sandbox: &Sandbox, cli: &Path, venv: &OsStr) -> String {
+    vramguard_ok(
+        sandbox,
+        cli,
+        &["env".as_ref(), "--venv".as_ref(), venv, "--remove".as_ref()],
+    )
+}
+
 fn doctor_python_line(sandbox: &Sandbox, env: &[(&str, &OsStr)]) -> String {
     let mut command = sandbox.program(vramguard());
     command.arg("doctor").env_remove("VIRTUAL_ENV");
@@ -431,11 +422,7 @@ fn doctor_says_whether_the_interpreter_is_guarded_and_why_not() {
         "{line}"
     );
     // Through VRAMGUARD_PYTHON (what `python -m vramguard` sets), after the hook is removed.
-    vramguard_ok(
-        &g.sandbox,
-        &vramguard(),
-        &["env".as_ref(), "--venv".as_ref(), venv, "--remove".as_ref()],
-    );
+    remove_hook(&g.sandbox, &vramguard(), venv);
     let python = g.python();
     let line = doctor_python_line(&g.sandbox, &[("VRAMGUARD_PYTHON", python.as_os_str())]);
     assert!(
