@@ -1,5 +1,7 @@
 //! The core of vramguard, shared by the preload library (`libvramguard.so`) and the `vramguard`
-//! command line.
+//! command line. It holds only what the preload library needs (its dependencies are `libc` and
+//! `cudarc`'s types); the command line's parsing and serialisation live in the `vramguard`
+//! package.
 //!
 //! Nothing in this crate exports a C symbol: the hooks live only in the preload crate
 //! (`src/preload`), so that the CLI and the test binaries, which link this crate, never intercept
