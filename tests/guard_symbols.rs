@@ -19,7 +19,8 @@ fn listed_functions() -> BTreeSet<String> {
         .filter_map(|line| {
             let line = line.trim();
             let name = line.split('(').next()?;
-            (line.ends_with(");") && name.starts_with("cu")).then(|| name.to_string())
+            (line.ends_with(';') && line.contains(") = ") && name.starts_with("cu"))
+                .then(|| name.to_string())
         })
         .collect()
 }

@@ -8,37 +8,33 @@
 //! Every allocation is admitted against the shared ledger (`vramguard_core::ledger`) first.
 //! `docs/design.md` explains the whole design.
 //!
-//! - [`functions`]: the one list of guarded functions, and the exports and slots made from it.
-//! - [`dlsym`]: the interposed `dlsym` (a naked tail-jump trampoline).
-//! - [`procaddr`]: which guarded variant a `cuGetProcAddress` query names.
-//! - [`symbols`]: the real `dlsym`, our handle on the driver, lock-free function slots.
-//! - [`hooks`]: the body of each guarded function.
-//! - [`guard`]: admission against the ledger and the driver, device identity.
-//! - [`headroom`]: when an allocation asks the driver for its free memory.
-//! - [`context_cost`]: what a context takes on the card, measured across its creation.
-//! - [`current`]: the current context and its device, cached for all threads.
-//! - [`tables`]: what this process holds (pointers, handles, arrays, contexts, pools).
-//! - [`pointers`]: the map from device pointers to what they hold.
-//! - [`layouts`]: the driver structures read, and array sizes.
-//! - [`state`]: configuration, lazy attach, fork and exit.
-//! - [`pid`]: this process's pid, cached in a page the kernel wipes in forked children.
-//! - [`boundary`]: no panic crosses into the host program.
-//! - [`log`]: stderr lines prefixed `vramguard: `.
+//! The modules follow a call's path, from the program to the driver:
+//! - [`functions`]: the one list of guarded functions with their `cuGetProcAddress` cut-offs;
+//!   everything below that names a function is generated from it.
+//! - [`exports`]: the exported driver symbols, each a panic boundary ([`boundary`]) around its
+//!   hook; what `dlsym` and `cuGetProcAddress` answers hand out.
+//! - [`lookup`]: the interposed `dlsym`, the `cuGetProcAddress` answers, and the real functions.
+//! - [`hooks`]: the body of each guarded function, one file per API family.
+//! - [`admission`]: devices, admission against the ledger and the driver, claims, contexts'
+//!   cost, messages.
+//! - [`process`]: this process in the ledger: attachment, fork and exit, what it holds.
+//! - [`driver`]: the helper driver calls the guard makes itself, the current context.
+//! - [`config`], [`log`], [`pid`]: configuration read once, stderr lines, the cached pid.
+//!
+//! Lower layers never reach up: `log`, `pid`, `config` and `lookup::symbols` use nothing above
+//! them, and symbol lookup returns its errors for the layers above to say. The one import circle
+//! is the one the one-list design implies: the exports call the hooks, and the lookup hooks hand
+//! out the exports.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod admission;
 mod boundary;
-mod context_cost;
-mod current;
-mod dlsym;
+mod config;
+mod driver;
+mod exports;
 mod functions;
-mod guard;
-mod headroom;
 mod hooks;
-mod layouts;
 mod log;
+mod lookup;
 mod pid;
-mod pointers;
-mod procaddr;
-mod state;
-mod symbols;
-mod tables;
+mod process;

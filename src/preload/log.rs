@@ -1,12 +1,26 @@
 //! The guard's only voice: short lines on stderr, prefixed `vramguard: `, filtered by
 //! `VRAMGUARD_LOG`. Never stdout. Written with one `write(2)` per line so lines from threads do
 //! not interleave.
+//!
+//! The level is this module's own, set once the configuration is read ([`set_level`]); until
+//! then it is `VRAMGUARD_LOG`'s default, `warn`. So every layer may log without reaching up to the
+//! configuration.
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use vramguard_core::settings::LogLevel;
 
+/// The level, as a `LogLevel` discriminant.
+static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Warn as u8);
+
+/// Sets the level (from `VRAMGUARD_LOG`).
+pub fn set_level(level: LogLevel) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
 #[inline]
 fn enabled(level: LogLevel) -> bool {
-    crate::state::config().log >= level
+    LEVEL.load(Ordering::Relaxed) >= level as u8
 }
 
 /// Writes one line to stderr, unconditionally.

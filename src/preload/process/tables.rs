@@ -17,12 +17,12 @@
 //! `cuMemRetainAllocationHandle`) and the charge is released with the last one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
+use rustc_hash::FxBuildHasher;
 use vramguard_core::cuda::CuDevice;
 use vramguard_core::ledger::DeviceId;
 
-use crate::pointers::PointerMap;
+use super::pointers::PointerMap;
 
 /// Something that holds device memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,43 +81,11 @@ struct Primary {
     handle: usize,
 }
 
-/// A hasher for the tables' other keys (device pointers have [`PointerMap`]): driver handles and
-/// addresses, which the driver hands out (nobody chooses them to collide), so a multiply-rotate hash (the Fx hash of rustc, with
-/// its final rotation) serves as well as SipHash at a fraction of its cost on every allocation
-/// and free.
-#[derive(Default, Clone, Copy)]
-pub struct HandleHasher(u64);
-
-impl Hasher for HandleHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_usize(&mut self, word: usize) {
-        self.write_u64(word as u64);
-    }
-
-    fn write_isize(&mut self, word: isize) {
-        self.write_u64(word as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        // The product's high bits are the well-mixed ones, and the map picks buckets by the low
-        // bits: aligned addresses would otherwise all land in one bucket.
-        self.0.rotate_left(26)
-    }
-}
-
-/// A map keyed by driver handles.
-type HandleMap<K, V> = HashMap<K, V, BuildHasherDefault<HandleHasher>>;
+/// A map keyed by driver handles and addresses (device pointers have [`PointerMap`]), which the
+/// driver hands out (nobody chooses them to collide): the Fx hash serves as well as SipHash at a
+/// fraction of its cost on every allocation and free, and its final rotation spreads aligned
+/// addresses over the buckets.
+type HandleMap<K, V> = HashMap<K, V, FxBuildHasher>;
 
 /// The per-process tables.
 #[derive(Default, Debug)]
@@ -468,7 +436,7 @@ mod tests {
     #[test]
     fn aligned_addresses_spread_over_buckets() {
         use std::hash::BuildHasher;
-        let build = BuildHasherDefault::<HandleHasher>::default();
+        let build = FxBuildHasher;
         let buckets: std::collections::HashSet<u64> = (1..=1024u64)
             .map(|i| build.hash_one(Key::Pointer(0x7f00_0000_0000 + i * (2 << 20))) & 1023)
             .collect();

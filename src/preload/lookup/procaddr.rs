@@ -9,97 +9,31 @@
 //! of the name's family (`_v2`, `_v3`, `_v4`, `_ptsz`) gets that member's wrapper. So
 //! `"cuGetProcAddress"` always comes back as our lookup, and every later lookup passes here.
 //!
-//! Cut-offs are those of the CUDA headers (`cudaTypedefs.h`: `PFN_cuMemAlloc_v3020`,
-//! `PFN_cuCtxCreate_v11040`, `PFN_cuDevicePrimaryCtxRelease_v11000`, ...).
+//! The cut-offs are the list's ([`crate::functions`]), those of the CUDA headers
+//! (`cudaTypedefs.h`: `PFN_cuMemAlloc_v3020`, `PFN_cuCtxCreate_v11040`,
+//! `PFN_cuDevicePrimaryCtxRelease_v11000`, ...).
 
 use std::ffi::{CStr, c_char, c_void};
 
-use crate::functions::Func;
+use super::real;
+use crate::exports::wrapper;
+use crate::functions::{Func, OLDEST_VERSION};
 
 /// `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`
 pub const PER_THREAD_DEFAULT_STREAM: u64 = 2;
 
-/// The guarded variant a `cuGetProcAddress(name, version, flags)` query resolves to, if any.
+/// The guarded variant a `cuGetProcAddress(name, version, flags)` query resolves to, if any: of
+/// the variants listed under `name`, the one with the latest cut-off not after `version`. The
+/// flag selects the per-thread variants of a family that has them (whatever the version, for a
+/// family whose per-thread variant dates from its first version); a family without them answers
+/// the flag with its plain variants.
 pub fn variant(name: &[u8], version: i32, flags: u64) -> Option<Func> {
-    use Func::*;
-    let per_thread = flags & PER_THREAD_DEFAULT_STREAM != 0;
-    let v2_at_3020 = |legacy: Func, v2: Func| Some(if version >= 3020 { v2 } else { legacy });
-    let since = |min: i32, f: Func| (version >= min).then_some(f);
-    let stream =
-        |min: i32, plain: Func, ptsz: Func| since(min, if per_thread { ptsz } else { plain });
-    match name {
-        b"cuInit" => Some(cuInit),
-        b"cuGetProcAddress" => {
-            if version >= 12000 {
-                Some(cuGetProcAddress_v2)
-            } else {
-                since(11030, cuGetProcAddress)
-            }
-        }
-        b"cuMemAlloc" => v2_at_3020(cuMemAlloc, cuMemAlloc_v2),
-        b"cuMemFree" => v2_at_3020(cuMemFree, cuMemFree_v2),
-        b"cuMemAllocPitch" => v2_at_3020(cuMemAllocPitch, cuMemAllocPitch_v2),
-        b"cuMemGetInfo" => v2_at_3020(cuMemGetInfo, cuMemGetInfo_v2),
-        b"cuDeviceTotalMem" => v2_at_3020(cuDeviceTotalMem, cuDeviceTotalMem_v2),
-        b"cuMemAllocManaged" => since(6000, cuMemAllocManaged),
-        b"cuMemAllocAsync" => stream(11020, cuMemAllocAsync, cuMemAllocAsync_ptsz),
-        b"cuMemFreeAsync" => stream(11020, cuMemFreeAsync, cuMemFreeAsync_ptsz),
-        b"cuMemAllocFromPoolAsync" => {
-            stream(11020, cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync_ptsz)
-        }
-        b"cuMemPoolCreate" => since(11020, cuMemPoolCreate),
-        b"cuMemPoolDestroy" => since(11020, cuMemPoolDestroy),
-        b"cuMemPoolTrimTo" => since(11020, cuMemPoolTrimTo),
-        b"cuDeviceGetDefaultMemPool" => since(11020, cuDeviceGetDefaultMemPool),
-        b"cuMemCreate" => since(10020, cuMemCreate),
-        b"cuMemRelease" => since(10020, cuMemRelease),
-        b"cuMemMap" => since(10020, cuMemMap),
-        b"cuMemUnmap" => since(10020, cuMemUnmap),
-        b"cuMemRetainAllocationHandle" => since(11000, cuMemRetainAllocationHandle),
-        // The pre-3020 array calls take 32-bit descriptors; they are not guarded.
-        b"cuArrayCreate" => since(3020, cuArrayCreate_v2),
-        b"cuArray3DCreate" => since(3020, cuArray3DCreate_v2),
-        b"cuArrayDestroy" => Some(cuArrayDestroy),
-        b"cuMipmappedArrayCreate" => since(5000, cuMipmappedArrayCreate),
-        b"cuMipmappedArrayDestroy" => since(5000, cuMipmappedArrayDestroy),
-        b"cuCtxCreate" => Some(match version {
-            v if v >= 12050 => cuCtxCreate_v4,
-            v if v >= 11040 => cuCtxCreate_v3,
-            v if v >= 3020 => cuCtxCreate_v2,
-            _ => cuCtxCreate,
-        }),
-        b"cuCtxDestroy" => Some(if version >= 4000 {
-            cuCtxDestroy_v2
-        } else {
-            cuCtxDestroy
-        }),
-        b"cuDevicePrimaryCtxRetain" => since(7000, cuDevicePrimaryCtxRetain),
-        b"cuDevicePrimaryCtxRelease" => since(
-            7000,
-            if version >= 11000 {
-                cuDevicePrimaryCtxRelease_v2
-            } else {
-                cuDevicePrimaryCtxRelease
-            },
-        ),
-        b"cuDevicePrimaryCtxReset" => since(
-            7000,
-            if version >= 11000 {
-                cuDevicePrimaryCtxReset_v2
-            } else {
-                cuDevicePrimaryCtxReset
-            },
-        ),
-        // The flag selects the per-thread variant whatever the version (its typedef is
-        // `PFN_cuStreamSynchronize_v7000_ptsz`; cudart asks at 2000 with the flag).
-        b"cuStreamSynchronize" => Some(if per_thread {
-            cuStreamSynchronize_ptsz
-        } else {
-            cuStreamSynchronize
-        }),
-        b"cuCtxSynchronize" => Some(cuCtxSynchronize),
-        _ => None,
-    }
+    let version = version.max(OLDEST_VERSION);
+    let per_thread =
+        flags & PER_THREAD_DEFAULT_STREAM != 0 && Func::family(name).any(Func::per_thread);
+    Func::family(name)
+        .filter(|f| f.per_thread() == per_thread && f.since() <= version)
+        .max_by_key(|f| f.since())
 }
 
 /// After a successful real lookup: replaces `*pfn` with our wrapper of the variant the query
@@ -117,7 +51,7 @@ pub fn variant(name: &[u8], version: i32, flags: u64) -> Option<Func> {
 /// `symbol` is null or a NUL-terminated string; `pfn` is null or points to the pointer the real
 /// lookup just wrote.
 pub unsafe fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) {
-    if symbol.is_null() || pfn.is_null() || crate::state::is_disabled() {
+    if symbol.is_null() || pfn.is_null() || crate::config::is_disabled() {
         return;
     }
     // SAFETY: non-null and NUL-terminated per the caller's contract.
@@ -140,32 +74,23 @@ pub unsafe fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, version: 
         ));
     }
     if func == expected {
-        func.adopt_driver_answer(answered);
+        real::adopt_driver_answer(func, answered);
     }
     // SAFETY: as above; the answer is replaced with our wrapper of the function the query (or the
     // answer itself) names, hence the same ABI.
-    unsafe { *pfn = func.wrapper() };
+    unsafe { *pfn = wrapper(func) };
 }
 
 /// The guarded function a lookup's `answered` pointer is: another member of `name`'s family when
 /// the pointer is exactly that member's driver symbol, else the `expected` variant the query
 /// names.
 fn answered_by(expected: Func, name: &[u8], answered: *mut c_void) -> Func {
-    if expected.driver_address() == Some(answered) {
+    if real::driver_address(expected) == Some(answered) {
         return expected;
     }
-    family(name)
-        .find(|f| *f != expected && f.driver_address() == Some(answered))
+    Func::family(name)
+        .find(|f| *f != expected && real::driver_address(*f) == Some(answered))
         .unwrap_or(expected)
-}
-
-/// The guarded functions whose name is `base` or `base` with a version or stream suffix.
-fn family(base: &[u8]) -> impl Iterator<Item = Func> + '_ {
-    Func::ALL.iter().copied().filter(move |f| {
-        let name = f.name().as_bytes();
-        name.strip_prefix(base)
-            .is_some_and(|suffix| matches!(suffix, b"" | b"_v2" | b"_v3" | b"_v4" | b"_ptsz"))
-    })
 }
 
 #[cfg(test)]
@@ -175,7 +100,7 @@ mod tests {
 
     #[test]
     fn families_hold_the_suffixed_variants_only() {
-        let names: Vec<&str> = family(b"cuCtxCreate").map(Func::name).collect();
+        let names: Vec<&str> = Func::family(b"cuCtxCreate").map(Func::name).collect();
         assert_eq!(
             names,
             [
@@ -185,14 +110,14 @@ mod tests {
                 "cuCtxCreate_v4"
             ]
         );
-        let names: Vec<&str> = family(b"cuMemAllocAsync").map(Func::name).collect();
+        let names: Vec<&str> = Func::family(b"cuMemAllocAsync").map(Func::name).collect();
         assert_eq!(names, ["cuMemAllocAsync", "cuMemAllocAsync_ptsz"]);
         assert_eq!(
-            family(b"cuMemAlloc").count(),
+            Func::family(b"cuMemAlloc").count(),
             2,
             "cuMemAllocPitch/Async/Managed are other families"
         );
-        assert_eq!(family(b"").count(), 0);
+        assert_eq!(Func::family(b"").count(), 0);
     }
 
     #[test]

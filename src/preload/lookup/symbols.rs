@@ -1,4 +1,5 @@
 //! Finding real functions: the real `dlsym`, our own handle on the driver, and lock-free slots.
+//! Failures are returned, never said: the layers above decide what the user is told.
 //!
 //! Everything here is resolved lazily and cached in an `AtomicPtr`: two threads racing to resolve
 //! the same slot compute the same value, so no lock or `Once` is needed (the `dlsym` hook may run
@@ -6,7 +7,8 @@
 
 use std::ffi::{CStr, c_char, c_void};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// A function looked up by name on first use and cached.
 pub struct Symbol {
@@ -54,7 +56,7 @@ impl Symbol {
     #[inline(never)]
     fn resolve_first(&self) -> Option<*mut c_void> {
         // Make sure the driver is loaded (and global) before asking for the next definition.
-        let from_driver = driver_symbol(self.name);
+        let from_driver = driver_symbol(self.name).ok().flatten();
         let found = next_symbol(self.name).or(from_driver)?;
         self.address.store(found, Ordering::Release);
         Some(found)
@@ -118,42 +120,50 @@ pub fn lookup_in(handle: *mut c_void, name: &CStr) -> Option<*mut c_void> {
 }
 
 static DRIVER_HANDLE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
-static DRIVER_MISSING: AtomicBool = AtomicBool::new(false);
+/// Why the driver could not be opened (set once, at the first failure).
+static DRIVER_MISSING: OnceLock<String> = OnceLock::new();
 
 /// Our own handle on the driver: `dlopen(VRAMGUARD_DRIVER or "libcuda.so.1", RTLD_NOW |
-/// RTLD_GLOBAL)`. `None` (reported once on stderr) if it cannot be opened.
-pub fn driver_handle() -> Option<*mut c_void> {
+/// RTLD_GLOBAL)`, or why it cannot be opened (the path and the loader's reason; the first failure
+/// is kept, and the caller says it).
+pub fn driver_handle() -> Result<*mut c_void, &'static str> {
     let cached = DRIVER_HANDLE.load(Ordering::Acquire);
     if !cached.is_null() {
-        return Some(cached);
+        return Ok(cached);
     }
-    if DRIVER_MISSING.load(Ordering::Acquire) {
-        return None;
+    if let Some(reason) = DRIVER_MISSING.get() {
+        return Err(reason);
     }
-    let path = crate::state::config().driver.clone();
+    open_driver()
+}
+
+#[cold]
+#[inline(never)]
+fn open_driver() -> Result<*mut c_void, &'static str> {
+    let path = &crate::config::config().driver;
+    let missing = |reason: String| {
+        Err(DRIVER_MISSING
+            .get_or_init(|| format!("`{}` ({reason})", path.display()))
+            .as_str())
+    };
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return None;
+        return missing("the path holds a NUL byte".into());
     };
     // SAFETY: c_path is a valid C string; dlopen has no other precondition.
     let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
     if handle.is_null() {
-        if !DRIVER_MISSING.swap(true, Ordering::AcqRel) {
-            crate::log::error(&format!(
-                "cannot open the CUDA driver `{}` ({}): calls pass through unguarded",
-                path.display(),
-                dlerror_text()
-            ));
-        }
-        return None;
+        return missing(dlerror_text());
     }
     // A racing thread may have stored the same handle (dlopen counts references): harmless.
     DRIVER_HANDLE.store(handle, Ordering::Release);
-    Some(handle)
+    Ok(handle)
 }
 
-/// The driver's own symbol `name` (NUL-terminated) from our handle.
-pub fn driver_symbol(name: &'static str) -> Option<*mut c_void> {
-    lookup_in(driver_handle()?, c_str(name)?)
+/// The driver's own symbol `name` (NUL-terminated) from our handle: `Ok(None)` when the driver
+/// lacks it, `Err` when the driver cannot be opened ([`driver_handle`]).
+pub fn driver_symbol(name: &'static str) -> Result<Option<*mut c_void>, &'static str> {
+    let handle = driver_handle()?;
+    Ok(c_str(name).and_then(|name| lookup_in(handle, name)))
 }
 
 /// glibc's text for the last `dl*` failure of this thread.
@@ -167,24 +177,6 @@ fn dlerror_text() -> String {
     unsafe { CStr::from_ptr(text) }
         .to_string_lossy()
         .into_owned()
-}
-
-/// Driver functions the guard calls for its own bookkeeping; they are not intercepted.
-pub mod aux {
-    use super::Symbol;
-
-    /// `cuCtxGetCurrent(CUcontext*)`
-    pub static CU_CTX_GET_CURRENT: Symbol = Symbol::new("cuCtxGetCurrent\0");
-    /// `cuCtxGetDevice(CUdevice*)`
-    pub static CU_CTX_GET_DEVICE: Symbol = Symbol::new("cuCtxGetDevice\0");
-    /// `cuDeviceGetUuid_v2(CUuuid*, CUdevice)`
-    pub static CU_DEVICE_GET_UUID_V2: Symbol = Symbol::new("cuDeviceGetUuid_v2\0");
-    /// `cuDeviceGetUuid(CUuuid*, CUdevice)`
-    pub static CU_DEVICE_GET_UUID: Symbol = Symbol::new("cuDeviceGetUuid\0");
-    /// `cuDeviceGetName(char*, int, CUdevice)`
-    pub static CU_DEVICE_GET_NAME: Symbol = Symbol::new("cuDeviceGetName\0");
-    /// `cuMemPoolGetAttribute(CUmemoryPool, CUmemPool_attribute, void*)`
-    pub static CU_MEM_POOL_GET_ATTRIBUTE: Symbol = Symbol::new("cuMemPoolGetAttribute\0");
 }
 
 #[cfg(test)]

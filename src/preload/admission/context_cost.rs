@@ -29,9 +29,8 @@ use vramguard_core::cuda::CuDevice;
 use vramguard_core::ledger::{DeviceId, Ledger, SlotId};
 use vramguard_core::nvml::Nvml;
 
-use crate::current;
-use crate::functions::real;
-use crate::guard::Device;
+use super::devices::Device;
+use crate::driver::{self, current};
 use crate::log;
 
 /// The inode of the initial pid namespace (`PROC_PID_INIT_INO`): a process whose
@@ -226,7 +225,7 @@ fn ask_nvml<T: Send + 'static>(
 fn nvml() -> Option<&'static Nvml> {
     static NVML: OnceLock<Option<Nvml>> = OnceLock::new();
     NVML.get_or_init(|| {
-        let path = &crate::state::config().nvml;
+        let path = &crate::config::config().nvml;
         Nvml::open(path)
             .map_err(|e| {
                 log::debug(&format!(
@@ -243,12 +242,7 @@ fn driver_used(ordinal: CuDevice) -> Option<u64> {
     if current::current_ordinal() != Some(ordinal) {
         return None;
     }
-    let (mut free, mut total) = (0usize, 0usize);
-    // SAFETY: both are live usizes the driver writes.
-    let answered = unsafe { real::cuMemGetInfo_v2(&mut free, &mut total) };
-    answered
-        .is_success()
-        .then(|| (total as u64).saturating_sub(free as u64))
+    driver::memory().map(|(free, total)| total.saturating_sub(free))
 }
 
 /// Wall-clock Unix milliseconds, when a measurement is recorded in the ledger.

@@ -17,8 +17,9 @@
 use std::ffi::{CStr, c_char, c_void};
 use std::ptr;
 
+use super::symbols;
+use crate::exports::wrapper;
 use crate::functions::Func;
-use crate::symbols;
 
 /// Decides a `dlsym(handle, name)`: our wrapper, or null for "let the real dlsym answer".
 ///
@@ -30,7 +31,7 @@ extern "C" fn dlsym_decision(handle: *mut c_void, name: *const c_char) -> *mut c
     if handle == libc::RTLD_NEXT || handle == libc::RTLD_DEFAULT || name.is_null() {
         return ptr::null_mut();
     }
-    if crate::state::is_disabled() {
+    if crate::config::is_disabled() {
         return ptr::null_mut();
     }
     // SAFETY: dlsym's contract: `name` is a NUL-terminated string. from_ptr only measures it.
@@ -46,7 +47,7 @@ extern "C" fn dlsym_decision(handle: *mut c_void, name: *const c_char) -> *mut c
     if symbols::lookup_in(handle, name).is_none() {
         return ptr::null_mut();
     }
-    func.wrapper()
+    wrapper(func)
 }
 
 /// The exported `dlsym`. See the module documentation.

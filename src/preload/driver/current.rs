@@ -16,12 +16,12 @@
 //! cache would cost a call into the dynamic loader per allocation: the library's thread-locals
 //! are reached through `__tls_get_addr`.)
 
-use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use vramguard_core::cuda::{CuDevice, CuResult};
+use vramguard_core::cuda::CuDevice;
 
-use crate::symbols::aux;
+use super::call;
+use crate::functions::Handle;
 
 /// Bumped whenever a context may have gone (its handle may then be reused).
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -144,15 +144,9 @@ pub fn forget_contexts() {
 
 /// The current context's handle (0 if none or unknown).
 pub fn current_context() -> usize {
-    type GetCurrent = unsafe extern "C" fn(*mut *mut c_void) -> CuResult;
-    let Some(address) = aux::CU_CTX_GET_CURRENT.resolve() else {
-        return 0;
-    };
-    // SAFETY: cuCtxGetCurrent has this signature.
-    let get: GetCurrent = unsafe { std::mem::transmute::<*mut c_void, GetCurrent>(address) };
-    let mut context: *mut c_void = std::ptr::null_mut();
+    let mut context: Handle = std::ptr::null_mut();
     // SAFETY: `context` is a live pointer-sized slot the driver writes.
-    if unsafe { get(&mut context) }.is_success() {
+    if unsafe { call::cuCtxGetCurrent(&mut context) }.is_success() {
         context as usize
     } else {
         0
@@ -161,13 +155,11 @@ pub fn current_context() -> usize {
 
 /// The ordinal of the current context's device, asked of the driver (`cuCtxGetDevice`).
 pub fn current_ordinal() -> Option<CuDevice> {
-    type GetDevice = unsafe extern "C" fn(*mut CuDevice) -> CuResult;
-    let address = aux::CU_CTX_GET_DEVICE.resolve()?;
-    // SAFETY: cuCtxGetDevice has this signature.
-    let get: GetDevice = unsafe { std::mem::transmute::<*mut c_void, GetDevice>(address) };
     let mut ordinal: CuDevice = -1;
     // SAFETY: `ordinal` is a live int the driver writes.
-    unsafe { get(&mut ordinal) }.is_success().then_some(ordinal)
+    unsafe { call::cuCtxGetDevice(&mut ordinal) }
+        .is_success()
+        .then_some(ordinal)
 }
 
 #[cfg(test)]

@@ -1,8 +1,5 @@
-//! Start-up and attachment: configuration read once, the ledger joined lazily, fork and exit.
+//! Attachment: the ledger joined lazily, what calls do when it cannot be, fork and exit.
 //!
-//! - The constructor only reads the `VRAMGUARD_*` configuration (children such as shells and
-//!   compilers inherit `LD_PRELOAD` and must not pay for anything else). A hook that runs before
-//!   the constructor reads it itself; either way it is read once.
 //! - The first guarded call of a process attaches: opens the ledger, checks the driver, joins.
 //!   A failure is said once on stderr, then `VRAMGUARD_ON_ERROR` decides (pass through / refuse).
 //! - The ledger failing an attached process later (a device it cannot register, a decision it
@@ -14,71 +11,14 @@
 //!   child).
 //! - At exit (`atexit`) the process leaves the ledger, which never blocks without a deadline.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vramguard_core::ledger::{Cause, LedgerError};
-use vramguard_core::settings::{Config, OnError};
+use vramguard_core::settings::OnError;
 
-use crate::guard::Process;
-
-const MODE_UNKNOWN: u8 = 0;
-const MODE_ENABLED: u8 = 1;
-const MODE_DISABLED: u8 = 2;
-
-/// Whether `VRAMGUARD_DISABLE` is on; readable without locks (the `dlsym` path uses it).
-static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
-static CONFIG: OnceLock<(Config, Vec<String>)> = OnceLock::new();
-static SETTING_ERRORS_REPORTED: AtomicBool = AtomicBool::new(false);
-
-#[ctor::ctor(unsafe)]
-fn read_configuration_at_load() {
-    let _ = config();
-}
-
-/// The configuration and the messages about invalid values, read once.
-fn configuration() -> &'static (Config, Vec<String>) {
-    CONFIG.get_or_init(|| {
-        let (config, errors) = Config::from_env();
-        MODE.store(
-            if config.disable {
-                MODE_DISABLED
-            } else {
-                MODE_ENABLED
-            },
-            Ordering::Release,
-        );
-        (config, errors.iter().map(ToString::to_string).collect())
-    })
-}
-
-/// The configuration, read from the environment on first use.
-pub fn config() -> &'static Config {
-    &configuration().0
-}
-
-/// Says once, at the first CUDA call, which settings were invalid. Not in the constructor: the
-/// shells and compilers that inherit `LD_PRELOAD` but never use CUDA stay silent.
-fn report_setting_errors() {
-    if SETTING_ERRORS_REPORTED.load(Ordering::Acquire)
-        || SETTING_ERRORS_REPORTED.swap(true, Ordering::AcqRel)
-    {
-        return;
-    }
-    let (config, errors) = configuration();
-    if config.log >= vramguard_core::settings::LogLevel::Warn {
-        for error in errors {
-            crate::log::line(error);
-        }
-    }
-}
-
-/// True when `VRAMGUARD_DISABLE=1`: every hook passes straight through. False before the
-/// configuration is read.
-pub fn is_disabled() -> bool {
-    MODE.load(Ordering::Acquire) == MODE_DISABLED
-}
+use crate::config::config;
+use crate::process::Process;
 
 /// How a guarded call proceeds.
 pub enum Session {
@@ -192,7 +132,7 @@ pub fn session() -> Session {
 #[cold]
 #[inline(never)]
 fn first_session() -> Session {
-    report_setting_errors();
+    crate::config::report_setting_errors();
     if config().disable {
         return Session::PassThrough;
     }
@@ -240,7 +180,7 @@ fn attach(pid: i32) -> Session {
         None => match Process::attach(pid, config()) {
             Ok(process) => {
                 // A forked child may find its parent's contexts' handles in its caches.
-                crate::current::forget_contexts();
+                crate::driver::current::forget_contexts();
                 let process: &'static Process = Box::leak(Box::new(process));
                 PROCESS.store(std::ptr::from_ref(process).cast_mut(), Ordering::Release);
                 register_exit_handler();

@@ -1,0 +1,175 @@
+//! The devices of this process: each ordinal's card, found by UUID and registered in the
+//! ledger at its first use, so that processes that see the cards in different orders
+//! (`CUDA_VISIBLE_DEVICES`) share one record per physical card. Devices are looked up without a
+//! lock (one slot per ordinal).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vramguard_core::cuda::{CuDevice, CuResult, CuUuid};
+use vramguard_core::ledger::{DeviceId, MAX_DEVICES};
+use vramguard_core::settings::OnError;
+use vramguard_core::units::format_size;
+
+use super::headroom::{self, Watch};
+use crate::driver::{self, current};
+use crate::log;
+use crate::lookup::real;
+use crate::process::Process;
+
+/// A device as this process sees it, with its ledger record.
+#[derive(Clone, Copy, Debug)]
+pub struct Device {
+    /// The ordinal in this process (after `CUDA_VISIBLE_DEVICES`).
+    pub ordinal: CuDevice,
+    /// The ledger record (shared by every process using the same physical card).
+    pub id: DeviceId,
+    /// The card's UUID.
+    pub uuid: CuUuid,
+    /// The driver's total memory figure.
+    pub capacity: u64,
+    /// The budget: capacity less the reserve.
+    pub budget: u64,
+    /// This process's `VRAMGUARD_RESERVE` on this card, in bytes.
+    pub reserve: u64,
+    /// Up to where requests are admitted on the last driver figure ([`headroom::edge`]).
+    pub edge: u64,
+}
+
+/// Why the current device could not be determined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoDevice {
+    /// No current context: the driver will answer the call with its own error.
+    NoContext,
+    /// The device could not be registered in the ledger: `VRAMGUARD_ON_ERROR` decides.
+    Unusable,
+}
+
+/// Where the device of an allocation came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Context {
+    /// The current context, which is on the device (its handle; 0 if unknown).
+    Current(usize),
+    /// A device named by the call (`cuMemCreate`, a context or pool creation): the current
+    /// context may be elsewhere, or missing.
+    Named,
+}
+
+/// What this process knows of one device ordinal.
+#[derive(Default)]
+pub struct DeviceSlot {
+    /// Set once, at the first use of the ordinal.
+    pub(crate) device: OnceLock<Device>,
+    /// The last driver observation of memory the ledger does not account for.
+    pub(crate) watch: Watch,
+    /// The `VRAMGUARD_EXPECT` claim is in place (or given up on).
+    pub(crate) claimed: AtomicBool,
+}
+
+impl Process {
+    #[inline]
+    pub(super) fn slot_of(&self, ordinal: CuDevice) -> Option<&DeviceSlot> {
+        usize::try_from(ordinal)
+            .ok()
+            .and_then(|index| self.devices.get(index))
+    }
+
+    /// The device of `ordinal`, registered in the ledger on first use.
+    #[inline]
+    pub fn device(&self, ordinal: CuDevice) -> Result<&Device, NoDevice> {
+        let Some(slot) = self.slot_of(ordinal) else {
+            return Err(Self::without_slot(ordinal));
+        };
+        match slot.device.get() {
+            Some(device) => Ok(device),
+            None => self.first_use(ordinal, slot),
+        }
+    }
+
+    /// [`Process::device`] for an ordinal not seen yet.
+    #[cold]
+    #[inline(never)]
+    fn first_use<'a>(
+        &self,
+        ordinal: CuDevice,
+        slot: &'a DeviceSlot,
+    ) -> Result<&'a Device, NoDevice> {
+        let device = self.register(ordinal)?;
+        // A racing first use registered the same record: either copy will do.
+        Ok(slot.device.get_or_init(|| device))
+    }
+
+    /// An ordinal without a slot: negative, or at or beyond [`MAX_DEVICES`]. One the driver does
+    /// not know is the caller's mistake, which the driver answers (`CUDA_ERROR_INVALID_DEVICE`);
+    /// a real device beyond the ledger's room is unusable (`VRAMGUARD_ON_ERROR` decides; said
+    /// once).
+    #[cold]
+    #[inline(never)]
+    fn without_slot(ordinal: CuDevice) -> NoDevice {
+        static SAID: AtomicBool = AtomicBool::new(false);
+        if ordinal < 0 || driver::uuid(ordinal).is_none() {
+            return NoDevice::NoContext;
+        }
+        if !SAID.swap(true, Ordering::Relaxed) {
+            log::error(&format!(
+                "device ordinal {ordinal} is beyond the {MAX_DEVICES} devices the ledger can track"
+            ));
+        }
+        NoDevice::Unusable
+    }
+
+    /// Finds the card of `ordinal` and its ledger record (find-or-add by UUID).
+    fn register(&self, ordinal: CuDevice) -> Result<Device, NoDevice> {
+        let uuid = driver::uuid(ordinal).ok_or(NoDevice::NoContext)?;
+        let mut capacity = 0usize;
+        // SAFETY: `capacity` is a live usize the driver writes.
+        if !unsafe { real::cuDeviceTotalMem_v2(&mut capacity, ordinal) }.is_success() {
+            return Err(NoDevice::NoContext);
+        }
+        let capacity = capacity as u64;
+        let name = driver::name(ordinal);
+        let budget = self.config.budget_for(capacity);
+        let id = self
+            .ledger
+            .register_device(uuid.0, &name, capacity, budget)
+            .map_err(|e| {
+                crate::process::session::ledger_failed(
+                    &format!("cannot register {uuid} in the ledger"),
+                    &e,
+                );
+                NoDevice::Unusable
+            })?;
+        let budget = self.ledger.budget(id);
+        log::info(&format!(
+            "device {ordinal} is {uuid} ({name}): {} of which {} may be used",
+            format_size(capacity),
+            format_size(budget)
+        ));
+        let reserve = self.config.reserve.of(capacity);
+        Ok(Device {
+            ordinal,
+            id,
+            uuid,
+            capacity,
+            budget,
+            reserve,
+            edge: headroom::edge(capacity, reserve),
+        })
+    }
+
+    /// The device of the current context, and that context.
+    #[inline]
+    pub fn current_device(&self) -> Result<(&Device, Context), NoDevice> {
+        let (context, ordinal) = current::context_and_device().ok_or(NoDevice::NoContext)?;
+        Ok((self.device(ordinal)?, Context::Current(context)))
+    }
+
+    /// What a call does when the device is unknown: pass it through, or refuse it under
+    /// `ON_ERROR=closed` when the ledger is the problem.
+    pub fn unaccounted(&self, why: NoDevice, pass_through: impl FnOnce() -> CuResult) -> CuResult {
+        match (why, self.config.on_error) {
+            (NoDevice::Unusable, OnError::Closed) => CuResult::OUT_OF_MEMORY,
+            _ => pass_through(),
+        }
+    }
+}
