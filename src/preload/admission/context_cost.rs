@@ -29,7 +29,7 @@ use vramguard_core::cuda::CuDevice;
 use vramguard_core::ledger::{DeviceId, Ledger, SlotId};
 use vramguard_core::nvml::Nvml;
 
-use super::devices::Device;
+use crate::process::devices::Device;
 use crate::driver::{self, current};
 use crate::log;
 

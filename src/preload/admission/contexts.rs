@@ -10,7 +10,7 @@ use vramguard_core::settings::Policy;
 use vramguard_core::units::format_size;
 
 use super::context_cost;
-use super::devices::{Context, Device};
+use crate::process::devices::{Context, Device};
 use crate::log;
 use crate::process::Process;
 

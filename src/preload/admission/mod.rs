@@ -3,20 +3,19 @@
 //! figure near the edge of the card, then committed when the call succeeds or rolled back when it
 //! fails. The in-process mutexes are never held across a driver call or a ledger wait.
 //!
-//! - [`devices`]: each ordinal's card and ledger record, found by UUID.
+//! - [`registry`]: each ordinal's card and ledger record, found by UUID.
 //! - [`claims`]: the `VRAMGUARD_EXPECT` claim at a device's first charge.
 //! - [`waiting`]: the policy's deadline and the line saying who a request waits for.
-//! - [`near_edge`]: the driver's free figure, asked only near the edge ([`headroom`]).
+//! - [`near_edge`]: the driver's free figure, asked only near the edge ([`crate::driver::headroom`]).
 //! - [`contexts`]: a context's creation, charged what it takes ([`context_cost`]).
 //! - [`messages`]: refusals said in sizes people read.
 
 mod claims;
 pub mod context_cost;
 mod contexts;
-mod devices;
-pub mod headroom;
 mod messages;
 mod near_edge;
+mod registry;
 mod waiting;
 
 use vramguard_core::cuda::{CuDevice, CuResult};
@@ -25,7 +24,7 @@ use vramguard_core::settings::OnError;
 
 use crate::log;
 use crate::process::{Process, session};
-pub use devices::{Context, Device, DeviceSlot, NoDevice};
+use crate::process::devices::{Context, Device};
 use messages::describe;
 
 /// Bytes admitted by the ledger for one driver call: commit them when the call succeeds, roll

@@ -1,6 +1,6 @@
 //! Near the edge of the card the driver decides: memory held by programs the guard does not see
 //! is only known from the driver's free figure, asked when the ledger's admitted total comes
-//! close to the card's size or the last figure is stale ([`super::headroom`]).
+//! close to the card's size or the last figure is stale ([`crate::driver::headroom`]).
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +9,8 @@ use vramguard_core::ledger::{Request, Reservation};
 use vramguard_core::units::format_size;
 
 use super::Admitted;
-use super::devices::{Context, Device};
-use super::headroom;
+use crate::process::devices::{Context, Device};
+use crate::driver::headroom;
 use crate::driver::{self, current};
 use crate::log;
 use crate::process::Process;
@@ -39,7 +39,7 @@ impl Process {
     /// Whether `bytes`, just reserved on `device` (the ledger's admitted total then `admitted`),
     /// also fit in what the driver says is free, less the reserve and less what other processes
     /// were admitted but have not taken yet. Asked only near the edge of the card or when the
-    /// last figure is stale ([`Process::far_from_edge`], [`super::headroom`]); the answer
+    /// last figure is stale ([`Process::far_from_edge`], [`crate::driver::headroom`]); the answer
     /// refreshes the figure.
     #[cold]
     #[inline(never)]

@@ -3,10 +3,12 @@
 //! - [`call`]: the few helper functions the guard calls, each typed once from its C signature.
 //! - [`queries`]: what the guard asks with them (a card's UUID and name, the current device's
 //!   memory, a pool's release threshold).
+//! - [`headroom`]: when an allocation asks the driver for its free memory, and the last answer.
 //! - [`current`]: the current context and its device, cached for all threads.
 //! - [`layouts`]: the driver structures the guard reads, and array sizes.
 
 pub mod current;
+pub mod headroom;
 pub mod layouts;
 mod queries;
 

@@ -5,7 +5,7 @@
 use vramguard_core::cuda::{CuDevice, CuResult};
 use vramguard_core::units::format_size;
 
-use crate::admission::{Context, Device, NoDevice};
+use crate::process::devices::{Context, Device, NoDevice};
 use crate::driver::{self, current};
 use crate::functions::Handle;
 use crate::lookup::real;

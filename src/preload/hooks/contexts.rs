@@ -7,7 +7,7 @@ use vramguard_core::cuda::{CuDevice, CuResult};
 
 use super::accounting::{free, guarded_process, read, record};
 use super::hooks;
-use crate::admission::Context;
+use crate::process::devices::Context;
 use crate::driver::current;
 use crate::functions::Handle;
 use crate::lookup::real;

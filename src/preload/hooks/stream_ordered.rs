@@ -8,7 +8,7 @@ use vramguard_core::cuda::{CuDevice, CuDevicePtr, CuResult};
 
 use super::accounting::{accountable, free, guarded_process, read, record, settle_pools};
 use super::hooks;
-use crate::admission::Context;
+use crate::process::devices::Context;
 use crate::driver::layouts::PropsHead;
 use crate::driver::{current, layouts};
 use crate::functions::Handle;

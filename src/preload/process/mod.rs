@@ -1,11 +1,13 @@
 //! This process as a member of the ledger: its slot, its tables of what it holds, and the one
 //! record per device ordinal that admission fills in ([`crate::admission`]).
 //!
+//! - [`devices`]: the devices as this process sees them, one slot per ordinal.
 //! - [`session`]: when the process attaches (lazily, at its first guarded call), what a call does
 //!   when it cannot, and what happens at fork and exit.
 //! - [`tables`]: what this process holds (pointers, handles, arrays, contexts, pools).
 //! - [`pointers`]: the map from device pointers to what they hold.
 
+pub mod devices;
 pub mod pointers;
 pub mod session;
 pub mod tables;
@@ -16,7 +18,7 @@ use parking_lot::{Mutex, MutexGuard};
 use vramguard_core::ledger::{Ledger, MAX_DEVICES, SlotId};
 use vramguard_core::settings::Config;
 
-use crate::admission::{Device, DeviceSlot};
+use devices::{Device, DeviceSlot};
 use crate::log;
 use crate::lookup::symbols;
 use tables::{Charge, Tables};
