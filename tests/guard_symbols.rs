@@ -1,9 +1,12 @@
 //! The preload library exports exactly the guarded functions of its one list, plus `dlsym`.
 
+#[path = "support/exports.rs"]
+mod exports;
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
+
+use exports::defined_symbols;
 
 /// The names in `guarded_functions!` of `src/preload/functions.rs`.
 fn listed_functions() -> BTreeSet<String> {
@@ -25,28 +28,6 @@ fn listed_functions() -> BTreeSet<String> {
         .collect()
 }
 
-fn exported(library: &std::path::Path) -> BTreeSet<String> {
-    let output = Command::new("nm")
-        .args(["-D", "--defined-only"])
-        .arg(library)
-        .output()
-        .expect("run nm");
-    assert!(
-        output.status.success(),
-        "nm failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
-            // Symbols of the library itself: text (T), data, weak; not absolute version nodes.
-            (kind != "A").then(|| name.split('@').next().unwrap_or(name).to_string())
-        })
-        .collect()
-}
-
 #[test]
 fn exports_are_exactly_the_list_and_dlsym() {
     let listed = listed_functions();
@@ -62,7 +43,7 @@ fn exports_are_exactly_the_list_and_dlsym() {
     }
     let mut expected = listed.clone();
     expected.insert("dlsym".to_string());
-    let actual = exported(&support::artifacts().preload);
+    let actual = defined_symbols(&support::artifacts().preload);
     let extra: Vec<_> = actual.difference(&expected).collect();
     let missing: Vec<_> = expected.difference(&actual).collect();
     assert!(
@@ -73,7 +54,7 @@ fn exports_are_exactly_the_list_and_dlsym() {
 
 #[test]
 fn the_command_line_carries_no_hooks() {
-    let actual = exported(&support::artifacts().cli);
+    let actual = defined_symbols(&support::artifacts().cli);
     let hooks: Vec<_> = actual
         .iter()
         .filter(|n| *n == "dlsym" || n.starts_with("cu"))

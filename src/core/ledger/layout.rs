@@ -3,8 +3,9 @@
 //!
 //! Everything here lives in memory that other processes (possibly of other users) write at any
 //! moment, so every field is an atomic and every value read from it is untrusted: callers check
-//! indices and clamp sizes before use. `docs/ledger.md` is the human-readable form of this file;
-//! the test `layout_offsets_are_pinned` checks that the two agree.
+//! indices and clamp sizes before use. `docs/ledger.md` is the human-readable form of this file:
+//! `tests/docs_ledger_layout.rs` checks its tables against these records and constants, and the
+//! test `layout_offsets_are_pinned` checks the bytes of a real file against the same offsets.
 
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
