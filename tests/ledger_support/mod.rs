@@ -6,7 +6,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
@@ -24,42 +23,36 @@ pub const ROLE_VAR: &str = "VRAMGUARD_LEDGER_TEST_ROLE";
 /// The environment variable carrying the ledger directory to a child.
 pub const DIR_VAR: &str = "VRAMGUARD_LEDGER_TEST_DIR";
 
-/// A directory removed (with its content) on drop.
-pub struct TempDir(PathBuf);
+/// A directory removed (with its content) on drop, in `/dev/shm` where there is one (the
+/// ledger's own file system), open to other users as far as the umask allows (children of some
+/// tests run as another user).
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        use std::os::unix::fs::PermissionsExt;
         let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
         };
-        let path = base.join(format!(
-            "vramguard-ledger-test-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create test directory");
-        TempDir(path)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vramguard-ledger-test-{tag}-"))
+            .permissions(std::fs::Permissions::from_mode(0o777))
+            .tempdir_in(base)
+            .expect("create test directory");
+        TempDir(dir)
     }
     pub fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
     /// The ledger directory inside (not yet created).
     pub fn ledger_dir(&self) -> PathBuf {
-        self.0.join("ledger")
+        self.path().join("ledger")
     }
     /// Opens (creating it the first time) the ledger in [`TempDir::ledger_dir`].
     pub fn open_ledger(&self) -> Ledger {
         Ledger::open(&self.ledger_dir()).expect("open the test ledger")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
