@@ -152,16 +152,27 @@ fn punch_holes(file: &std::fs::File) {
     assert_eq!(rc, 0, "punch holes: {}", std::io::Error::last_os_error());
 }
 
+/// A fresh directory in `base` (created if missing), removed on drop, made as `mkdir` makes one
+/// (open to other users as far as the umask allows).
+fn bench_dir(prefix: &str, base: &Path) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(base).expect("bench directory");
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(std::fs::Permissions::from_mode(0o777))
+        .tempdir_in(base)
+        .expect("bench directory")
+}
+
 /// `--backing [DIR]`: the cost of backing the ledger file at creation and at join.
 fn backing_costs(base: &Path) {
     const RUNS: usize = 20;
     let size = layout::FILE_SIZE as u64;
-    let dir = base.join(format!("vramguard-backing-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("bench directory");
+    let tmp = bench_dir("vramguard-backing-bench-", base);
+    let dir = tmp.path();
     let fresh_dir = {
         let mut n = 0;
-        let dir = dir.clone();
+        let dir = dir.to_path_buf();
         move || {
             n += 1;
             let fresh = dir.join(format!("fresh-{n}"));
@@ -225,7 +236,7 @@ fn backing_costs(base: &Path) {
         },
         |file| backing::ensure_whole(&file, size, true).expect("made whole"),
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     let us = |d: Duration| format!("{:.1} us", d.as_secs_f64() * 1e6);
     println!("{:<58} {:>12}", "step", "median");
     println!(
@@ -285,9 +296,8 @@ fn main() {
     } else {
         std::env::temp_dir()
     };
-    let dir = base.join(format!("vramguard-ledger-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("bench directory");
+    let tmp = bench_dir("vramguard-ledger-bench-", &base);
+    let dir = tmp.path();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -303,7 +313,7 @@ fn main() {
         let mut samples = if processes == 1 {
             hammer(&dir.join("ledger"), per_process, 0)
         } else {
-            run_processes(&dir, processes, per_process)
+            run_processes(dir, processes, per_process)
         };
         samples.sort_unstable();
         let label = if processes == 1 {
@@ -319,7 +329,7 @@ fn main() {
             samples.len()
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     println!(
         "(each sample includes one Instant::now() pair, ~20-40 ns; rerun: cargo bench --bench ledger)"
     );

@@ -12,6 +12,7 @@
 //! - `hook, restart`: the guarded virtualenv's `bin/python` called directly: the hook restarts
 //!   the interpreter once with the library preloaded.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,9 +59,13 @@ fn main() {
         library.is_file() && vramguard.is_file(),
         "build first: cargo build --release --workspace"
     );
-    let dir = std::env::temp_dir().join(format!("vramguard-venv-bench-{}", std::process::id()));
-    let plain = dir.join("plain");
-    let guarded = dir.join("guarded");
+    let dir = tempfile::Builder::new()
+        .prefix("vramguard-venv-bench-")
+        .permissions(std::fs::Permissions::from_mode(0o777))
+        .tempdir()
+        .expect("a temporary directory");
+    let plain = dir.path().join("plain");
+    let guarded = dir.path().join("guarded");
     make_venv(&plain);
     make_venv(&guarded);
     run_ok(
@@ -95,7 +100,7 @@ fn main() {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let baseline = median(&mut samples[0].clone());
     println!("interpreter start, `bin/python -c pass`, median of {rounds} runs each:");
     for ((name, _, _), runs) in configurations.iter().zip(samples.iter_mut()) {

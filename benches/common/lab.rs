@@ -5,9 +5,9 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The build outputs the benchmarks need.
@@ -59,7 +59,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// A simulated machine in its own directory, removed on drop.
 pub struct Lab {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     artifacts: Artifacts,
     env: RefCell<BTreeMap<String, String>>,
 }
@@ -67,19 +67,17 @@ pub struct Lab {
 impl Lab {
     /// A fresh machine with the simulated devices `devices` (`SIMCUDA_DEVICES` syntax).
     pub fn new(artifacts: &Artifacts, devices: &str) -> Lab {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
         let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
         };
-        let dir = base.join(format!(
-            "vramguard-lab-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let lib = dir.join("lib");
+        let dir = tempfile::Builder::new()
+            .prefix("vramguard-lab-")
+            .permissions(std::fs::Permissions::from_mode(0o777))
+            .tempdir_in(&base)
+            .unwrap_or_else(|e| panic!("cannot create a directory in {}: {e}", base.display()));
+        let lib = dir.path().join("lib");
         std::fs::create_dir_all(&lib)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", lib.display()));
         std::os::unix::fs::symlink(&artifacts.libcuda, lib.join("libcuda.so.1")).unwrap_or_else(
@@ -98,7 +96,7 @@ impl Lab {
         lab.set_env("LD_LIBRARY_PATH", &lib.to_string_lossy());
         lab.set_env(
             "SIMCUDA_STATE",
-            &lab.dir.join("simcuda-state").to_string_lossy(),
+            &lab.dir().join("simcuda-state").to_string_lossy(),
         );
         lab.set_env("SIMCUDA_DEVICES", devices);
         lab.set_env("VRAMGUARD_DIR", &lab.ledger_dir().to_string_lossy());
@@ -111,12 +109,12 @@ impl Lab {
 
     /// The directory of this machine.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// The ledger directory the guarded processes share (`VRAMGUARD_DIR`).
     pub fn ledger_dir(&self) -> PathBuf {
-        self.dir.join("ledger")
+        self.dir().join("ledger")
     }
 
     /// The files in the ledger directory.
@@ -163,12 +161,6 @@ impl Lab {
         );
         serde_json::from_slice(&output.stdout)
             .unwrap_or_else(|e| panic!("simcuda report --json printed something else ({e})"))
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -62,11 +62,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     let config = suite::Config {
         processes: usize::from(args.processes),
         duration: Duration::from_secs_f64(args.seconds.max(0.0)),

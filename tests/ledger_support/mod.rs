@@ -1,12 +1,11 @@
 //! Shared helpers of the ledger integration tests: private temporary directories, child
 //! processes that re-run the test binary in a role (among them the shared "holder" role),
-//! deadlines on every wait, the usual set-ups (a fresh member, bytes held), a small PRNG.
+//! deadlines on every wait, the usual set-ups (a fresh member, bytes held), a seeded generator.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
@@ -24,42 +23,36 @@ pub const ROLE_VAR: &str = "VRAMGUARD_LEDGER_TEST_ROLE";
 /// The environment variable carrying the ledger directory to a child.
 pub const DIR_VAR: &str = "VRAMGUARD_LEDGER_TEST_DIR";
 
-/// A directory removed (with its content) on drop.
-pub struct TempDir(PathBuf);
+/// A directory removed (with its content) on drop, in `/dev/shm` where there is one (the
+/// ledger's own file system), open to other users as far as the umask allows (children of some
+/// tests run as another user).
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        use std::os::unix::fs::PermissionsExt;
         let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
         };
-        let path = base.join(format!(
-            "vramguard-ledger-test-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create test directory");
-        TempDir(path)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vramguard-ledger-test-{tag}-"))
+            .permissions(std::fs::Permissions::from_mode(0o777))
+            .tempdir_in(base)
+            .expect("create test directory");
+        TempDir(dir)
     }
     pub fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
     /// The ledger directory inside (not yet created).
     pub fn ledger_dir(&self) -> PathBuf {
-        self.0.join("ledger")
+        self.path().join("ledger")
     }
     /// Opens (creating it the first time) the ledger in [`TempDir::ledger_dir`].
     pub fn open_ledger(&self) -> Ledger {
         Ledger::open(&self.ledger_dir()).expect("open the test ledger")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -316,37 +309,28 @@ pub fn holder_slot(line: &str) -> (usize, i32) {
     (words[1].parse().unwrap(), words[3].parse().unwrap())
 }
 
-/// xorshift64*: small, deterministic, good enough for test schedules.
-pub struct Rng(u64);
+/// The tests' seeded generator: the same seed gives the same schedule.
+pub struct Rng(fastrand::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        Rng(fastrand::Rng::with_seed(seed))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.u64(..)
     }
-    /// Uniform-ish in `0..n` (n > 0).
+    /// Uniform in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
+        self.0.u64(..n.max(1))
     }
 }
 
-/// A seed from the clock and pid (printed by tests so a failure can be replayed).
+/// `LEDGER_TEST_SEED`, or else a random seed (printed by tests so a failure can be replayed).
 pub fn seed() -> u64 {
     std::env::var("LEDGER_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            (nanos as u64) ^ u64::from(std::process::id()) << 32
-        })
+        .unwrap_or_else(|| fastrand::u64(..))
 }
 
 /// Asks for `bytes` on `dev` while another member holds the device lock and cannot progress:

@@ -310,7 +310,7 @@ impl Drop for GoFile {
 
 /// A private simulated card, library directory and ledger directory; removed on drop.
 pub struct Sandbox {
-    root: PathBuf,
+    root: tempfile::TempDir,
     /// `SIMCUDA_STATE`.
     pub state: PathBuf,
     /// Holds `libcuda.so.1` -> the simulated driver and `libnvidia-ml.so.1` -> the simulated
@@ -328,16 +328,15 @@ impl Sandbox {
         let root = tempfile::Builder::new()
             .prefix("vramguard-test-")
             .tempdir()
-            .expect("create a temporary directory")
-            .keep();
-        let lib_dir = root.join("lib");
-        let ledger_dir = root.join("ledger");
+            .expect("create a temporary directory");
+        let lib_dir = root.path().join("lib");
+        let ledger_dir = root.path().join("ledger");
         fs::create_dir_all(&lib_dir).expect("create the library directory");
         fs::create_dir_all(&ledger_dir).expect("create the ledger directory");
         symlink(&simulator, lib_dir.join("libcuda.so.1")).expect("link libcuda.so.1");
         let nvml = lib_dir.join(NVML_NAME);
         symlink(nvml_simulator(), &nvml).expect("link libnvidia-ml.so.1");
-        let state = root.join("card").join("state");
+        let state = root.path().join("card").join("state");
         let mut env = HashMap::new();
         env.insert("SIMCUDA_STATE".to_string(), state.display().to_string());
         env.insert("SIMCUDA_DEVICES".to_string(), sim_devices.to_string());
@@ -353,7 +352,7 @@ impl Sandbox {
 
     /// The sandbox directory.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.root.path()
     }
 
     /// Takes the management library away, as on a machine without it: the link is removed and
@@ -365,7 +364,7 @@ impl Sandbox {
 
     /// A [`GoFile`] in the sandbox named `name` (one name per thing that waits).
     pub fn go_file(&self, name: &str) -> GoFile {
-        GoFile::at(self.root.join(format!("go-{name}")))
+        GoFile::at(self.root().join(format!("go-{name}")))
     }
 
     /// Sets a variable for every command of this sandbox (`SIMCUDA_*`, `VRAMGUARD_*`,
@@ -526,12 +525,6 @@ impl Sandbox {
         let text = self.simcuda_ok(&["report", "--json"]);
         serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("simcuda report is not JSON ({e}): {text}"))
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
 

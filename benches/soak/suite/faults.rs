@@ -37,7 +37,6 @@ use vramguard_core::ledger::layout::{FILE_NAME, FILE_SIZE};
 use super::Config;
 use super::lab::Lab;
 use super::observer::Observer;
-use super::rng::Rng;
 use super::worker::{self, Worker};
 
 /// The faults that change the ledger itself are spaced at least this far apart, so that the
@@ -77,7 +76,7 @@ const LEDGER_FAULTS: [LedgerFault; 3] = [
 /// stopped, it is stopped while holding that lock.
 pub struct FaultInjector {
     ledger_dir: PathBuf,
-    rng: Rng,
+    rng: fastrand::Rng,
     interval: Duration,
     next_at: Instant,
     next_ledger_fault_at: Instant,
@@ -95,7 +94,7 @@ impl FaultInjector {
     pub fn new(lab: &Lab, config: &Config, seed: u64) -> FaultInjector {
         FaultInjector {
             ledger_dir: lab.ledger_dir(),
-            rng: Rng::new(seed),
+            rng: fastrand::Rng::with_seed(seed),
             interval: config.fault_interval,
             next_at: Instant::now() + config.fault_interval,
             next_ledger_fault_at: Instant::now() + config.fault_interval,
@@ -154,7 +153,7 @@ impl FaultInjector {
         if now < self.next_at || workers.is_empty() {
             return;
         }
-        let jitter = 0.5 + self.rng.below(1000) as f64 / 1000.0;
+        let jitter = 0.5 + self.rng.f64();
         self.next_at = now + self.interval.mul_f64(jitter);
         if now >= self.next_ledger_fault_at {
             // The ledger faults take turns, so that a short run sees each of them; one that
@@ -169,11 +168,11 @@ impl FaultInjector {
                 self.next_ledger_fault = (self.next_ledger_fault + 1) % LEDGER_FAULTS.len();
                 self.next_ledger_fault_at = Instant::now()
                     + LEDGER_FAULT_SPACING
-                    + Duration::from_millis(self.rng.below(LEDGER_FAULT_JITTER_MS));
+                    + Duration::from_millis(self.rng.u64(..LEDGER_FAULT_JITTER_MS));
                 return;
             }
         }
-        if self.rng.percent(40) {
+        if self.rng.u8(..100) < 40 {
             self.kill(workers);
         } else {
             self.stop(workers, observer);
@@ -205,14 +204,10 @@ impl FaultInjector {
             .copied()
             .filter(|(_, busy)| *busy)
             .collect();
-        if !busy.is_empty() && self.rng.below(3) < 2 {
-            return Some(self.rng.pick(&busy));
+        if !busy.is_empty() && self.rng.u8(..3) < 2 {
+            return self.rng.choice(busy);
         }
-        if candidates.is_empty() {
-            None
-        } else {
-            Some(self.rng.pick(&candidates))
-        }
+        self.rng.choice(candidates)
     }
 
     fn kill(&mut self, workers: &[Worker]) {
@@ -230,7 +225,7 @@ impl FaultInjector {
     }
 
     fn pause(&mut self) -> Duration {
-        Duration::from_millis(50 + self.rng.below(950))
+        Duration::from_millis(50 + self.rng.u64(..950))
     }
 
     /// Stops a lock holder if one shows up within [`HOLDER_WATCH`] (`stop_holder` if it is
@@ -295,7 +290,7 @@ impl FaultInjector {
 
     /// Deletes the written-off file at `path` (if it is still inode `inode`) 0.3 to 1 s from now.
     fn remove_later(&mut self, path: PathBuf, inode: u64) {
-        let at = Instant::now() + Duration::from_millis(300 + self.rng.below(700));
+        let at = Instant::now() + Duration::from_millis(300 + self.rng.u64(..700));
         self.pending_removal = Some((path, inode, at));
     }
 
@@ -319,10 +314,10 @@ impl FaultInjector {
             .collect();
         // The observer stops trusting (and touching) this ledger before it loses a byte.
         observer.mark_damaged(meta.ino());
-        let size = if self.rng.percent(50) {
+        let size = if self.rng.bool() {
             0
         } else {
-            self.rng.below(FILE_SIZE as u64)
+            self.rng.u64(..FILE_SIZE as u64)
         };
         if file.set_len(size).is_err() {
             return false;
@@ -351,16 +346,16 @@ impl FaultInjector {
         };
         // The observer stops trusting this ledger before the first garbage byte lands.
         observer.mark_damaged(meta.ino());
-        let header = self.rng.percent(50);
+        let header = self.rng.bool();
         let mut words = 0;
         if header {
-            let garbage: Vec<u8> = (0..64).map(|_| self.rng.next_u64() as u8).collect();
+            let garbage: Vec<u8> = (0..64).map(|_| self.rng.u8(..)).collect();
             let _ = file.write_all_at(&garbage, 0);
         } else {
-            words = 1 + self.rng.below(64);
+            words = 1 + self.rng.u64(..64);
             for _ in 0..words {
-                let offset = self.rng.below(meta.len().max(8) / 8) * 8;
-                let _ = file.write_all_at(&self.rng.next_u64().to_ne_bytes(), offset);
+                let offset = self.rng.u64(..meta.len().max(8) / 8) * 8;
+                let _ = file.write_all_at(&self.rng.u64(..).to_ne_bytes(), offset);
             }
         }
         self.remove_later(path.clone(), meta.ino());

@@ -15,7 +15,6 @@ pub mod lab;
 
 mod faults;
 mod observer;
-mod rng;
 mod worker;
 
 use std::fmt;
@@ -24,7 +23,6 @@ use std::time::{Duration, Instant};
 use faults::FaultInjector;
 use lab::Lab;
 use observer::Observer;
-use rng::Rng;
 use worker::{Exit, Worker, WorkerPlan};
 
 /// How long a guarded wait may last (`VRAMGUARD_WAIT_TIMEOUT` of the waiting workers).
@@ -210,9 +208,9 @@ pub fn run(config: &Config) -> Summary {
         .expect("cannot create the workers' directory");
     worker::become_subreaper();
 
-    let mut rng = Rng::new(config.seed);
+    let mut rng = fastrand::Rng::with_seed(config.seed);
     let mut observer = Observer::new(&lab, config.verbose);
-    let mut injector = FaultInjector::new(&lab, config, rng.next_u64());
+    let mut injector = FaultInjector::new(&lab, config, rng.u64(..));
     let mut summary = Summary::default();
     let start = Instant::now();
     let end = start + config.duration;

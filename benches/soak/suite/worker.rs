@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use super::cprogs::CProgram;
 use super::lab::Lab;
-use super::rng::Rng;
 
 /// How many devices the status record has room for (`VG_MAX_DEVICES` in the C worker).
 pub const STATUS_DEVICES: usize = 4;
@@ -108,13 +107,18 @@ pub struct WorkerPlan {
 
 impl WorkerPlan {
     /// A random plan: any path, deny or wait, open or (one in four) closed, either device order.
-    pub fn random(rng: &mut Rng, until_ns: u64, max_chunk: u64, forks: bool) -> WorkerPlan {
+    pub fn random(
+        rng: &mut fastrand::Rng,
+        until_ns: u64,
+        max_chunk: u64,
+        forks: bool,
+    ) -> WorkerPlan {
         WorkerPlan {
-            path: rng.pick(&["direct", "dlsym", "procaddr"]),
-            policy: rng.pick(&["deny", "wait"]),
-            on_error: if rng.percent(25) { "closed" } else { "open" },
-            visible: if rng.percent(50) { [0, 1] } else { [1, 0] },
-            seed: rng.next_u64() >> 1,
+            path: rng.choice(["direct", "dlsym", "procaddr"]).unwrap(),
+            policy: rng.choice(["deny", "wait"]).unwrap(),
+            on_error: if rng.u8(..4) == 0 { "closed" } else { "open" },
+            visible: if rng.bool() { [0, 1] } else { [1, 0] },
+            seed: rng.u64(..) >> 1,
             until_ns,
             max_chunk,
             forks,

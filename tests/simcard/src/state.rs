@@ -698,22 +698,25 @@ mod tests {
     use super::*;
     use crate::config::parse_devices;
 
-    fn card(name: &str, capacity: &str) -> (CardState, PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("simcuda-state-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("state");
+    /// A card whose state file is created, with its directory (`card/`), in a temporary
+    /// directory (removed when the returned one is dropped).
+    fn card(name: &str, capacity: &str) -> (CardState, tempfile::TempDir) {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("simcuda-state-test-{name}-"))
+            .tempdir()
+            .unwrap();
+        let path = root.path().join("card").join("state");
         let spec = CardSpec {
             devices: parse_devices(capacity, "t").unwrap(),
             context_cost: 7,
             fragile: false,
         };
-        (CardState::create(&path, spec).unwrap(), dir)
+        (CardState::create(&path, spec).unwrap(), root)
     }
 
     #[test]
     fn charges_are_bounded_and_refusals_recorded() {
-        let (state, dir) = card("bounded", "1000");
+        let (state, _root) = card("bounded", "1000");
         let slot = {
             let guard = state.lock();
             state.join(&guard, 42).unwrap()
@@ -746,12 +749,12 @@ mod tests {
         assert_eq!(state.epoch(), epoch + 1);
         assert!(!state.poisoned());
         assert_eq!(device.peak.load(Ordering::Relaxed), 0);
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn a_second_open_attaches_to_the_same_card() {
-        let (state, dir) = card("attach", "4GiB;2GiB");
+        let (state, root) = card("attach", "4GiB;2GiB");
+        let dir = root.path();
         let again = CardState::open(state.path(), || panic!("must not re-create")).unwrap();
         assert_eq!(again.device_count(), 2);
         assert_eq!(again.context_cost(), 7);
@@ -761,6 +764,5 @@ mod tests {
             CardState::open(&dir.join("foreign"), || panic!()),
             Err(StateError::Foreign { .. })
         ));
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
