@@ -4,6 +4,7 @@
 //! Handles are never closed: a library that started threads or registered callbacks must not be
 //! unmapped under them, and every user keeps its library for the life of the process anyway.
 //! The preload library does not use this module on its `dlsym` path (which must not allocate).
+#![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString, c_int, c_void};
 use std::path::Path;
