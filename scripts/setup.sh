@@ -58,6 +58,13 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# The formatting and lint checks (.ci/run) need rustfmt and clippy, which rustup's minimal
+# profile leaves out.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    echo "setup: installing the rustfmt and clippy components" >&2
+    rustup component add rustfmt clippy
+fi
+
 if [ "${1:-}" != "--no-build" ]; then
     cargo build --release --workspace
 fi

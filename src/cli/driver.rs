@@ -4,6 +4,7 @@
 //! Every entry point is fetched with `dlsym` by its plain name (the `_v2` names where the
 //! headers map the plain one to `_v2`), the way many programs reach the
 //! driver (and a path the guard intercepts). Results are [`CuResult`] (a `u32`), never an enum.
+#![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::path::Path;

@@ -7,6 +7,7 @@
 //! - A failure to open is the loader's own message (`dlerror`), as `doctor` and `status` show it.
 //!
 //! The preload library does not use this module on its `dlsym` path (which must not allocate).
+#![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_int, c_void};
 use std::mem::ManuallyDrop;

@@ -15,8 +15,7 @@
 //! - [`nvml`]: a client of the NVIDIA management library (the card's used memory and each
 //!   process's, without a CUDA context), loaded at run time.
 //! - [`dynlib`]: opening a shared library at run time and finding its symbols.
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod cuda;
 pub mod dynlib;

@@ -10,6 +10,7 @@
 //! Result codes are [`NvmlReturn`], a `u32` newtype (a code this crate does not list is a value
 //! like any other, never undefined behaviour). The structures NVML fills in are mirrored with
 //! `#[repr(C)]` and pinned by compile-time asserts to the layouts of `nvml.h`.
+#![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_uint, c_void};
 use std::fmt;
@@ -272,9 +273,10 @@ impl fmt::Debug for Nvml {
 macro_rules! entry {
     ($library:expr, $path:expr, $name:literal, $ty:ty) => {
         match $library.symbol($name) {
-            // SAFETY: NVML exports this symbol with exactly the C prototype `$ty` (nvml.h,
-            // results as a u32 newtype, structures as the pinned mirrors above).
             Some(address) => {
+                // SAFETY: the address is non-null, and NVML exports this symbol with exactly the
+                // C prototype `$ty` (nvml.h, results as a u32 newtype, structures as the pinned
+                // mirrors above).
                 Some(unsafe { std::mem::transmute::<*mut c_void, $ty>(address.as_ptr()) })
             }
             None => None,

@@ -25,7 +25,6 @@
 //! them, and symbol lookup returns its errors for the layers above to say. The one import circle
 //! is the one the one-list design implies: the exports call the hooks, and the lookup hooks hand
 //! out the exports.
-#![deny(unsafe_op_in_unsafe_fn)]
 
 mod admission;
 mod boundary;

@@ -5,6 +5,7 @@
 //! The simulated driver (`tests/simcuda`, `libcuda.so.1`) takes and gives back memory in it; the
 //! simulated management library (`tests/simnvml`, `libnvidia-ml.so.1`) reports it. This crate
 //! exports no C symbols, so either library can link it without exporting the other's entry points.
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod state;

@@ -5,6 +5,7 @@
 //! gives its memory and contexts back to the card.
 //!
 //! Everything read from the mapping is checked before use: another process may have written it.
+#![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -51,11 +52,17 @@ pub const SLOT_EXITED: u32 = 2;
 /// The file header.
 #[repr(C)]
 pub struct Header {
+    /// [`MAGIC`], written last when the file is initialised.
     pub magic: AtomicU64,
+    /// The [`LAYOUT_VERSION`] the file was written with.
     pub layout_version: AtomicU32,
+    /// How many of [`Layout::devices`] the card has.
     pub device_count: AtomicU32,
+    /// Bytes of the whole file (`size_of::<Layout>()`).
     pub total_size: AtomicU64,
+    /// Bytes each context takes on its device.
     pub context_cost: AtomicU64,
+    /// 1 if the card was created fragile: any refusal poisons its device.
     pub fragile: AtomicU32,
     _reserved: AtomicU32,
     /// Bumped by `simcuda reset`: processes attached before it lose their allocations.
@@ -67,43 +74,66 @@ pub struct Header {
 /// One refused request.
 #[repr(C)]
 pub struct RefusalRecord {
+    /// The process refused.
     pub pid: AtomicI32,
     _pad: AtomicU32,
+    /// The bytes it asked for.
     pub bytes: AtomicU64,
 }
 
 /// One device of the card.
 #[repr(C)]
 pub struct DeviceRecord {
+    /// Bytes of device memory.
     pub capacity: AtomicU64,
+    /// Bytes charged now, by every process.
     pub used: AtomicU64,
+    /// The most bytes charged at once since the card was created or reset.
     pub peak: AtomicU64,
+    /// Requests refused since the card was created or reset.
     pub refused_total: AtomicU64,
+    /// 1 once a fragile refusal poisoned the device: `cuInit` fails until a reset.
     pub poisoned: AtomicU32,
+    /// PCI domain number.
     pub pci_domain: AtomicU32,
+    /// PCI bus number.
     pub pci_bus: AtomicU32,
+    /// PCI device number.
     pub pci_device: AtomicU32,
+    /// `cuDeviceGetUuid`'s bytes.
     pub uuid: [AtomicU8; 16],
+    /// `cuDeviceGetName`'s name, NUL-padded (the last byte is always NUL).
     pub name: [AtomicU8; NAME_BYTES],
+    /// The latest refusals, a ring: refusal `n` (counting from 0) is at `n % REFUSAL_HISTORY`.
     pub refusals: [RefusalRecord; REFUSAL_HISTORY],
 }
 
 /// One process's record.
 #[repr(C)]
 pub struct SlotRecord {
+    /// [`SLOT_FREE`], [`SLOT_LIVE`] or [`SLOT_EXITED`].
     pub state: AtomicU32,
+    /// The process's pid.
     pub pid: AtomicI32,
+    /// [`Header::slot_clock`] when the slot was taken.
     pub taken_at: AtomicU64,
+    /// Bytes the process holds on each device.
     pub used: [AtomicU64; MAX_DEVICES],
+    /// Contexts the process holds on each device.
     pub contexts: [AtomicU32; MAX_DEVICES],
+    /// Calls the process made to each counted entry point (the last counter is
+    /// [`INTERNAL_CALLS_COUNTER`]).
     pub calls: [AtomicU64; MAX_ENTRIES],
 }
 
 /// The whole file.
 #[repr(C)]
 pub struct Layout {
+    /// The header.
     pub header: Header,
+    /// The devices; the first [`Header::device_count`] are the card's.
     pub devices: [DeviceRecord; MAX_DEVICES],
+    /// One per process attached now or remembered after its exit.
     pub slots: [SlotRecord; MAX_SLOTS],
 }
 
@@ -122,12 +152,18 @@ const _: () = assert!(
 pub enum StateError {
     /// The file could not be opened, created, sized or mapped.
     Io {
+        /// The state file.
         path: PathBuf,
+        /// What was being done to it (`open`, `map`...).
         action: &'static str,
+        /// The system's error.
         source: io::Error,
     },
     /// The file is not a card state of this layout.
-    Foreign { path: PathBuf },
+    Foreign {
+        /// The state file.
+        path: PathBuf,
+    },
     /// The card had to be created, but its configuration is invalid.
     Config(ConfigError),
 }

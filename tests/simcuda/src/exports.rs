@@ -6,6 +6,7 @@
 //! Bodies turn the caller's raw pointers into values with the small helpers below and call the
 //! safe [`Driver`] methods. Every pointer is the caller's, per the driver API's contract: null is
 //! rejected with `CUDA_ERROR_INVALID_VALUE`, anything else is trusted to point where the API says.
+#![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 
@@ -120,7 +121,7 @@ macro_rules! entry_points {
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(usize)]
-        pub enum Entry { $($name,)* }
+        pub enum Entry { $($(#[$meta])* $name,)* }
 
         impl Entry {
             /// All entry points, in counter order.

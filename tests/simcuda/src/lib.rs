@@ -6,6 +6,7 @@
 //! ([`driver`]); the exported entry points ([`exports`]) have the real
 //! driver's names, signatures and `cuGetProcAddress` versioning ([`procaddr`]). The `simcuda`
 //! tool creates, resets and reports the card ([`report`]). Environment: see [`config`].
+#![deny(unsafe_code)]
 
 pub mod driver;
 pub mod exports;
@@ -46,6 +47,7 @@ extern "C" fn on_fork_child() {
 }
 
 /// Registers [`on_fork_child`] once per process (a forked child inherits the registration).
+#[allow(unsafe_code)]
 fn watch_forks() {
     static REGISTERED: Once = Once::new();
     REGISTERED.call_once(|| {

@@ -3,6 +3,7 @@
 //!     simcuda init            create or overwrite the card state from SIMCUDA_* variables
 //!     simcuda reset           "reboot": clear poison, allocations, contexts, peaks, refusals
 //!     simcuda report [--json] what the card and its processes did
+#![deny(unsafe_code)]
 
 use std::process::ExitCode;
 

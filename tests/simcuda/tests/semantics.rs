@@ -21,8 +21,8 @@ const CAPACITY: usize = 1024 * MIB;
 
 fn free_bytes() -> usize {
     let (mut free, mut total) = (0usize, 0usize);
-    // SAFETY: two valid, writable out-parameters.
     assert_eq!(
+        // SAFETY: two valid, writable out-parameters: locals that outlive the call.
         unsafe { cuMemGetInfo_v2(&mut free, &mut total) },
         CuResult::SUCCESS
     );
@@ -98,8 +98,8 @@ fn the_simulator_behaves_like_the_driver() {
     );
     assert_eq!(error_name(CuResult(12345)), "unknown(12345)");
     let mut version = 0;
-    // SAFETY: valid out-parameter.
     assert_eq!(
+        // SAFETY: a valid, writable out-parameter: a local that outlives the call.
         unsafe { cuDriverGetVersion(&mut version) },
         CuResult::SUCCESS
     );

@@ -12,10 +12,15 @@ use crate::result::CuResult;
 /// for 1D and 2D) and the element's format and channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArrayShape {
+    /// Elements in a row.
     pub width: u64,
+    /// Rows (0 for a 1D array).
     pub height: u64,
+    /// Layers (0 for a 1D or 2D array).
     pub depth: u64,
+    /// The element format (`CUarray_format`).
     pub format: u32,
+    /// Channels per element (1, 2 or 4).
     pub channels: u32,
 }
 

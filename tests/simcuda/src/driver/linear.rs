@@ -11,6 +11,7 @@ pub(super) const DEAD_SCAN_INTERVAL: std::time::Duration = std::time::Duration::
 /// The time since boot from the kernel's coarse monotonic clock: a few nanoseconds to read
 /// (the precise clock costs several times more), and precise to a few milliseconds, which is all
 /// the interval above needs.
+#[allow(unsafe_code)]
 fn coarse_now() -> std::time::Duration {
     // SAFETY: all-zero is a valid `timespec`.
     let mut now: libc::timespec = unsafe { std::mem::zeroed() };

@@ -151,6 +151,7 @@ impl Driver {
         let path = config::state_path();
         let state = CardState::open(&path, CardSpec::from_env).map_err(|e| e.to_string())?;
         let latency = config::latency_from_env().map_err(|e| e.to_string())?;
+        #[allow(unsafe_code)]
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
         let slot = {
