@@ -9,9 +9,9 @@ use vramguard_core::settings::OnError;
 use vramguard_core::units::format_size;
 
 use super::context_cost;
-use crate::process::devices::{Device, DeviceSlot};
 use super::messages::describe;
 use crate::log;
+use crate::process::devices::{Device, DeviceSlot};
 use crate::process::{Process, session};
 
 impl Process {

@@ -29,9 +29,9 @@ use vramguard_core::cuda::CuDevice;
 use vramguard_core::ledger::{DeviceId, Ledger, SlotId};
 use vramguard_core::nvml::Nvml;
 
-use crate::process::devices::Device;
 use crate::driver::{self, current};
 use crate::log;
+use crate::process::devices::Device;
 
 /// The inode of the initial pid namespace (`PROC_PID_INIT_INO`): a process whose
 /// `/proc/self/ns/pid` has it sees the host's pids, the ones NVML lists.

@@ -10,9 +10,9 @@ use vramguard_core::settings::Policy;
 use vramguard_core::units::format_size;
 
 use super::context_cost;
-use crate::process::devices::{Context, Device};
 use crate::log;
 use crate::process::Process;
+use crate::process::devices::{Context, Device};
 
 /// How long a context creation waits for another process's creation on the same device before
 /// it goes ahead unserialised (its measurement may then include the other context).

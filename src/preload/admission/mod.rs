@@ -23,8 +23,8 @@ use vramguard_core::ledger::{Refusal, Request, Reservation, WaitReport};
 use vramguard_core::settings::OnError;
 
 use crate::log;
-use crate::process::{Process, session};
 use crate::process::devices::{Context, Device};
+use crate::process::{Process, session};
 use messages::describe;
 
 /// Bytes admitted by the ledger for one driver call: commit them when the call succeeds, roll

@@ -9,11 +9,11 @@ use vramguard_core::ledger::{Request, Reservation};
 use vramguard_core::units::format_size;
 
 use super::Admitted;
-use crate::process::devices::{Context, Device};
 use crate::driver::headroom;
 use crate::driver::{self, current};
 use crate::log;
 use crate::process::Process;
+use crate::process::devices::{Context, Device};
 
 /// What the driver's free-memory check found for a request.
 enum DriverCheck {

@@ -5,11 +5,11 @@
 use vramguard_core::cuda::{CuDevice, CuResult};
 use vramguard_core::units::format_size;
 
-use crate::process::devices::{Context, Device, NoDevice};
 use crate::driver::{self, current};
 use crate::functions::Handle;
 use crate::lookup::real;
 use crate::process::Process;
+use crate::process::devices::{Context, Device, NoDevice};
 use crate::process::session::{Session, session};
 use crate::process::tables::{Charge, Entry, Key, PoolKey};
 

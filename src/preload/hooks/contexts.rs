@@ -7,11 +7,11 @@ use vramguard_core::cuda::{CuDevice, CuResult};
 
 use super::accounting::{free, guarded_process, read, record};
 use super::hooks;
-use crate::process::devices::Context;
 use crate::driver::current;
 use crate::functions::Handle;
 use crate::lookup::real;
 use crate::process::Process;
+use crate::process::devices::Context;
 use crate::process::tables::{Charge, Entry, Key};
 
 /// Shared body of the `cuCtxCreate` forms: the context is charged what it takes on the card,

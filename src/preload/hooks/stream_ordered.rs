@@ -8,11 +8,11 @@ use vramguard_core::cuda::{CuDevice, CuDevicePtr, CuResult};
 
 use super::accounting::{accountable, free, guarded_process, read, record, settle_pools};
 use super::hooks;
-use crate::process::devices::Context;
 use crate::driver::layouts::PropsHead;
 use crate::driver::{current, layouts};
 use crate::functions::Handle;
 use crate::lookup::real;
+use crate::process::devices::Context;
 use crate::process::tables::{Charge, Key, PoolKey};
 
 /// Shared body of the pool allocations: draws on the pool's cached bytes first, admits the rest.

@@ -58,4 +58,3 @@ pub struct DeviceSlot {
     /// The `VRAMGUARD_EXPECT` claim is in place (or given up on).
     pub(crate) claimed: AtomicBool,
 }
-

@@ -18,9 +18,9 @@ use parking_lot::{Mutex, MutexGuard};
 use vramguard_core::ledger::{Ledger, MAX_DEVICES, SlotId};
 use vramguard_core::settings::Config;
 
-use devices::{Device, DeviceSlot};
 use crate::log;
 use crate::lookup::symbols;
+use devices::{Device, DeviceSlot};
 use tables::{Charge, Tables};
 
 /// A process attached to the ledger.
