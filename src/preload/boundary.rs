@@ -2,6 +2,7 @@
 //!
 //! Every export runs its hook inside `catch_unwind`; if the hook panics (a bug in the guard), the
 //! call falls back to the real driver function, and the guard says so once on stderr.
+#![deny(unsafe_code)]
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};

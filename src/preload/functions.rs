@@ -21,6 +21,7 @@
 //! their own 32-bit signatures: a caller always gets a wrapper of exactly the ABI it asked for.
 //! Legacy array creation (`cuArrayCreate`, `cuArray3DCreate` with 32-bit descriptors) is not
 //! listed and passes through untouched.
+#![deny(unsafe_code)]
 
 use std::ffi::c_void;
 

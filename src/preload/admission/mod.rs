@@ -9,6 +9,7 @@
 //! - [`near_edge`]: the driver's free figure, asked only near the edge ([`crate::driver::headroom`]).
 //! - [`contexts`]: a context's creation, charged what it takes ([`context_cost`]).
 //! - [`messages`]: refusals said in sizes people read.
+#![deny(unsafe_code)]
 
 mod claims;
 pub mod context_cost;

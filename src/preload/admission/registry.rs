@@ -12,7 +12,6 @@ use vramguard_core::units::format_size;
 
 use crate::driver::{self, current, headroom};
 use crate::log;
-use crate::lookup::real;
 use crate::process::Process;
 use crate::process::devices::{Context, Device, DeviceSlot, NoDevice};
 
@@ -71,12 +70,7 @@ impl Process {
     /// Finds the card of `ordinal` and its ledger record (find-or-add by UUID).
     fn register(&self, ordinal: CuDevice) -> Result<Device, NoDevice> {
         let uuid = driver::uuid(ordinal).ok_or(NoDevice::NoContext)?;
-        let mut capacity = 0usize;
-        // SAFETY: `capacity` is a live usize the driver writes.
-        if !unsafe { real::cuDeviceTotalMem_v2(&mut capacity, ordinal) }.is_success() {
-            return Err(NoDevice::NoContext);
-        }
-        let capacity = capacity as u64;
+        let capacity = driver::total_memory(ordinal).ok_or(NoDevice::NoContext)?;
         let name = driver::name(ordinal);
         let budget = self.config.budget_for(capacity);
         let id = self

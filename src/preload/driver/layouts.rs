@@ -3,6 +3,7 @@
 //! The structures themselves are the shared `#[repr(C)]` mirrors of
 //! [`vramguard_core::cuda::abi`] (plain integers where the driver has enums, layouts checked
 //! against `cudarc::driver::sys` at compile time); only the fields the guard needs are read.
+#![deny(unsafe_code)]
 
 pub use vramguard_core::cuda::abi::{
     Array3dDescriptor, ArrayDescriptor, LOCATION_DEVICE, PropsHead,

@@ -12,7 +12,7 @@ pub mod headroom;
 pub mod layouts;
 mod queries;
 
-pub use queries::{memory, name, pool_release_threshold, uuid};
+pub use queries::{memory, name, pool_release_threshold, total_memory, uuid};
 
 /// Generates a typed caller per helper function, each with its own lazily resolved slot.
 macro_rules! helper_functions {

@@ -17,6 +17,15 @@ pub fn memory() -> Option<(u64, u64)> {
         .then_some((free as u64, total as u64))
 }
 
+/// The total memory of device `ordinal` (`cuDeviceTotalMem_v2`, the driver's real figure).
+pub fn total_memory(ordinal: CuDevice) -> Option<u64> {
+    let mut total = 0usize;
+    // SAFETY: `total` is a live usize the driver writes.
+    unsafe { real::cuDeviceTotalMem_v2(&mut total, ordinal) }
+        .is_success()
+        .then_some(total as u64)
+}
+
 /// The UUID of device `ordinal` (`cuDeviceGetUuid_v2`, else the first form).
 pub fn uuid(ordinal: CuDevice) -> Option<CuUuid> {
     let mut uuid = CuUuid::default();

@@ -1,6 +1,7 @@
 //! The devices as this process sees them: one slot per ordinal, filled at the ordinal's first
 //! use by admission ([`crate::admission`]), with the card's ledger record and the last word of the
 //! driver about its memory.
+#![deny(unsafe_code)]
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;

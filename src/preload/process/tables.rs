@@ -15,6 +15,7 @@
 //! released *and* its last mapping is unmapped (programs such as llama.cpp release the handle right
 //! after mapping it). The tables count the references (the handle, each mapping, each
 //! `cuMemRetainAllocationHandle`) and the charge is released with the last one.
+#![deny(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
 
