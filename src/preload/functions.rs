@@ -17,7 +17,7 @@
 //!   [`Func`] with the cut-offs).
 //!
 //! `tests/guard_symbols.rs` reads this list and compares it with `nm -D` of the library, and
-//! `tests/docs_functions.rs` with `docs/design.md`. Legacy (pre-3020) entry points are listed with
+//! `tests/docs_guarded_functions.rs` with `docs/design.md`. Legacy (pre-3020) entry points are listed with
 //! their own 32-bit signatures: a caller always gets a wrapper of exactly the ABI it asked for.
 //! Legacy array creation (`cuArrayCreate`, `cuArray3DCreate` with 32-bit descriptors) is not
 //! listed and passes through untouched.
