@@ -8,9 +8,16 @@
 //! `cargo bench --bench ledger -- --backing [DIR]` measures instead what giving every page of
 //! the ledger file its storage costs (`vramguard_core::ledger::backing`), at creation and at
 //! join, in a directory of DIR's file system (default `/dev/shm`): median of 20 runs each.
+//!
+//! `cargo bench --bench ledger -- --wake [ROUNDS]` measures how soon a waiter in another process,
+//! asleep in the queue, is admitted once room is made: by a release of the holder, and by the
+//! holder's death (SIGKILL; the waiter finds it dead and takes its bytes back). ROUNDS of each
+//! (default 20); the median, the 90th percentile and the worst. The tests check only that the
+//! waiter is admitted (`tests/ledger_waiting.rs`).
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vramguard_core::ledger::{Ledger, Request, backing, layout};
@@ -275,12 +282,223 @@ fn backing_costs(base: &Path) {
     );
 }
 
+/// The wake-up figures' card: the holder takes 900 MiB of it, the waiter asks 200.
+const WAKE_BUDGET: u64 = 1000 * MIB;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the one clock the parent and its children share.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The wake-up device of the ledger in `dir`, and a member joined as `name`.
+fn wake_member(
+    dir: &Path,
+    name: &str,
+) -> (
+    Ledger,
+    vramguard_core::ledger::DeviceId,
+    vramguard_core::ledger::SlotId,
+) {
+    let ledger = Ledger::open(dir).expect("open ledger");
+    let dev = ledger
+        .register_device(UUID, "Bench GPU", WAKE_BUDGET, WAKE_BUDGET)
+        .expect("register");
+    let me = ledger.join(name).expect("join");
+    (ledger, dev, me)
+}
+
+/// Role `waiter`: asks for 200 MiB (waiting up to a minute), prints `waiting` when it queues
+/// and `admitted <monotonic ns>` when it gets them, then leaves.
+fn wake_waiter() {
+    let (ledger, dev, me) = wake_member(&PathBuf::from(env("LEDGER_BENCH_DIR")), "wake waiter");
+    let on_wait = |_: &vramguard_core::ledger::WaitReport| println!("waiting");
+    let request = Request {
+        wait_until: Some(Instant::now() + Duration::from_secs(60)),
+        on_wait: Some(&on_wait),
+        ..Request::default()
+    };
+    match ledger.reserve(me, dev, 200 * MIB, &request) {
+        Ok(r) => {
+            println!("admitted {}", monotonic_ns());
+            ledger.rollback(r);
+        }
+        Err(refusal) => println!("refused {refusal}"),
+    }
+    ledger.leave(me);
+}
+
+/// Role `holder`: holds 900 MiB, prints `holding`, and waits a minute to be killed.
+fn wake_holder() {
+    let (ledger, dev, me) = wake_member(&PathBuf::from(env("LEDGER_BENCH_DIR")), "wake holder");
+    let r = ledger
+        .reserve(me, dev, 900 * MIB, &Request::default())
+        .expect("the holder's bytes fit");
+    ledger.commit(r);
+    println!("holding");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Starts this binary in `role` on the ledger in `dir`; returns it and its stdout's lines.
+fn start_role(role: &str, dir: &Path) -> (Child, std::io::Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(std::env::current_exe().expect("bench binary"))
+        .env(ROLE_VAR, role)
+        .env("LEDGER_BENCH_DIR", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn a bench child");
+    let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    (child, lines)
+}
+
+/// The next line a child printed (it must print one).
+fn next_line(lines: &mut std::io::Lines<BufReader<ChildStdout>>, what: &str) -> String {
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("{what}: the child ended without a word"))
+        .expect("read a child's line")
+}
+
+/// One round: room made by `make_room` (given the holder, when it is a child of its own)
+/// `settle` after the waiter queued (it is asleep by then, most likely: a benchmark may sleep,
+/// nothing is asserted); returns the time from just before `make_room` to the waiter's admission.
+fn wake_round(
+    dir: &Path,
+    holder_child: bool,
+    settle: Duration,
+    make_room: impl FnOnce(Option<&mut Child>),
+) -> Duration {
+    let mut holder = holder_child.then(|| {
+        let (child, mut lines) = start_role("holder", dir);
+        assert_eq!(next_line(&mut lines, "holder"), "holding");
+        child
+    });
+    let (mut waiter, mut lines) = start_role("waiter", dir);
+    assert_eq!(next_line(&mut lines, "waiter"), "waiting");
+    std::thread::sleep(settle);
+    let made_at = monotonic_ns();
+    make_room(holder.as_mut());
+    let line = next_line(&mut lines, "waiter");
+    let admitted_at: u64 = line
+        .strip_prefix("admitted ")
+        .unwrap_or_else(|| panic!("the waiter was not admitted: {line}"))
+        .parse()
+        .expect("a time");
+    assert!(waiter.wait().expect("reap the waiter").success());
+    if let Some(mut holder) = holder {
+        let _ = holder.kill();
+        let _ = holder.wait();
+    }
+    Duration::from_nanos(admitted_at.saturating_sub(made_at))
+}
+
+/// A new, empty directory `vramguard-<what>-bench-...` in `/dev/shm` (else the temporary
+/// directory), where ledgers live.
+fn fresh_bench_dir(what: &str) -> tempfile::TempDir {
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    bench_dir(&format!("vramguard-{what}-bench-"), &base)
+}
+
+/// The CPU cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// `--wake [ROUNDS]`: the two wake-up latencies of a waiter in another process.
+fn wake_latencies(rounds: usize) {
+    let tmp = fresh_bench_dir("wake");
+    let dir = tmp.path();
+    let ledger_dir = dir.join("ledger");
+    let (ledger, dev, me) = wake_member(&ledger_dir, "wake bench");
+    let mut released: Vec<Duration> = (0..rounds)
+        .map(|_| {
+            let r = ledger
+                .reserve(me, dev, 900 * MIB, &Request::default())
+                .expect("the holder's bytes fit");
+            ledger.commit(r);
+            let settle = Duration::from_millis(20);
+            wake_round(&ledger_dir, false, settle, |_| {
+                ledger.release(me, dev, 900 * MIB)
+            })
+        })
+        .collect();
+    // Nobody wakes a waiter when a holder dies: it finds the death at the end of one of its
+    // sleeps. The kill comes at moments spread over 100 ms, so that the figures show where in
+    // its sleep a death may find it, not one moment of it.
+    let mut killed: Vec<Duration> = (0..rounds)
+        .map(|round| {
+            let settle = Duration::from_millis(20 + (round as u64 * 37) % 100);
+            wake_round(&ledger_dir, true, settle, |holder| {
+                holder
+                    .expect("a holder child")
+                    .kill()
+                    .expect("kill the holder")
+            })
+        })
+        .collect();
+    ledger.leave(me);
+    println!(
+        "vramguard ledger: a waiter in another process, asleep in the queue, admitted once room is made ({rounds} rounds each, {} CPU cores)",
+        cores()
+    );
+    println!(
+        "{:<52} {:>10} {:>10} {:>10}",
+        "room made by", "median", "p90", "worst"
+    );
+    let show = |label: &str, samples: &mut Vec<Duration>| {
+        samples.sort_unstable();
+        let at =
+            |fraction: f64| samples[((samples.len() as f64 - 1.0) * fraction).round() as usize];
+        let time = |d: Duration| match d.as_secs_f64() * 1e6 {
+            us if us < 10_000.0 => format!("{us:.0} us"),
+            us => format!("{:.1} ms", us / 1000.0),
+        };
+        println!(
+            "{label:<52} {:>10} {:>10} {:>10}",
+            time(at(0.5)),
+            time(at(0.9)),
+            time(at(1.0))
+        );
+    };
+    show("a release by the holder", &mut released);
+    show(
+        "the holder's death (SIGKILL; its bytes reclaimed)",
+        &mut killed,
+    );
+    println!(
+        "(from just before the release or the kill to the waiter's reservation returning, both on CLOCK_MONOTONIC; rerun: cargo bench --bench ledger -- --wake {rounds})"
+    );
+}
+
 fn main() {
-    if std::env::var(ROLE_VAR).as_deref() == Ok("worker") {
-        worker();
-        return;
+    match std::env::var(ROLE_VAR).as_deref() {
+        Ok("worker") => return worker(),
+        Ok("waiter") => return wake_waiter(),
+        Ok("holder") => return wake_holder(),
+        _ => {}
     }
     let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--wake") {
+        let rounds = args
+            .get(at + 1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(20usize)
+            .max(1);
+        wake_latencies(rounds);
+        return;
+    }
     if let Some(at) = args.iter().position(|a| a == "--backing") {
         let base = args
             .get(at + 1)
@@ -291,18 +509,11 @@ fn main() {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let iterations = if quick { 20_000 } else { 200_000 };
-    let base = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let tmp = bench_dir("vramguard-ledger-bench-", &base);
+    let tmp = fresh_bench_dir("ledger");
     let dir = tmp.path();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     println!(
-        "vramguard ledger: reserve + commit + release of 1 MiB on one device ({cores} CPU cores)"
+        "vramguard ledger: reserve + commit + release of 1 MiB on one device ({} CPU cores)",
+        cores()
     );
     println!(
         "{:<28} {:>10} {:>10} {:>12} {:>10}",

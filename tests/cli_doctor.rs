@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use cli_support::*;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+/// How long a child may take: only catches a hang.
+const DEADLINE: Duration = HANG_GUARD;
 
 fn doctor(card: &SimCard, root: Option<&Path>) -> Output {
     let mut command = card.command(vramguard());

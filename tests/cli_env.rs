@@ -11,7 +11,8 @@ use std::time::Duration;
 use cli_support::*;
 use vramguard_core::settings::SETTINGS;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+/// How long a child may take: only catches a hang.
+const DEADLINE: Duration = HANG_GUARD;
 
 fn vramguard_env(args: &[&str]) -> String {
     let out = run_with_deadline(

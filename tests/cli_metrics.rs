@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use support::{ClientPath, Sandbox};
 
-const DEADLINE: Duration = Duration::from_secs(60);
+/// How long a child may take: only catches a hang.
+const DEADLINE: Duration = support::HANG_GUARD;
 
 fn status_to(sandbox: &Sandbox, file: &Path, extra: &[&str]) -> support::Running {
     let mut command = sandbox.program(support::artifacts().cli);
@@ -40,7 +41,7 @@ fn the_textfile_is_replaced_atomically_and_rewritten_while_watching() {
     let holder = sandbox.start_holding(
         ClientPath::Python,
         true,
-        &["--chunk", "1GiB", "--hold-ms", "60000"],
+        &["--chunk", "1GiB", "--hold-until", sandbox.until_killed()],
         DEADLINE,
     );
     let pid = holder.pid();

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use cli_support::*;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+/// How long a child may take: only catches a hang.
+const DEADLINE: Duration = HANG_GUARD;
 
 /// A shell command that prints the guard's environment, one `NAME=value` a line.
 const SHOW_ENV: &str = "echo \"LD_PRELOAD=${LD_PRELOAD-}\"; env | grep '^VRAMGUARD_' | sort";

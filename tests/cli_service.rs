@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use cli_support::*;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+/// How long a child may take: only catches a hang.
+const DEADLINE: Duration = HANG_GUARD;
 
 fn env_systemd(library: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(vramguard());

@@ -25,7 +25,7 @@ fn sandbox() -> Sandbox {
 fn needed(path: &std::path::Path) -> Vec<String> {
     let mut command = Command::new("readelf");
     command.arg("-d").arg(path);
-    let output = run_with_deadline(command, Duration::from_secs(20));
+    let output = run_with_deadline(command, support::HANG_GUARD);
     assert!(output.status.success(), "readelf -d {}", path.display());
     String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -42,7 +42,7 @@ fn needed(path: &std::path::Path) -> Vec<String> {
 fn undefined_symbols(path: &std::path::Path) -> Vec<String> {
     let mut command = Command::new("nm");
     command.args(["-D", "--undefined-only"]).arg(path);
-    let output = run_with_deadline(command, Duration::from_secs(20));
+    let output = run_with_deadline(command, support::HANG_GUARD);
     assert!(output.status.success(), "nm -D {}", path.display());
     String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -185,12 +185,12 @@ fn a_forked_child_allocates_as_its_own_process() {
                 "64MiB",
                 "--count",
                 "2",
-                "--hold-ms",
-                "60000",
+                "--hold-until",
+                sandbox.until_killed(),
             ],
         );
-        holder.wait_for_line("holding", Duration::from_secs(30));
-        holder.wait_for_line("holding", Duration::from_secs(30));
+        holder.wait_for_line("holding", support::HANG_GUARD);
+        holder.wait_for_line("holding", support::HANG_GUARD);
         let pid = holder.pid();
         let report = sandbox.sim_report();
         // Parent and child: a context and 2 x 64 MiB each, in two process records.
@@ -221,11 +221,11 @@ fn a_forked_child_allocates_as_its_own_process() {
         let child_pid = children[0]["pid"].as_i64().unwrap() as i32;
         // SAFETY: kill(2) on a pid we just read from the report of our own sandbox.
         unsafe { libc::kill(child_pid, libc::SIGKILL) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + support::HANG_GUARD;
         while device_u64(&sandbox.sim_report(), 0, "used_bytes") != 0 {
             assert!(
                 std::time::Instant::now() < deadline,
-                "{path:?}: memory not returned after the kills"
+                "hang guard: {path:?}: memory not returned after the kills"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

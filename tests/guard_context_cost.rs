@@ -41,7 +41,14 @@ fn small_program(sandbox: &Sandbox, chunks: &str) -> Running {
     sandbox.start_client(
         ClientPath::Procaddr,
         true,
-        &["--chunk", "16MiB", "--count", chunks, "--hold-ms", "120000"],
+        &[
+            "--chunk",
+            "16MiB",
+            "--count",
+            chunks,
+            "--hold-until",
+            sandbox.until_killed(),
+        ],
     )
 }
 
@@ -255,7 +262,14 @@ fn a_created_context_is_charged_what_it_took() {
     let holder = sandbox.start_holding(
         ClientPath::Direct,
         true,
-        &["--api", "ctx", "--count", "3", "--hold-ms", "60000"],
+        &[
+            "--api",
+            "ctx",
+            "--count",
+            "3",
+            "--hold-until",
+            sandbox.until_killed(),
+        ],
         CLIENT_DEADLINE,
     );
     let pid = u64::from(holder.pid());
@@ -304,7 +318,7 @@ fn programs_waiting_for_room_for_their_context_wait_in_line_together() {
             command
                 .args(["--chunk", "16MiB", "--count", "0"])
                 .env("VRAMGUARD_POLICY", "wait")
-                .env("VRAMGUARD_WAIT_TIMEOUT", "120s");
+                .env("VRAMGUARD_WAIT_TIMEOUT", guard_support::hang_wait_timeout());
             support::spawn(command)
         })
         .collect();
@@ -344,7 +358,14 @@ fn a_management_library_that_hangs_does_not_stop_a_context_creation() {
     let mut holder = sandbox.start_client(
         ClientPath::Direct,
         true,
-        &["--api", "ctx", "--count", "2", "--hold-ms", "60000"],
+        &[
+            "--api",
+            "ctx",
+            "--count",
+            "2",
+            "--hold-until",
+            sandbox.until_killed(),
+        ],
     );
     holder.wait_for_line("holding", CLIENT_DEADLINE);
     let pid = u64::from(holder.pid());

@@ -42,7 +42,14 @@ fn runtime_holder(sandbox: &Sandbox, mode: &str, gib: u64) -> support::Running {
     let holder = sandbox.start_holding(
         ClientPath::Procaddr,
         true,
-        &["--chunk", "1GiB", "--count", &count, "--hold-ms", "60000"],
+        &[
+            "--chunk",
+            "1GiB",
+            "--count",
+            &count,
+            "--hold-until",
+            sandbox.until_killed(),
+        ],
         CLIENT_DEADLINE,
     );
     assert_eq!(

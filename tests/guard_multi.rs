@@ -97,23 +97,18 @@ fn a_forked_child_joins_the_ledger_as_itself() {
         ]);
         let running = support::spawn(command);
         let parent = running.pid();
-        let snap = wait_for_ledger(
-            &sandbox,
-            Duration::from_secs(20),
-            "parent and child holding",
-            |s| {
-                s.processes
-                    .iter()
-                    .filter(|p| {
-                        p.alive
-                            && p.devices
-                                .iter()
-                                .any(|d| d.uuid == uuid && d.charged == 500 * MIB + CONTEXT)
-                    })
-                    .count()
-                    == 2
-            },
-        );
+        let snap = wait_for_ledger(&sandbox, CLIENT_DEADLINE, "parent and child holding", |s| {
+            s.processes
+                .iter()
+                .filter(|p| {
+                    p.alive
+                        && p.devices
+                            .iter()
+                            .any(|d| d.uuid == uuid && d.charged == 500 * MIB + CONTEXT)
+                })
+                .count()
+                == 2
+        });
         assert_eq!(
             charged(&snap, parent, uuid),
             500 * MIB + CONTEXT,
@@ -157,7 +152,7 @@ fn eight_threads_allocating_at_once_never_overcommit() {
 
 /// Waits until the ledger shows process `pid` waiting.
 fn wait_until_waiting(sandbox: &Sandbox, pid: u32) {
-    wait_for_ledger(sandbox, Duration::from_secs(20), "a process waiting", |s| {
+    wait_for_ledger(sandbox, CLIENT_DEADLINE, "a process waiting", |s| {
         guard_support::process(s, pid)
             .is_some_and(|p| matches!(p.state, ProcessState::Waiting { .. }))
     });
@@ -167,9 +162,10 @@ fn wait_until_waiting(sandbox: &Sandbox, pid: u32) {
 fn a_process_killed_while_waiting_frees_its_place() {
     let mut sandbox = Sandbox::new("4GiB");
     sandbox.init();
-    sandbox
-        .set_env("VRAMGUARD_POLICY", "wait")
-        .set_env("VRAMGUARD_WAIT_TIMEOUT", "60s");
+    sandbox.set_env("VRAMGUARD_POLICY", "wait").set_env(
+        "VRAMGUARD_WAIT_TIMEOUT",
+        &guard_support::hang_wait_timeout(),
+    );
     // A holds most of the card until C waits.
     let release = sandbox.go_file("release");
     let holder = sandbox.start_holder(ClientPath::Direct, true, "3GiB", &release);
@@ -199,7 +195,7 @@ fn a_process_killed_while_waiting_frees_its_place() {
     release.go();
     let holder = holder.finish(CLIENT_DEADLINE);
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
-    let next = next.finish(Duration::from_secs(30));
+    let next = next.finish(CLIENT_DEADLINE);
     assert_eq!(next.status.code(), Some(0), "{next:?}");
     assert_eq!(next.summary().ok, 1);
     let snap = snapshot(&sandbox);

@@ -202,7 +202,10 @@ fn wait_with_expect_runs_all_three_one_after_another() {
             &[
                 ("VRAMGUARD_POLICY", "wait"),
                 ("VRAMGUARD_EXPECT", "3GiB"),
-                ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
+                (
+                    "VRAMGUARD_WAIT_TIMEOUT",
+                    &guard_support::hang_wait_timeout(),
+                ),
             ],
             Hold::ASecond,
         );
@@ -228,7 +231,10 @@ fn plain_wait_never_overcommits_and_lets_at_least_one_finish() {
             true,
             &[
                 ("VRAMGUARD_POLICY", "wait"),
-                ("VRAMGUARD_WAIT_TIMEOUT", "60s"),
+                (
+                    "VRAMGUARD_WAIT_TIMEOUT",
+                    &guard_support::hang_wait_timeout(),
+                ),
             ],
             Hold::ASecond,
         );
@@ -356,7 +362,7 @@ fn under_wait_memory_of_an_unguarded_program_is_waited_for() {
     guarded
         .args(["--chunk", "1GiB", "--count", "1"])
         .env("VRAMGUARD_POLICY", "wait")
-        .env("VRAMGUARD_WAIT_TIMEOUT", "60s");
+        .env("VRAMGUARD_WAIT_TIMEOUT", guard_support::hang_wait_timeout());
     let mut guarded = support::spawn(guarded);
     guarded.wait_for_stderr_line("vramguard: waiting for 1.00 GiB", CLIENT_DEADLINE);
     release.go();

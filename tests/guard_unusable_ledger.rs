@@ -99,7 +99,14 @@ fn a_program_joining_after_the_file_system_filled_up_is_guarded() {
     let (sandbox, mount, dir) = sandbox_with_tmpfs("8m");
     let holder = || {
         let mut command = sandbox.command(ClientPath::Direct, true);
-        command.args(["--chunk", "200MiB", "--count", "1", "--hold-ms", "60000"]);
+        command.args([
+            "--chunk",
+            "200MiB",
+            "--count",
+            "1",
+            "--hold-until",
+            sandbox.until_killed(),
+        ]);
         let mut holder = support::spawn(inside(&mount, &dir, command));
         holder.wait_for_line("holding", guard_support::CLIENT_DEADLINE);
         holder

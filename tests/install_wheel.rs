@@ -128,7 +128,7 @@ impl Installed {
 fn tool(program: &str, args: &[&str], path: &Path) -> String {
     let mut command = Command::new(program);
     command.args(args).arg(path);
-    let output = support::run_with_deadline(command, Duration::from_secs(60));
+    let output = support::run_with_deadline(command, support::HANG_GUARD);
     assert!(
         output.status.success(),
         "{program} {args:?} {}",

@@ -561,7 +561,7 @@ fn context_creation_is_one_at_a_time_per_device() {
     let ledger = dir.open_ledger();
     let first = ledger.register_device(uuid(1), "A", 4096, 4096).unwrap();
     let second = ledger.register_device(uuid(2), "B", 4096, 4096).unwrap();
-    let long = || Instant::now() + Duration::from_secs(30);
+    let long = || Instant::now() + ledger_support::HANG_GUARD;
     let creating = ledger.lock_context_creation(first, long()).unwrap();
     // Another device's creation is independent.
     drop(ledger.lock_context_creation(second, long()).unwrap());
@@ -577,6 +577,8 @@ fn context_creation_is_one_at_a_time_per_device() {
     // A waiter gets the lock as soon as the holder lets go.
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| ledger.lock_context_creation(first, long()).is_ok());
+        // Most likely waiting by then. Nothing depends on it: a waiter that comes after the
+        // holder let go gets the free lock at once.
         std::thread::sleep(Duration::from_millis(20));
         drop(creating);
         assert!(waiter.join().unwrap(), "the waiter never got the lock");

@@ -8,8 +8,8 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ledger_support::{Rng, TempDir, child_dir, hold, report, role, spawn, uuid};
-use vramguard_core::ledger::{LOCK_DEADLINE, Ledger, LedgerError, Request, layout};
+use ledger_support::{HANG_GUARD, Rng, TempDir, child_dir, hold, report, role, spawn, uuid};
+use vramguard_core::ledger::{Ledger, LedgerError, Request, layout};
 
 const TEST_UNWRITABLE: &str = "unwritable_ledger_is_reported_with_the_fix";
 
@@ -191,7 +191,7 @@ fn directory_and_fifo_are_not_ledgers() {
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
     // Opening a FIFO for reading without a writer would block for good.
     let opening = dir.clone();
-    let error = ledger_support::within(Duration::from_secs(60), "opening a FIFO", move || {
+    let error = ledger_support::within(HANG_GUARD, "opening a FIFO", move || {
         Ledger::open(&opening).err().unwrap()
     });
     assert!(
@@ -264,11 +264,7 @@ fn unwritable_ledger_is_reported_with_the_fix() {
         ledger_support::child_command(TEST_UNWRITABLE, "unwritable", &dir, &[])
     };
     let child = command.spawn().unwrap();
-    let lines = ledger_support::finish(
-        child,
-        Instant::now() + Duration::from_secs(30),
-        "unwritable child",
-    );
+    let lines = ledger_support::finish(child, Instant::now() + HANG_GUARD, "unwritable child");
     let path = ledger.path().display().to_string();
     assert!(
         lines[0].starts_with("denied ")
@@ -364,13 +360,12 @@ fn random_and_mutated_files_never_panic() {
         let dir = tmp.path().join(format!("f{round}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(layout::FILE_NAME), &bytes).unwrap();
-        // A lock word left with a live owner's token costs one lock deadline per operation;
-        // the deadline only catches a hang.
+        // A lock word left with a live owner's token costs one lock deadline per operation, well
+        // within the hang guard.
         let exercised = dir.clone();
-        let outcome =
-            ledger_support::within(LOCK_DEADLINE * 12, &format!("round {round}"), move || {
-                exercise(&exercised)
-            });
+        let outcome = ledger_support::within(HANG_GUARD, &format!("round {round}"), move || {
+            exercise(&exercised)
+        });
         match outcome {
             Ok(()) => opened += 1,
             Err(error) => {
@@ -440,7 +435,7 @@ fn a_process_joins_what_another_process_created() {
         &tmp.ledger_dir(),
         &[],
     );
-    ledger_support::finish(child, Instant::now() + Duration::from_secs(30), "creator");
+    ledger_support::finish(child, Instant::now() + HANG_GUARD, "creator");
     let ledger = Ledger::open_existing(&tmp.ledger_dir()).unwrap();
     assert_eq!(ledger.snapshot().devices[0].name, "From child");
     let file = std::fs::File::open(ledger.path()).unwrap();

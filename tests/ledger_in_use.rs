@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ledger_support::{
-    TempDir, child_dir, device, finish, fresh_member, hold, holder, report, role, spawn,
-    spawn_holder, wait_until,
+    HANG_GUARD, TempDir, child_dir, device, finish, fresh_member, hold, holder, report, role,
+    spawn, spawn_holder, wait_until,
 };
 use vramguard_core::ledger::{Ledger, LedgerError, Refusal, Request, layout};
 
@@ -36,11 +36,7 @@ fn members_of_a_removed_ledger_still_reclaim_their_dead() {
 
     std::fs::remove_dir_all(&dir).unwrap();
     doomed.kill().unwrap();
-    wait_until(
-        &mut doomed,
-        Instant::now() + Duration::from_secs(10),
-        "doomed",
-    );
+    wait_until(&mut doomed, Instant::now() + HANG_GUARD, "doomed");
 
     // The next decision that would otherwise refuse reclaims the dead member's 300 MiB (the old
     // file is reopened through this process's own descriptor, not through the vanished path);
@@ -74,11 +70,7 @@ fn members_of_a_removed_ledger_still_reclaim_their_dead() {
 
     ledger.rollback(r);
     std::fs::write(&stop, b"").unwrap();
-    wait_until(
-        &mut live,
-        Instant::now() + Duration::from_secs(10),
-        "live holder",
-    );
+    wait_until(&mut live, Instant::now() + HANG_GUARD, "live holder");
     assert_eq!(ledger.reclaim_dead(), 600 * MIB);
     ledger.leave(me);
 }
@@ -180,11 +172,7 @@ fn a_truncated_ledger_is_restored_and_refused_without_a_fault() {
     }
     let tmp = TempDir::new("truncate");
     let child = spawn(TEST_TRUNCATED, "truncation", &tmp.ledger_dir(), &[]);
-    let lines = finish(
-        child,
-        Instant::now() + Duration::from_secs(30),
-        "truncation",
-    );
+    let lines = finish(child, Instant::now() + HANG_GUARD, "truncation");
     assert_eq!(lines.len(), 5, "{lines:?}");
     assert_eq!(lines[0], "snapshot devices 0");
     assert_eq!(lines[1], format!("length {}", layout::FILE_SIZE));
@@ -200,8 +188,9 @@ fn a_truncated_ledger_is_restored_and_refused_without_a_fault() {
 
 /// A member waits for room while another thread holds everything; the file is cut below the
 /// slots (the header survives) while nobody but the waiter looks. The waiter must notice it (at
-/// the end of one of its 50 ms sleeps: its own deadline is far away), give the file its size
-/// back and mark it, so that the holder's next request is refused instead of faulting.
+/// the end of one of its 50 ms sleeps: its own deadline, the hang guard, is far away), give the
+/// file its size back and mark it, so that the holder's next request is refused instead of
+/// faulting.
 fn waiter_child() {
     let dir = child_dir();
     let holder = Ledger::open(&dir).unwrap();
@@ -214,22 +203,20 @@ fn waiter_child() {
         let slot = waiter.join("waiter").unwrap();
         let on_wait = |_: &vramguard_core::ledger::WaitReport| sender.send(()).unwrap();
         let request = Request {
-            wait_until: Some(Instant::now() + Duration::from_secs(20)),
+            wait_until: Some(Instant::now() + HANG_GUARD),
             on_wait: Some(&on_wait),
             ..Request::default()
         };
-        let outcome = waiter.reserve(slot, dev, MIB, &request);
-        (is_truncated_refusal(outcome), Instant::now())
+        is_truncated_refusal(waiter.reserve(slot, dev, MIB, &request))
     });
     receiver
-        .recv_timeout(Duration::from_secs(10))
+        .recv_timeout(HANG_GUARD)
         .expect("the waiter starts waiting");
+    // Most likely asleep by then, as the scenario has it. Nothing depends on it: a waiter still
+    // awake notices the cut at the end of its first sleep instead.
     std::thread::sleep(Duration::from_millis(20));
-    let cut = Instant::now();
     truncate(&dir, 4096);
-    let (refused, when) = waiting.join().unwrap();
-    let noticed = when.saturating_duration_since(cut);
-    println!("waiter noticed the truncation after {noticed:?}");
+    let refused = waiting.join().unwrap();
     report(format!("waiter truncated {refused}"));
     report(format!("length {}", file_length(&dir)));
     report(format!(
@@ -245,7 +232,7 @@ fn a_waiter_notices_a_truncation_and_spares_the_other_members() {
     }
     let tmp = TempDir::new("truncwait");
     let child = spawn(TEST_WAITER, "waiter", &tmp.ledger_dir(), &[]);
-    let lines = finish(child, Instant::now() + Duration::from_secs(40), "waiter");
+    let lines = finish(child, Instant::now() + HANG_GUARD * 2, "waiter");
     assert_eq!(
         lines,
         [

@@ -7,11 +7,11 @@ mod ledger_support;
 
 use std::os::unix::fs::FileExt;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ledger_support::{
-    TempDir, child_dir, device, fresh_member, hold, holder, holder_slot, holder_vars, report, role,
-    spawn, spawn_holder,
+    HANG_GUARD, TempDir, child_dir, device, fresh_member, hold, holder, holder_slot, holder_vars,
+    report, role, spawn, spawn_holder,
 };
 use vramguard_core::ledger::{Ledger, Refusal, Request, layout};
 
@@ -41,11 +41,7 @@ fn pid_reuse_cannot_fool_liveness() {
     let (mut live, live_slot) =
         spawn_holder(test, &dir, &stop_live, BUDGET, 600 * MIB, "live holder");
     std::fs::write(&stop_dead, b"").unwrap();
-    ledger_support::wait_until(
-        &mut dead,
-        Instant::now() + Duration::from_secs(10),
-        "dead holder",
-    );
+    ledger_support::wait_until(&mut dead, Instant::now() + HANG_GUARD, "dead holder");
     // The dead member's pid now "belongs" to a live process (ours); the live member's pid is one
     // that exists nowhere (as if it lived in another pid namespace).
     overwrite_pid(&ledger, dead_slot, std::process::id());
@@ -79,11 +75,7 @@ fn pid_reuse_cannot_fool_liveness() {
     assert_eq!(ledger.snapshot().devices[0].used, 1000 * MIB);
     ledger.rollback(r);
     std::fs::write(&stop_live, b"").unwrap();
-    ledger_support::wait_until(
-        &mut live,
-        Instant::now() + Duration::from_secs(10),
-        "live holder",
-    );
+    ledger_support::wait_until(&mut live, Instant::now() + HANG_GUARD, "live holder");
     assert_eq!(ledger.reclaim_dead(), 600 * MIB);
     ledger.leave(me);
 }
@@ -111,8 +103,7 @@ fn liveness_works_across_pid_namespaces() {
         return holder();
     }
     if let Err(reason) = pid_namespaces_available() {
-        println!("SKIPPED liveness_works_across_pid_namespaces: {reason}");
-        return;
+        return ledger_support::skip("liveness_works_across_pid_namespaces", &reason);
     }
     let (tmp, dir, ledger, dev, me) = fresh_member("pidns", BUDGET, "host side");
     let stop = tmp.path().join("stop");
@@ -136,8 +127,7 @@ fn liveness_works_across_pid_namespaces() {
     command.stdout(std::process::Stdio::piped());
     let mut child = command.spawn().unwrap();
     let reports = ledger_support::Reports::new(&mut child);
-    let (slot, inner_pid) =
-        holder_slot(&reports.next(Duration::from_secs(20), "namespaced holder"));
+    let (slot, inner_pid) = holder_slot(&reports.next(HANG_GUARD, "namespaced holder"));
     println!("holder in a new pid namespace sees itself as pid {inner_pid}");
     assert!(
         inner_pid < 10,
@@ -159,11 +149,7 @@ fn liveness_works_across_pid_namespaces() {
     assert_eq!(ledger.reclaim_dead(), 0);
     // Dead: reclaimed by the next decision.
     std::fs::write(&stop, b"").unwrap();
-    ledger_support::wait_until(
-        &mut child,
-        Instant::now() + Duration::from_secs(10),
-        "namespaced holder",
-    );
+    ledger_support::wait_until(&mut child, Instant::now() + HANG_GUARD, "namespaced holder");
     let r = ledger
         .reserve(me, dev, 1000 * MIB, &Request::default())
         .expect("dead namespaced member reclaimed");
@@ -222,7 +208,7 @@ fn forked_child_joins_as_itself() {
         &tmp.ledger_dir(),
         &[],
     );
-    let lines = ledger_support::finish(child, Instant::now() + Duration::from_secs(30), "forker");
+    let lines = ledger_support::finish(child, Instant::now() + HANG_GUARD, "forker");
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
         lines[0].starts_with("child joined slot 1 alive 2"),

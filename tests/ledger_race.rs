@@ -6,7 +6,7 @@ mod ledger_support;
 
 use std::time::{Duration, Instant};
 
-use ledger_support::{Rng, TempDir, child_dir, child_var, device, report, role, spawn};
+use ledger_support::{HANG_GUARD, Rng, TempDir, child_dir, child_var, device, report, role, spawn};
 use vramguard_core::ledger::{Ledger, Refusal, Request};
 
 const TEST: &str = "race_sixteen_processes_never_exceed_the_budget";
@@ -27,9 +27,9 @@ fn racer() {
     // Start together: report ready, then spin until the parent says go.
     report("ready");
     let go = std::path::PathBuf::from(child_var("RACE_GO"));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + HANG_GUARD;
     while !go.exists() {
-        assert!(Instant::now() < deadline, "no go signal");
+        assert!(Instant::now() < deadline, "hang guard: no go signal");
         std::thread::yield_now();
     }
     for _ in 0..OPERATIONS {
@@ -115,10 +115,7 @@ fn race_sixteen_processes_never_exceed_the_budget() {
         &[("RACE_STOP", stop.display().to_string())],
     );
     let observer_reports = ledger_support::Reports::new(&mut observer_child);
-    assert_eq!(
-        observer_reports.next(Duration::from_secs(20), "observer start"),
-        "ready"
-    );
+    assert_eq!(observer_reports.next(HANG_GUARD, "observer start"), "ready");
     let seed = ledger_support::seed();
     println!("race seed {seed} (LEDGER_TEST_SEED={seed} replays it)");
     // Each racer's seed is drawn from the run's, in a fixed order: the seed replays them all.
@@ -138,15 +135,12 @@ fn race_sixteen_processes_never_exceed_the_budget() {
             })
             .collect();
         for (_, reports) in &racers {
-            assert_eq!(
-                reports.next(Duration::from_secs(30), "racer ready"),
-                "ready"
-            );
+            assert_eq!(reports.next(HANG_GUARD, "racer ready"), "ready");
         }
         std::fs::write(&go, b"").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + HANG_GUARD;
         for (mut child, reports) in racers {
-            let line = reports.next(Duration::from_secs(60), "racer result");
+            let line = reports.next(HANG_GUARD, "racer result");
             let status = ledger_support::wait_until(&mut child, deadline, "racer");
             assert!(status.success(), "racer failed: {status}");
             let numbers: Vec<u64> = line.split(' ').map(|n| n.parse().unwrap()).collect();
@@ -167,12 +161,8 @@ fn race_sixteen_processes_never_exceed_the_budget() {
         );
     }
     std::fs::write(&stop, b"").unwrap();
-    let line = observer_reports.next(Duration::from_secs(20), "observer result");
-    ledger_support::wait_until(
-        &mut observer_child,
-        Instant::now() + Duration::from_secs(20),
-        "observer",
-    );
+    let line = observer_reports.next(HANG_GUARD, "observer result");
+    ledger_support::wait_until(&mut observer_child, Instant::now() + HANG_GUARD, "observer");
     let numbers: Vec<u64> = line.split(' ').map(|n| n.parse().unwrap()).collect();
     let (samples, over, max_used) = (numbers[0], numbers[1], numbers[2]);
     println!(

@@ -5,7 +5,9 @@ mod ledger_support;
 
 use std::time::{Duration, Instant};
 
-use ledger_support::{TempDir, child_dir, child_var, device, hold, report, role, spawn};
+use ledger_support::{
+    HANG_GUARD, TempDir, child_dir, child_var, device, hold, report, role, spawn,
+};
 use vramguard_core::ledger::{Ledger, LedgerError, MAX_PROCESSES};
 
 const TEST: &str = "a_thousand_and_twenty_four_members_fit";
@@ -20,7 +22,7 @@ fn joiner() {
     }
     report("joined");
     let stop = std::path::PathBuf::from(child_var("STOP_FILE"));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + HANG_GUARD;
     while !stop.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -51,7 +53,7 @@ fn a_thousand_and_twenty_four_members_fit() {
         })
         .collect();
     for (_, reports) in &children {
-        assert_eq!(reports.next(Duration::from_secs(60), "joiner"), "joined");
+        assert_eq!(reports.next(HANG_GUARD, "joiner"), "joined");
     }
     let snapshot = ledger.snapshot();
     assert_eq!(
@@ -64,7 +66,7 @@ fn a_thousand_and_twenty_four_members_fit() {
     assert!(error.to_string().contains("1024 process slots"), "{error}");
     std::fs::write(&stop, b"").unwrap();
     for (child, _) in &mut children {
-        ledger_support::wait_until(child, Instant::now() + Duration::from_secs(20), "joiner");
+        ledger_support::wait_until(child, Instant::now() + HANG_GUARD, "joiner");
     }
     let me = ledger.join("after them").unwrap();
     assert_eq!(ledger.reclaim_dead(), ((MAX_PROCESSES - 1) as u64) << 20);

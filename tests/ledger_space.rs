@@ -21,7 +21,7 @@ use vramguard_core::ledger::{Cause, Ledger, LedgerError, layout};
 
 const SIZE: u64 = layout::FILE_SIZE as u64;
 const BUDGET: u64 = 8 << 30;
-const CHILD_DEADLINE: Duration = Duration::from_secs(60);
+const CHILD_DEADLINE: Duration = ledger_support::HANG_GUARD;
 
 /// Bytes of storage the file system holds for the file at `path`.
 fn allocated(path: &Path) -> u64 {

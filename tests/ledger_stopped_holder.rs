@@ -1,6 +1,6 @@
 //! A real process stopped (SIGSTOP) while it holds a device lock: a contender waits for it and
-//! proceeds as soon as it runs again; stopped past the lock deadline, the contender gives up at
-//! the deadline with `LockTimeout` instead of hanging; resumed, the holder finishes its work and
+//! proceeds once it runs again; stopped past the lock deadline, the contender gives up at the
+//! deadline with `LockTimeout` instead of hanging; resumed, the holder finishes its work and
 //! nothing stays charged or locked. The holder is caught inside the lock the way the soak suite
 //! does it: the lock word's owner token, through `Ledger::lock_holder`, names the stopped
 //! process's live membership.
@@ -11,8 +11,10 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use ledger_support::{Rng, TempDir, child_dir, child_var, device, device_totals, report, role};
-use vramguard_core::ledger::{DeviceId, LOCK_DEADLINE, Ledger, Request};
+use ledger_support::{
+    HANG_GUARD, Rng, TempDir, child_dir, child_var, device, device_totals, report, role,
+};
+use vramguard_core::ledger::{DeviceId, LOCK_DEADLINE, Ledger, LedgerError, Refusal, Request};
 
 const TEST: &str = "a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks";
 const MIB: u64 = 1 << 20;
@@ -57,9 +59,12 @@ fn is_stopped(child: &Child) -> bool {
 fn stop_inside_lock(ledger: &Ledger, dev: DeviceId, child: &Child, rng: &mut Rng) -> u64 {
     for _ in 0..2_000 {
         signal(child, libc::SIGSTOP);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + HANG_GUARD;
         while !is_stopped(child) {
-            assert!(Instant::now() < deadline, "the cycler did not stop");
+            assert!(
+                Instant::now() < deadline,
+                "hang guard: the cycler did not stop within {HANG_GUARD:?}"
+            );
             std::thread::yield_now();
         }
         let token = ledger.device_lock_token(dev);
@@ -98,41 +103,53 @@ fn a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks() {
         &[("CYCLER_STOP", stop.display().to_string())],
     );
     let reports = ledger_support::Reports::new(&mut child);
-    assert_eq!(
-        reports.next(Duration::from_secs(20), "cycler start"),
-        "ready"
-    );
+    assert_eq!(reports.next(HANG_GUARD, "cycler start"), "ready");
     let mut rng = Rng::new(ledger_support::seed());
 
     // Stopped for 300 ms: the contender waits, then proceeds once the holder runs again.
     let token = stop_inside_lock(&ledger, dev, &child, &mut rng);
     let start = Instant::now();
-    let reservation = std::thread::scope(|scope| {
+    let (reservation, resumed_after) = std::thread::scope(|scope| {
         let contender = scope.spawn(|| ledger.reserve(me, dev, 10 * MIB, &Request::default()));
+        // Time for a contender that did not wait to finish. The checks hold whatever the
+        // scheduler does: a contender that has not even started yet has not finished either,
+        // and one refused at the lock deadline finished after it (this thread having been kept
+        // from running that long).
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(
             ledger.device_lock_token(dev),
             token,
             "the stopped holder keeps the lock"
         );
+        let finished = contender.is_finished();
+        let resumed_after = start.elapsed();
         assert!(
-            !contender.is_finished(),
+            !finished || resumed_after >= LOCK_DEADLINE,
             "the contender did not wait for the holder"
         );
         signal(&child, libc::SIGCONT);
-        contender.join().unwrap()
+        (contender.join().unwrap(), resumed_after)
     });
     let waited = start.elapsed();
-    // Admitted (not refused at the lock deadline) once the holder ran again.
-    let reservation = reservation.expect("admitted once the holder resumed");
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
-    ledger.rollback(reservation);
+    match reservation {
+        // Admitted once the holder ran again.
+        Ok(reservation) => ledger.rollback(reservation),
+        // Unless this thread was kept from running for seconds before it resumed the holder (a
+        // machine that busy): the holder may then not have run again before the contender's lock
+        // deadline, and the refusal at the deadline is the right answer, the one the next step
+        // checks on purpose. On a machine that let this thread run, the contender must have been
+        // admitted.
+        Err(Refusal::Ledger(LedgerError::LockTimeout { .. }))
+            if resumed_after >= LOCK_DEADLINE / 2 => {}
+        Err(refusal) => {
+            panic!("refused although the holder resumed after {resumed_after:?}: {refusal:?}")
+        }
+    }
 
-    // Stopped past the lock deadline: the contender gives up at the deadline, no later.
+    // Stopped past the lock deadline: the contender gives up at the deadline instead of hanging.
     let token = stop_inside_lock(&ledger, dev, &child, &mut rng);
-    let start = Instant::now();
     ledger_support::refused_at_lock_deadline(&ledger, me, dev, 10 * MIB);
-    let waited = start.elapsed();
     assert_eq!(ledger.device_lock_token(dev), token);
     assert!(
         ledger
@@ -152,16 +169,12 @@ fn a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks() {
 
     // The holder finishes its work and leaves: nothing stays charged, the lock is free.
     std::fs::write(&stop, b"").unwrap();
-    let done = reports.next(Duration::from_secs(20), "cycler end");
+    let done = reports.next(HANG_GUARD, "cycler end");
     assert!(done.starts_with("done "), "{done}");
-    let status = ledger_support::wait_until(
-        &mut child,
-        Instant::now() + Duration::from_secs(10),
-        "cycler",
-    );
+    let status = ledger_support::wait_until(&mut child, Instant::now() + HANG_GUARD, "cycler");
     assert!(status.success());
     ledger.leave(me);
     assert_eq!(device_totals(&ledger), (0, 0, 0));
     assert_eq!(ledger.device_lock_token(dev), 0, "device lock left held");
-    println!("stopped holder: {done}; gave up after {waited:?} (deadline {LOCK_DEADLINE:?})");
+    println!("stopped holder: {done}");
 }

@@ -13,7 +13,6 @@ mod support;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::report::{device_u64, process};
@@ -111,7 +110,7 @@ fn observe_in(sandbox: &Sandbox, pids: &[u32], uuids: &[&str]) -> Value {
         .env(OBSERVER_VAR, "1")
         .env("OBSERVE_UUIDS", uuids.join(","))
         .args(pids.iter().map(u32::to_string));
-    let out = run_with_deadline(command, Duration::from_secs(30));
+    let out = run_with_deadline(command, support::HANG_GUARD);
     assert!(
         out.status.success(),
         "observer: {}",

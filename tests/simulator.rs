@@ -11,8 +11,9 @@ use support::report::{calls, device_u64, process};
 use support::{ClientPath, Sandbox, allocations};
 
 const MIB: u64 = 1 << 20;
-const HOLD_TIMEOUT: Duration = Duration::from_secs(30);
-const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to hold its memory, or to finish: only catches a hang.
+const HOLD_TIMEOUT: Duration = support::HANG_GUARD;
+const FINISH_TIMEOUT: Duration = support::HANG_GUARD;
 
 fn card(devices: &str, context_cost: &str) -> Sandbox {
     let mut sandbox = Sandbox::new(devices);
@@ -27,7 +28,14 @@ fn physical_memory_is_shared_and_bounded_across_processes() {
     let holder = sandbox.start_holding(
         ClientPath::Direct,
         false,
-        &["--chunk", "200MiB", "--count", "3", "--hold-ms", "60000"],
+        &[
+            "--chunk",
+            "200MiB",
+            "--count",
+            "3",
+            "--hold-until",
+            sandbox.until_killed(),
+        ],
         HOLD_TIMEOUT,
     );
     let report = sandbox.sim_report();
@@ -86,8 +94,8 @@ fn memory_of_a_killed_process_returns_to_the_card() {
             "500MiB",
             "--count",
             "3",
-            "--hold-ms",
-            "60000",
+            "--hold-until",
+            sandbox.until_killed(),
             "--threads",
             "1",
         ],
@@ -124,7 +132,7 @@ fn a_killed_process_is_reclaimed_when_a_request_would_not_fit() {
     let holder = sandbox.start_holding(
         ClientPath::Direct,
         false,
-        &["--chunk", "700MiB", "--hold-ms", "60000"],
+        &["--chunk", "700MiB", "--hold-until", sandbox.until_killed()],
         HOLD_TIMEOUT,
     );
     holder.kill();
@@ -324,8 +332,8 @@ fn check_family(
             chunk,
             "--count",
             count,
-            "--hold-ms",
-            "60000",
+            "--hold-until",
+            sandbox.until_killed(),
         ],
         HOLD_TIMEOUT,
     );
@@ -419,8 +427,8 @@ fn pools_keep_freed_memory_until_synchronize_and_vmm_until_unmapped() {
             "--count",
             "5",
             "--keep-going",
-            "--hold-ms",
-            "60000",
+            "--hold-until",
+            sandbox.until_killed(),
         ],
         HOLD_TIMEOUT,
     );
@@ -479,7 +487,7 @@ fn the_report_lists_processes_with_their_calls() {
     assert_eq!(calls(&report, pid, "cuInit"), 1);
     assert_eq!(calls(&report, pid, "cuMemAlloc_v2"), 4);
     assert_eq!(calls(&report, pid, "cuMemFree_v2"), 4);
-    let human = support::run_with_deadline(sandbox.simcuda(&["report"]), Duration::from_secs(20));
+    let human = support::run_with_deadline(sandbox.simcuda(&["report"]), support::HANG_GUARD);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(
         text.contains("Simulated GPU 0") && text.contains(&format!("process {pid} (exited)")),
@@ -497,7 +505,7 @@ fn liveness_holds_across_pid_namespaces_without_pid_confusion() {
         command
             .args(support::pid_namespace::unshare_pid_args())
             .arg(&support::clients().direct)
-            .args(["--chunk", chunk, "--hold-ms", "60000"]);
+            .args(["--chunk", chunk, "--hold-until", sandbox.until_killed()]);
         let mut running = support::spawn(command);
         running.wait_for_line("holding", HOLD_TIMEOUT);
         running
@@ -516,7 +524,7 @@ fn liveness_holds_across_pid_namespaces_without_pid_confusion() {
     assert_eq!(alive_pid_one.len(), 2, "{report}");
 
     first.kill(); // unshare dies; --kill-child takes the namespace's process with it
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + support::HANG_GUARD;
     loop {
         let used = device_u64(&sandbox.sim_report(), 0, "used_bytes");
         if used == 600 * MIB {
@@ -524,7 +532,7 @@ fn liveness_holds_across_pid_namespaces_without_pid_confusion() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "used {used} after the kill"
+            "hang guard: used {used} after the kill"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -11,8 +11,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+#[path = "hang_guard.rs"]
+mod hang_guard;
+#[path = "skip.rs"]
+mod skip;
 #[path = "spawn.rs"]
 pub mod spawn;
+
+// Not every test that includes this module uses both.
+#[allow(unused_imports)]
+pub use hang_guard::HANG_GUARD;
+#[allow(unused_imports)]
+pub use skip::skip;
 
 /// The `vramguard` executable cargo built for these tests.
 pub fn vramguard() -> PathBuf {
@@ -93,10 +103,7 @@ impl SimCard {
         .unwrap();
         fs::write(dir.join("devices"), devices).unwrap();
         let card = SimCard { dir };
-        let out = run_with_deadline(
-            card.command(artifact("simcuda")).arg("init"),
-            Duration::from_secs(30),
-        );
+        let out = run_with_deadline(card.command(artifact("simcuda")).arg("init"), HANG_GUARD);
         assert!(
             out.status.success(),
             "simcuda init: {}",

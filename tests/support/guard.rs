@@ -17,8 +17,14 @@ pub const MIB: u64 = 1 << 20;
 /// One gibibyte.
 pub const GIB: u64 = 1 << 30;
 
-/// How long any single client may take before the test fails.
-pub const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
+/// How long any single client may take before the test fails: only catches a hang.
+pub const CLIENT_DEADLINE: Duration = support::HANG_GUARD;
+
+/// The `VRAMGUARD_WAIT_TIMEOUT` of a program that must get its memory once the test makes room:
+/// a wait that only ends at a hang, as long as [`CLIENT_DEADLINE`].
+pub fn hang_wait_timeout() -> String {
+    format!("{}s", CLIENT_DEADLINE.as_secs())
+}
 
 /// 5 x 100 MiB under a 550 MiB limit: the context and two chunks fit, the third is refused by the
 /// guard (the driver never sees it).

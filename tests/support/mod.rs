@@ -19,8 +19,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod hang_guard;
 pub mod pid_namespace;
+mod skip;
 mod spawn;
+
+// Not every test that includes this module uses both.
+#[allow(unused_imports)]
+pub use hang_guard::HANG_GUARD;
+#[allow(unused_imports)]
+pub use skip::skip;
 
 /// The workspace root.
 pub fn repo() -> PathBuf {
@@ -319,6 +327,8 @@ pub struct Sandbox {
     /// `VRAMGUARD_DIR`.
     pub ledger_dir: PathBuf,
     env: HashMap<String, String>,
+    /// See [`Sandbox::until_killed`].
+    never_created: String,
 }
 
 impl Sandbox {
@@ -341,12 +351,14 @@ impl Sandbox {
         env.insert("SIMCUDA_STATE".to_string(), state.display().to_string());
         env.insert("SIMCUDA_DEVICES".to_string(), sim_devices.to_string());
         env.insert("VRAMGUARD_NVML".to_string(), nvml.display().to_string());
+        let never_created = root.path().join("never-created").display().to_string();
         Sandbox {
             root,
             state,
             lib_dir,
             ledger_dir,
             env,
+            never_created,
         }
     }
 
@@ -360,6 +372,13 @@ impl Sandbox {
     pub fn without_nvml(&mut self) -> &mut Sandbox {
         let _ = fs::remove_file(self.lib_dir.join(NVML_NAME));
         self
+    }
+
+    /// A `--hold-until` file this sandbox never creates: a program given it holds what it took
+    /// until the test kills it, however long the test takes to look (a program the test never
+    /// kills gives up after five minutes: `tests/clients/go_file.h`).
+    pub fn until_killed(&self) -> &str {
+        &self.never_created
     }
 
     /// A [`GoFile`] in the sandbox named `name` (one name per thing that waits).
@@ -431,13 +450,14 @@ impl Sandbox {
         command
     }
 
-    /// Runs a client to completion (30 s deadline) with `args`; returns its outcome and pid.
+    /// Runs a client to completion (a hang guard as deadline) with `args`; returns its outcome and
+    /// pid.
     pub fn run_client(&self, path: ClientPath, guarded: bool, args: &[&str]) -> (Finished, u32) {
         let mut command = self.command(path, guarded);
         command.args(args);
         let running = spawn(command);
         let pid = running.pid();
-        (running.finish(Duration::from_secs(30)), pid)
+        (running.finish(HANG_GUARD), pid)
     }
 
     /// Starts a client in the background with `args`.
@@ -462,18 +482,25 @@ impl Sandbox {
     }
 
     /// Starts a client (linked with `-lcuda`) that takes one allocation of `chunk` in the primary
-    /// context and holds it (a minute, or until killed); returns once it holds it (30 s deadline).
+    /// context and holds it until killed; returns once it holds it.
     pub fn hold(&self, guarded: bool, chunk: &str) -> Running {
         self.start_holding(
             ClientPath::Direct,
             guarded,
-            &["--chunk", chunk, "--count", "1", "--hold-ms", "60000"],
-            Duration::from_secs(30),
+            &[
+                "--chunk",
+                chunk,
+                "--count",
+                "1",
+                "--hold-until",
+                self.until_killed(),
+            ],
+            HANG_GUARD,
         )
     }
 
     /// Starts a client through `path` that takes `chunk` in one allocation and holds it until
-    /// `release` goes; returns once it holds (60 s at most).
+    /// `release` goes; returns once it holds.
     pub fn start_holder(
         &self,
         path: ClientPath,
@@ -489,7 +516,7 @@ impl Sandbox {
             "--hold-until",
             release.arg(),
         ];
-        self.start_holding(path, guarded, &args, Duration::from_secs(60))
+        self.start_holding(path, guarded, &args, HANG_GUARD)
     }
 
     /// A `simcuda` tool command.
@@ -501,7 +528,7 @@ impl Sandbox {
     }
 
     fn simcuda_ok(&self, args: &[&str]) -> String {
-        let output = run_with_deadline(self.simcuda(args), Duration::from_secs(20));
+        let output = run_with_deadline(self.simcuda(args), HANG_GUARD);
         assert!(
             output.status.success(),
             "simcuda {args:?} failed: {}",
