@@ -65,6 +65,15 @@ impl Ledger {
             .store(now_unix_ms.max(1), Ordering::Release);
     }
 
+    /// Bytes all members have reserved on `dev` and not yet committed or rolled back: allocations
+    /// between their admission and the driver's answer, which the card may or may not hold yet.
+    pub fn in_flight_on_device(&self, dev: DeviceId) -> u64 {
+        if self.intact().is_err() {
+            return 0;
+        }
+        self.device(dev).in_flight.load(Ordering::Relaxed)
+    }
+
     /// Bytes all members hold on `dev`, as the ledger last recorded them.
     pub fn held_on_device(&self, dev: DeviceId) -> u64 {
         if self.intact().is_err() {

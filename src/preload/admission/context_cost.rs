@@ -122,8 +122,44 @@ impl<'a> Probe<'a> {
         Some(cost)
     }
 
+    /// A reading of `source`, taken while the ledger stands still: no other process's
+    /// allocation between its admission and its commit (the card may or may not hold it yet, so
+    /// a reading then could count it or not), and nothing committed or released while the card
+    /// is read. Retried a little while it does not; the last attempt is taken as it is.
     fn read(&self, source: Source, when: When) -> Option<Reading> {
-        let used = match source {
+        for attempt in 1..=SETTLE_ATTEMPTS {
+            let ledger_before = self.ledger_view();
+            let used = self.read_card(source, when)?;
+            let ledger_after = self.ledger_view();
+            let settled = ledger_before == ledger_after
+                && (source == Source::NvmlProcess || ledger_after.others_in_flight == 0);
+            if settled || attempt == SETTLE_ATTEMPTS {
+                return Some(Reading {
+                    source,
+                    used,
+                    held_by_all: ledger_after.held_by_all,
+                    held_by_us: ledger_after.held_by_us,
+                });
+            }
+            std::thread::sleep(SETTLE_PAUSE);
+        }
+        None
+    }
+
+    /// What the ledger says of the device now.
+    fn ledger_view(&self) -> LedgerView {
+        let in_flight = self.ledger.in_flight_on_device(self.device.id);
+        LedgerView {
+            held_by_all: self.ledger.held_on_device(self.device.id),
+            held_by_us: self.ledger.held_by(self.slot, self.device.id),
+            others_in_flight: in_flight
+                .saturating_sub(self.ledger.in_flight(self.slot, self.device.id)),
+        }
+    }
+
+    /// The card's used memory by `source` (this process's, or the whole card's).
+    fn read_card(&self, source: Source, when: When) -> Option<u64> {
+        Some(match source {
             Source::NvmlProcess => {
                 if !in_host_pid_namespace() {
                     return None;
@@ -150,15 +186,23 @@ impl<'a> Probe<'a> {
                 })?
             }
             Source::Driver => driver_used(self.device.ordinal)?,
-        };
-        Some(Reading {
-            source,
-            used,
-            held_by_all: self.ledger.held_on_device(self.device.id),
-            held_by_us: self.ledger.held_by(self.slot, self.device.id),
         })
     }
 }
+
+/// What the ledger holds on the device around a reading of the card.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LedgerView {
+    held_by_all: u64,
+    held_by_us: u64,
+    /// Other processes' allocations admitted and not yet answered by the driver.
+    others_in_flight: u64,
+}
+
+/// How often a reading is tried for a still ledger, and the pause between tries: a driver
+/// allocation takes microseconds to milliseconds, so a tenth of a second at most in all.
+const SETTLE_ATTEMPTS: u32 = 50;
+const SETTLE_PAUSE: Duration = Duration::from_millis(2);
 
 /// The context's figure between two readings of the same source: the growth of the measure,
 /// less the growth of what the ledger saw held in the meantime by the allocations the measure
