@@ -131,8 +131,7 @@ impl<'a> Probe<'a> {
             let ledger_before = self.ledger_view();
             let used = self.read_card(source, when)?;
             let ledger_after = self.ledger_view();
-            let settled = ledger_before == ledger_after
-                && (source == Source::NvmlProcess || ledger_after.others_in_flight == 0);
+            let settled = ledger_before.still(&ledger_after, source);
             if settled || attempt == SETTLE_ATTEMPTS {
                 return Some(Reading {
                     source,
@@ -197,6 +196,18 @@ struct LedgerView {
     held_by_us: u64,
     /// Other processes' allocations admitted and not yet answered by the driver.
     others_in_flight: u64,
+}
+
+impl LedgerView {
+    /// Whether nothing the reading of `source` covers moved between this view and `later`:
+    /// this process's holdings for its own figure, every member's (and no allocation in flight)
+    /// for the whole card's.
+    fn still(&self, later: &LedgerView, source: Source) -> bool {
+        match source {
+            Source::NvmlProcess => self.held_by_us == later.held_by_us,
+            Source::NvmlDevice | Source::Driver => self == later && later.others_in_flight == 0,
+        }
+    }
 }
 
 /// How often a reading is tried for a still ledger, and the pause between tries: a driver
