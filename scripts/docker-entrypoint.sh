@@ -31,14 +31,18 @@ fi
 VRAMGUARD_DIR=${VRAMGUARD_DIR:-/dev/shm/vramguard}
 export VRAMGUARD_DIR
 
-case ":${LD_PRELOAD:-}:" in
-    *":$library:"*) ;;
-    *) LD_PRELOAD="$library${LD_PRELOAD:+:$LD_PRELOAD}" ;;
-esac
-export LD_PRELOAD
-
 if [ $# -eq 0 ]; then
     echo "docker-entrypoint: no command given" >&2
     exit 2
 fi
-exec "$@"
+# vramguard-run (installed beside this script) puts the library first in LD_PRELOAD, after
+# checking that it can be loaded here (a library built for a newer glibc than the image's would
+# stop every program; the command then starts unguarded, with one warning), and execs the command.
+VRAMGUARD_LIBRARY=$library
+export VRAMGUARD_LIBRARY
+run=$(cd "$(dirname "$0")" && pwd -P)/vramguard-run
+if [ ! -f "$run" ]; then
+    echo "docker-entrypoint: $run not found; install vramguard in the image with scripts/install.sh (it puts vramguard-run beside this script)" >&2
+    exit 125
+fi
+exec /bin/sh "$run" -- "$@"

@@ -7,7 +7,10 @@
 # plus LD_PRELOAD) with the library preloaded and the exact original arguments (sys.orig_argv),
 # once. It does nothing when the guard is already loaded (by LD_PRELOAD, /etc/ld.so.preload or
 # `vramguard run`) or disabled (VRAMGUARD_DISABLE=1), and never stops the interpreter from
-# starting: when it cannot put the guard in place it says why once on stderr and carries on.
+# starting: when it cannot put the guard in place it says why once on stderr and carries on. A
+# library the dynamic loader cannot load here (built against a newer glibc than this system's, a
+# dependency missing) would stop the restarted interpreter, so the hook loads it once in a short
+# child first (/bin/true, else this interpreter) and restarts only when that child starts cleanly.
 #
 # Written by `vramguard env --venv PATH` from scripts/venv_hook.py with the library's path filled
 # in; `vramguard env --venv PATH --remove` removes it (or delete this file and _vramguard.pth).
@@ -39,6 +42,55 @@ def _loaded():
         return None
 
 
+# How long the load check's child may take (a hang guard: it normally takes milliseconds).
+_CHECK_SECONDS = 30.0
+
+
+def _cannot_load():
+    """None when LIBRARY can be preloaded here, else why not (the loader's first line)."""
+    import select
+    import time
+
+    probe = next((p for p in ("/bin/true", "/usr/bin/true") if os.access(p, os.X_OK)), None)
+    argv = [probe] if probe else [sys.executable, "-I", "-S", "-c", ""]
+    env = dict(os.environ, LD_PRELOAD=LIBRARY, VRAMGUARD_DISABLE="1", VRAMGUARD_LOG="off")
+    env.pop(_MARKER, None)
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, write_end, 2),
+        ])
+    except OSError as error:
+        os.close(read_end)
+        return "cannot start the check: %s" % error
+    finally:
+        os.close(write_end)
+    said = b""
+    deadline = time.monotonic() + _CHECK_SECONDS
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                return "a program with it preloaded did not finish within %ds" % _CHECK_SECONDS
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                break
+            said += chunk
+    finally:
+        os.close(read_end)
+    status = os.waitpid(pid, 0)[1]
+    lines = [line.strip() for line in said.decode("utf-8", "replace").splitlines() if line.strip()]
+    if lines:
+        return lines[0]
+    if status != 0:
+        return "a program with it preloaded failed (wait status %d)" % status
+    return None
+
+
 def _guard():
     if os.environ.get("VRAMGUARD_DISABLE", "").strip() == "1":
         return
@@ -68,6 +120,12 @@ def _guard():
         # An interpreter embedded in another program: restarting it would replace that program.
         _say("warn", "this interpreter is embedded in another program; start that program with "
              "`vramguard run` to guard it")
+        return
+    reason = _cannot_load()
+    if reason:
+        _say("warn", "%s cannot be loaded here (%s); %s starts unguarded. A library built against "
+             "a newer glibc than this system's cannot load: install the wheel (glibc 2.28)"
+             % (LIBRARY, reason, executable))
         return
     env = dict(os.environ)
     kept = [entry for entry in env.get("LD_PRELOAD", "").replace(" ", ":").split(":")

@@ -80,10 +80,19 @@ fn the_drop_in_is_printed_installed_read_by_systemd_and_removed() {
     assert_eq!(
         environment(&text),
         vec![
-            format!("LD_PRELOAD={}", library.display()),
             "VRAMGUARD_POLICY=wait".to_string(),
             "VRAMGUARD_EXPECT=6GiB".to_string(),
         ]
+    );
+
+    // The library joins LD_PRELOAD through the start check (tests/preload_check.rs runs it).
+    assert!(
+        text.contains("ExecStartPre=-+")
+            && text.contains(&format!(
+                "preload-check \"{}\"",
+                library.display().to_string().replace('%', "%%")
+            )),
+        "{text}"
     );
 
     let root_arg = root.to_str().unwrap();

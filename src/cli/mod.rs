@@ -15,6 +15,7 @@ mod interpreter;
 mod library;
 mod nvml_reader;
 mod outside;
+mod preload_check;
 mod run;
 mod status;
 mod systemd;
@@ -228,6 +229,17 @@ enum Command {
         after_help = "Example:\n  sudo vramguard cdi --output /etc/cdi/vramguard.yaml\n  docker run --device vramguard.dev/guard=all --gpus all IMAGE python train.py"
     )]
     Cdi(cdi::CdiArgs),
+    /// Check that a preload library can be loaded here (exit 0) or say why not (exit 1)
+    PreloadCheck {
+        /// The library (default: the one `vramguard run` preloads)
+        #[arg(value_name = "LIBRARY")]
+        library: Option<PathBuf>,
+        /// Write `LD_PRELOAD=...` (the library first, then $LD_PRELOAD) to FILE when it can be
+        /// loaded, an empty FILE when not, and exit 0 either way (the systemd drop-in's start
+        /// check, whose EnvironmentFile= reads FILE)
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
+    },
     /// Check the library, the ledger directory, the driver and whether Python is guarded;
     /// explain "CUDA unknown error"
     Doctor,
@@ -304,6 +316,9 @@ pub fn main() -> i32 {
             }
         }
         Command::Cdi(args) => cdi::cdi(&args),
+        Command::PreloadCheck { library, env_file } => {
+            preload_check::preload_check_command(library, env_file.as_deref())
+        }
         Command::Doctor => doctor::doctor(),
         Command::Demo => demo::demo(),
         Command::DemoLoad(args) => demo_load::load(&args),

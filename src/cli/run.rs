@@ -1,4 +1,6 @@
 //! `vramguard run`: starts a command with the guard preloaded and the options as variables.
+//! A library that cannot be loaded here (`preload_check`) is left out with one warning: the
+//! command starts unguarded rather than not at all.
 //!
 //! The command replaces vramguard (`exec`): it keeps vramguard's pid (the one `status` shows),
 //! receives the terminal's signals directly, and its exit status, including death by a signal
@@ -10,6 +12,7 @@ use std::process::Command;
 
 use super::GuardOptions;
 use super::library;
+use super::preload_check;
 
 /// vramguard could not set the guard up.
 pub const EXIT_SETUP_FAILED: i32 = 125;
@@ -31,12 +34,26 @@ pub fn run(guard: &GuardOptions, command: &[OsString]) -> i32 {
         eprintln!("vramguard run: no command given (vramguard run [OPTIONS] -- CMD [ARGS...])");
         return EXIT_SETUP_FAILED;
     };
-    let existing = std::env::var("LD_PRELOAD").ok();
     let mut child = Command::new(program);
-    child.args(args).env(
-        "LD_PRELOAD",
-        library::compose_preload(&library, existing.as_deref()),
-    );
+    child.args(args);
+    match preload_check::check(&library) {
+        Ok(()) => {
+            let existing = std::env::var("LD_PRELOAD").ok();
+            child.env(
+                "LD_PRELOAD",
+                library::compose_preload(&library, existing.as_deref()),
+            );
+        }
+        Err(reason) => eprintln!(
+            "{}",
+            preload_check::warning(
+                "vramguard run",
+                &library,
+                &reason,
+                &program.to_string_lossy()
+            )
+        ),
+    }
     for (name, value) in guard.variables() {
         child.env(name, value);
     }

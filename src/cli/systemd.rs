@@ -2,9 +2,10 @@
 //! the guard into a systemd service (an inference server that holds a model all day, a batch
 //! worker), printed, written to `/etc/systemd/system/UNIT.d/vramguard.conf`, or removed again.
 //!
-//! systemd reads a unit's drop-ins after the unit itself, so the service starts with
-//! `LD_PRELOAD` naming the library and the guard options as `VRAMGUARD_*` variables, whatever its
-//! own file says. Nothing happens until `systemctl daemon-reload` and a restart of the service,
+//! systemd reads a unit's drop-ins after the unit itself, so the service starts with the guard
+//! options as `VRAMGUARD_*` variables, and with `LD_PRELOAD` naming the library first when a start
+//! check (`ExecStartPre=`, `vramguard preload-check`) could load it: a library that cannot load
+//! here never stops the service, which then starts unguarded with one line in its journal. Nothing happens until `systemctl daemon-reload` and a restart of the service,
 //! which the output names.
 
 use std::fs;
@@ -80,32 +81,63 @@ fn reload_command(unit: &str) -> String {
     format!("systemctl daemon-reload && systemctl restart {unit}")
 }
 
-/// The drop-in's text for `unit`.
-pub fn drop_in(unit: &str, library: &Path, guard: &GuardOptions) -> String {
+/// Where the start check writes the unit's `LD_PRELOAD` (a directory systemd itself creates
+/// empty at every start and removes at every stop, `RuntimeDirectory=`, so no file of an earlier
+/// start is ever read).
+const PRELOAD_RUNTIME_DIRECTORY: &str = "vramguard-preload/%n";
+
+/// An argument of a systemd command line (`ExecStartPre=`): double-quoted with `\\` and `"`
+/// escaped, `%` and `$` doubled (systemd expands specifiers and variables there).
+fn exec_argument(text: &str) -> String {
+    let escaped = text
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%")
+        .replace('$', "$$");
+    format!("\"{escaped}\"")
+}
+
+/// The drop-in's text for `unit`: the guard options as variables, and a start check that puts
+/// the library into `LD_PRELOAD` only when it can be loaded (`vramguard preload-check`, run by
+/// `vramguard` at `command` as root before every start; its failure never stops the service).
+pub fn drop_in(unit: &str, library: &Path, command: &Path, guard: &GuardOptions) -> String {
     let path = drop_in_path(Path::new("/"), unit);
     let short = unit.strip_suffix(".service").unwrap_or(unit);
+    let env_file = format!("/run/{PRELOAD_RUNTIME_DIRECTORY}/env");
     let mut text = format!(
         "# vramguard: preloads the guard into {unit}. Written by `vramguard env --systemd {short}`.\n\
          # Install it as {path} (`vramguard env --systemd {short} --install`), then run:\n\
          #   {reload}\n\
          # Undo: `vramguard env --systemd {short} --remove` (or delete the file), then the same command.\n\
-         # This LD_PRELOAD replaces one the unit sets itself. The service's user must be able to read\n\
-         # the library and write the ledger directory (VRAMGUARD_DIR, /dev/shm/vramguard by default);\n\
-         # a unit with PrivateDevices=yes or PrivateIPC=yes gets a /dev/shm of its own, hence a ledger\n\
-         # of its own: set VRAMGUARD_DIR to a shared directory there.\n\
-         [Service]\n",
+         # Before every start, `vramguard preload-check` loads the library once: when it can be loaded,\n\
+         # LD_PRELOAD is the library followed by the unit's own LD_PRELOAD; when it cannot, it says why\n\
+         # in the unit's journal and the service starts unguarded. The service's user must be able to\n\
+         # read the library and write the ledger directory (VRAMGUARD_DIR, /dev/shm/vramguard by\n\
+         # default); a unit with PrivateDevices=yes or PrivateIPC=yes gets a /dev/shm of its own, hence\n\
+         # a ledger of its own: set VRAMGUARD_DIR to a shared directory there.\n\
+         [Service]\n\
+         RuntimeDirectory={PRELOAD_RUNTIME_DIRECTORY}\n\
+         ExecStartPre=-+{command} preload-check {library} --env-file {env_file}\n\
+         EnvironmentFile=-{env_file}\n",
         path = path.display(),
         reload = reload_command(unit),
+        command = exec_argument(&command.to_string_lossy()),
+        library = exec_argument(&library.to_string_lossy()),
     );
-    let mut variables = vec![("LD_PRELOAD", library.to_string_lossy().into_owned())];
-    variables.extend(guard.variables());
-    for (name, value) in variables {
+    for (name, value) in guard.variables() {
         text.push_str(&format!(
             "Environment=\"{name}={}\"\n",
             environment_value(&value)
         ));
     }
     text
+}
+
+/// The `vramguard` executable the drop-in's start check runs: this one.
+fn this_command() -> Result<PathBuf, String> {
+    std::env::current_exe()
+        .and_then(|exe| exe.canonicalize())
+        .map_err(|e| format!("cannot find the vramguard executable: {e}"))
 }
 
 /// Prints the error for `vramguard env --systemd` and returns the exit code.
@@ -120,9 +152,13 @@ pub fn print(unit: &str, guard: &GuardOptions) -> i32 {
         Ok(unit) => unit,
         Err(e) => return fail(e),
     };
+    let command = match this_command() {
+        Ok(command) => command,
+        Err(e) => return fail(e),
+    };
     match library::locate() {
         Ok(library) => {
-            print!("{}", drop_in(&unit, &library, guard));
+            print!("{}", drop_in(&unit, &library, &command, guard));
             0
         }
         Err(e) => fail(e),
@@ -139,12 +175,20 @@ pub fn install(unit: &str, guard: &GuardOptions, root: &Path) -> i32 {
         Ok(library) => library,
         Err(e) => return fail(e),
     };
+    let command = match this_command() {
+        Ok(command) => command,
+        Err(e) => return fail(e),
+    };
     let path = drop_in_path(root, &unit);
     let written = path
         .parent()
         .map_or(Ok(()), fs::create_dir_all)
         .and_then(|()| {
-            atomic_file::write(&path, drop_in(&unit, &library, guard).as_bytes(), 0o644)
+            atomic_file::write(
+                &path,
+                drop_in(&unit, &library, &command, guard).as_bytes(),
+                0o644,
+            )
         });
     if let Err(e) = written {
         return fail(format!("cannot write {}: {e}", path.display()));
