@@ -8,6 +8,8 @@
 //! cdi` command line produces a valid spec.
 
 mod support;
+#[path = "support/unloadable.rs"]
+mod unloadable;
 #[path = "support/venv.rs"]
 mod venv_support;
 
@@ -136,10 +138,14 @@ fn assert_guards_a_container(spec: &Value) -> (String, String) {
 fn the_spec_is_valid_cdi_in_yaml_and_json_and_guards_a_container() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = dir.path().join("vramguard.yaml");
-    fs::write(&yaml, cdi(&[])).unwrap();
+    // The library of this build needs this host's glibc (a plain cargo build): said so.
+    let host_glibc = ["--oldest-glibc", "2.99"];
+    fs::write(&yaml, cdi(&host_glibc)).unwrap();
     let json = dir.path().join("vramguard.json");
     // --output, with the format taken from the extension.
     let said = cdi(&[
+        host_glibc[0],
+        host_glibc[1],
         "--ledger-dir",
         "/run/vg ledger",
         "--output",
@@ -305,5 +311,74 @@ fn the_pod_examples_ask_for_the_guard() {
     assert_eq!(
         host_path(spec, ledger["name"].as_str().unwrap()),
         "/dev/shm/vramguard"
+    );
+}
+
+#[test]
+fn a_library_newer_than_the_images_glibc_is_refused() {
+    let newer = unloadable::unloadable_library(&support::target_dir(), &support::repo());
+    let mut command = Command::new(support::artifacts().cli);
+    command.arg("cdi").arg("--library").arg(&newer);
+    let output = support::run_with_deadline(command, DEADLINE);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("needs glibc 2.99") && said.contains("2.28"),
+        "{said}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("cdiVersion"));
+    // Told that every image has that glibc, it writes the spec.
+    let spec = cdi(&[
+        "--library",
+        newer.to_str().unwrap(),
+        "--oldest-glibc",
+        "2.99",
+    ]);
+    assert!(spec.contains(newer.to_str().unwrap()), "{spec}");
+}
+
+#[test]
+fn with_a_preload_list_the_image_s_ld_preload_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("vramguard.ld.so.preload");
+    let spec_file = dir.path().join("vramguard.yaml");
+    cdi(&[
+        "--oldest-glibc",
+        "2.99",
+        "--preload-list",
+        list.to_str().unwrap(),
+        "--output",
+        spec_file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        fs::read_to_string(&list).unwrap(),
+        "/opt/vramguard/libvramguard.so\n"
+    );
+    let spec = &check("spec", &[&spec_file]).unwrap_or_else(|e| panic!("invalid spec: {e}"))[0];
+    let edits = &spec["devices"][0]["containerEdits"];
+    let env: Vec<&str> = edits["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(env.iter().all(|e| !e.starts_with("LD_PRELOAD=")), "{env:?}");
+    assert!(env.contains(&"VRAMGUARD_DIR=/dev/shm/vramguard"), "{env:?}");
+    let mounts = edits["mounts"].as_array().unwrap();
+    let preload = mounts
+        .iter()
+        .find(|m| m["containerPath"] == "/etc/ld.so.preload")
+        .expect("the list is mounted at /etc/ld.so.preload");
+    assert_eq!(preload["hostPath"].as_str(), list.to_str());
+    assert!(
+        preload["options"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("ro"))
+    );
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["containerPath"] == "/opt/vramguard/libvramguard.so")
     );
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use vramguard_core::settings::Config;
 
 use super::atomic_file;
+use super::glibc;
 use super::library;
 
 /// The spec's kind: vendor `vramguard.dev`, class `guard`.
@@ -51,36 +52,90 @@ pub struct CdiArgs {
     /// Write the spec to FILE (atomically) instead of stdout, e.g. /etc/cdi/vramguard.yaml
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Put the guard into containers through their /etc/ld.so.preload (this host FILE, written
+    /// here, mounted read-only there) instead of LD_PRELOAD, so that the image's and the user's
+    /// own LD_PRELOAD still apply, e.g. /etc/cdi/vramguard.ld.so.preload
+    #[arg(long, value_name = "FILE")]
+    pub preload_list: Option<PathBuf>,
+    /// The oldest glibc of the images the spec serves: a library that needs a newer one is
+    /// refused, since preloaded it would stop every program of such a container
+    #[arg(long, value_name = "X.Y", default_value = "2.28")]
+    pub oldest_glibc: String,
 }
 
-/// The spec for a host library at `library` and a host ledger directory `ledger_dir`.
-pub fn spec(library: &Path, ledger_dir: &Path) -> Value {
+/// Where a preload list is mounted in the container.
+pub const CONTAINER_PRELOAD_LIST: &str = "/etc/ld.so.preload";
+
+/// The preload list's text: the library's path in the container.
+pub fn preload_list_text() -> String {
+    format!("{CONTAINER_LIBRARY}\n")
+}
+
+/// The spec for a host library at `library` and a host ledger directory `ledger_dir`; with
+/// `preload_list` (a host file holding [`preload_list_text`]) the guard reaches the container's
+/// programs through their `/etc/ld.so.preload`, else through `LD_PRELOAD` (which replaces the
+/// image's and the user's own).
+pub fn spec(library: &Path, ledger_dir: &Path, preload_list: Option<&Path>) -> Value {
     let ledger = ledger_dir.to_string_lossy();
+    let mut env = vec![format!("VRAMGUARD_DIR={ledger}")];
+    let mut mounts = vec![
+        json!({
+            "hostPath": library.to_string_lossy(),
+            "containerPath": CONTAINER_LIBRARY,
+            "options": ["ro", "nosuid", "nodev", "bind"],
+        }),
+        json!({
+            "hostPath": ledger,
+            "containerPath": ledger,
+            "options": ["rw", "nosuid", "nodev", "bind"],
+        }),
+    ];
+    match preload_list {
+        Some(list) => mounts.push(json!({
+            "hostPath": list.to_string_lossy(),
+            "containerPath": CONTAINER_PRELOAD_LIST,
+            "options": ["ro", "nosuid", "nodev", "bind"],
+        })),
+        None => env.insert(0, format!("LD_PRELOAD={CONTAINER_LIBRARY}")),
+    }
     json!({
         "cdiVersion": CDI_VERSION,
         "kind": KIND,
         "devices": [{
             "name": DEVICE,
             "containerEdits": {
-                "env": [
-                    format!("LD_PRELOAD={CONTAINER_LIBRARY}"),
-                    format!("VRAMGUARD_DIR={ledger}"),
-                ],
-                "mounts": [
-                    {
-                        "hostPath": library.to_string_lossy(),
-                        "containerPath": CONTAINER_LIBRARY,
-                        "options": ["ro", "nosuid", "nodev", "bind"],
-                    },
-                    {
-                        "hostPath": ledger,
-                        "containerPath": ledger,
-                        "options": ["rw", "nosuid", "nodev", "bind"],
-                    },
-                ],
+                "env": env,
+                "mounts": mounts,
             },
         }],
     })
+}
+
+/// Refuses a library that needs a newer glibc than `oldest`; one that cannot be read here (a
+/// DaemonSet names the node's path from inside its container) is taken as given.
+fn check_glibc(library: &Path, oldest: &str) -> Result<(), String> {
+    let oldest = glibc::parse_version(oldest).map_err(|e| format!("--oldest-glibc: {e}"))?;
+    if !library.is_file() {
+        return Ok(());
+    }
+    match glibc::highest_needed(library)? {
+        Some(needed) if needed > oldest => Err(format!(
+            "{} needs glibc {}.{}, newer than the oldest glibc of the images it is for ({}.{}): \
+             preloaded into such a container it stops every program. Install the wheel or use \
+             scripts/install.sh (both build for glibc {}.{}), or pass --oldest-glibc {}.{} when \
+             every image has that glibc",
+            library.display(),
+            needed.0,
+            needed.1,
+            oldest.0,
+            oldest.1,
+            glibc::OLDEST_SUPPORTED.0,
+            glibc::OLDEST_SUPPORTED.1,
+            needed.0,
+            needed.1,
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `value` as YAML: mappings and sequences in block style, every string double-quoted (a JSON
@@ -173,7 +228,12 @@ pub fn cdi(args: &CdiArgs) -> i32 {
         .clone()
         .unwrap_or_else(|| Config::from_env().0.dir);
     let checked = absolute("--library", &library)
-        .and_then(|()| absolute("the ledger directory", &ledger_dir));
+        .and_then(|()| absolute("the ledger directory", &ledger_dir))
+        .and_then(|()| match &args.preload_list {
+            Some(list) => absolute("--preload-list", list),
+            None => Ok(()),
+        })
+        .and_then(|()| check_glibc(&library, &args.oldest_glibc));
     if let Err(e) = checked {
         eprintln!("vramguard cdi: {e}");
         return 1;
@@ -184,7 +244,16 @@ pub fn cdi(args: &CdiArgs) -> i32 {
                 Some(ext) if ext == "json" => CdiFormat::Json,
                 _ => CdiFormat::Yaml,
             });
-    let text = render(&spec(&library, &ledger_dir), format);
+    if let Some(list) = &args.preload_list {
+        if let Err(e) = atomic_file::write(list, preload_list_text().as_bytes(), 0o644) {
+            eprintln!("vramguard cdi: cannot write {}: {e}", list.display());
+            return 1;
+        }
+    }
+    let text = render(
+        &spec(&library, &ledger_dir, args.preload_list.as_deref()),
+        format,
+    );
     match &args.output {
         Some(path) => match atomic_file::write(path, text.as_bytes(), 0o644) {
             Ok(()) => {

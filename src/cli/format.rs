@@ -79,8 +79,13 @@ impl DeviceView {
 /// One guarded process.
 #[derive(Serialize, Debug)]
 pub struct ProcessView {
-    /// Its pid (in the namespace of the process that wrote it).
+    /// Its pid on this host: found from the process that holds its slot's lock where this user
+    /// can see it (`origin.rs`), else the pid it recorded (in its own pid namespace).
     pub pid: i32,
+    /// The pid it recorded, in its own pid namespace, when that is not `pid` (a container's).
+    pub namespace_pid: Option<i32>,
+    /// The container it runs in (`podman 0123456789ab`), where that can be told.
+    pub container: Option<String>,
     /// Its command line, as recorded when it joined.
     pub command: String,
     /// `running`, `waiting`, or `reclaimed` (found dead; its memory given back).
@@ -234,7 +239,16 @@ pub fn human(report: &StatusReport) -> String {
                     format_duration(std::time::Duration::from_millis(w.waited_ms))
                 )
             });
-            let command = p.command.clone();
+            let command = match (&p.container, p.namespace_pid) {
+                (Some(container), Some(inner)) => {
+                    format!("{} (in {container}, pid {inner} there)", p.command)
+                }
+                (Some(container), None) => format!("{} (in {container})", p.command),
+                (None, Some(inner)) => {
+                    format!("{} (pid {inner} in its pid namespace)", p.command)
+                }
+                (None, None) => p.command.clone(),
+            };
             if p.devices.is_empty() {
                 rows.push(vec![
                     p.pid.to_string(),

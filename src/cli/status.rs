@@ -20,6 +20,7 @@ use super::format::{
     self, DeviceView, NvmlView, ProcessDeviceView, ProcessView, StatusReport, WaitView,
 };
 use super::nvml_reader::{NvmlReader, NvmlState};
+use super::origin;
 use super::outside;
 
 /// How `status` prints.
@@ -66,6 +67,8 @@ fn process_view(p: &ProcessSnapshot, reclaimed: bool) -> ProcessView {
     };
     ProcessView {
         pid: p.pid,
+        namespace_pid: None,
+        container: None,
         command: p.command.clone(),
         state,
         started_unix_ms: p.started_unix_ms,
@@ -137,11 +140,27 @@ fn report_from(
 ) -> StatusReport {
     let (used, nvml) = nvml_used(snapshot, nvml);
     let now = now_unix_ms();
+    let holders = origin::holders(ledger_path);
     let mut processes: Vec<ProcessView> = snapshot
         .processes
         .iter()
         .filter(|p| p.alive)
-        .map(|p| process_view(p, false))
+        .map(|p| {
+            let mut view = process_view(p, false);
+            if let Some(holder) = holders
+                .get(&p.slot)
+                .and_then(|found| origin::member(found, p.pid))
+            {
+                if let Ok(host_pid) = i32::try_from(holder.pid) {
+                    if host_pid != p.pid {
+                        view.namespace_pid = Some(p.pid);
+                    }
+                    view.pid = host_pid;
+                }
+                view.container = holder.container.clone();
+            }
+            view
+        })
         .collect();
     processes.extend(dead);
     StatusReport {
