@@ -17,6 +17,10 @@ command -v fish >/dev/null 2>&1 || need_apt+=(fish)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
+# A real container engine applies the CDI spec (tests/container_podman.rs): podman with runc
+# (crun refuses the hybrid cgroup layout of these machines).
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
