@@ -6,6 +6,8 @@
 //! the benchmarks measure, and uninstalling leaves nothing of it behind.
 
 mod support;
+#[path = "support/manylinux.rs"]
+mod manylinux;
 #[path = "support/venv.rs"]
 mod venv_support;
 
@@ -21,17 +23,6 @@ use venv_support::*;
 /// How long building the wheel may take (a first build compiles every dependency for the
 /// wheel's target).
 const BUILD_DEADLINE: Duration = Duration::from_secs(1800);
-/// The libraries a manylinux_2_28 binary may need (PEP 600's policy for x86_64).
-const MANYLINUX_LIBRARIES: &[&str] = &[
-    "libc.so.6",
-    "libm.so.6",
-    "libdl.so.2",
-    "libpthread.so.0",
-    "librt.so.1",
-    "libgcc_s.so.1",
-    "ld-linux-x86-64.so.2",
-];
-
 /// Builds the wheel once per test binary (into `target/wheel`, a target directory of its own so
 /// that it never waits for the one the tests run from) and returns its path.
 fn wheel() -> PathBuf {
@@ -137,19 +128,6 @@ fn tool(program: &str, args: &[&str], path: &Path) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The highest `GLIBC_x.y` version an ELF file asks for (`objdump -T`).
-fn highest_glibc(path: &Path) -> (u32, u32) {
-    tool("objdump", &["-T"], path)
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
-        .filter_map(|word| word.strip_prefix("GLIBC_"))
-        .filter_map(|version| {
-            let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
-            Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
-        })
-        .max()
-        .unwrap_or_else(|| panic!("{} asks for no glibc version", path.display()))
-}
-
 /// The exported symbols of a shared library with their sizes (`nm -D -S --defined-only`).
 fn exported_sizes(path: &Path) -> BTreeMap<String, String> {
     tool("nm", &["-D", "-S", "--defined-only"], path)
@@ -171,22 +149,7 @@ fn the_wheel_is_manylinux_2_28_and_carries_the_benchmarked_build() {
     );
     let target = support::target_dir().join("wheel/x86_64-unknown-linux-gnu/release");
     for binary in ["vramguard", "libvramguard.so"] {
-        let path = target.join(binary);
-        let highest = highest_glibc(&path);
-        assert!(
-            highest <= (2, 28),
-            "{binary} needs GLIBC_{}.{}",
-            highest.0,
-            highest.1
-        );
-        let needed = tool("readelf", &["-d"], &path);
-        for line in needed.lines().filter(|l| l.contains("(NEEDED)")) {
-            let library = line.split('[').nth(1).unwrap().trim_end_matches(']');
-            assert!(
-                MANYLINUX_LIBRARIES.contains(&library),
-                "{binary} needs {library}, which manylinux does not allow"
-            );
-        }
+        manylinux::assert_manylinux_2_28(&target.join(binary));
     }
     // The same code as target/release/libvramguard.so, which the benchmarks measure: the same
     // exported functions with the same sizes (another profile, optimisation level or codegen
