@@ -141,7 +141,7 @@ fn podman_applies_the_spec_and_the_host_sees_the_container_s_process() {
         );
         return;
     }
-    let mut sandbox = Sandbox::new("4GiB");
+    let sandbox = Sandbox::new("4GiB");
     sandbox.init();
     let guard = support::artifacts().preload;
     let rootfs_dir = tempfile::Builder::new()

@@ -5,9 +5,9 @@
 //! newer than 2.28, only the libraries the policy allows), its library is the same release build
 //! the benchmarks measure, and uninstalling leaves nothing of it behind.
 
-mod support;
 #[path = "support/manylinux.rs"]
 mod manylinux;
+mod support;
 #[path = "support/venv.rs"]
 mod venv_support;
 

@@ -244,11 +244,11 @@ pub fn cdi(args: &CdiArgs) -> i32 {
                 Some(ext) if ext == "json" => CdiFormat::Json,
                 _ => CdiFormat::Yaml,
             });
-    if let Some(list) = &args.preload_list {
-        if let Err(e) = atomic_file::write(list, preload_list_text().as_bytes(), 0o644) {
-            eprintln!("vramguard cdi: cannot write {}: {e}", list.display());
-            return 1;
-        }
+    if let Some(list) = &args.preload_list
+        && let Err(e) = atomic_file::write(list, preload_list_text().as_bytes(), 0o644)
+    {
+        eprintln!("vramguard cdi: cannot write {}: {e}", list.display());
+        return 1;
     }
     let text = render(
         &spec(&library, &ledger_dir, args.preload_list.as_deref()),
