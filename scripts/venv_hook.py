@@ -123,9 +123,12 @@ def _guard():
         return
     reason = _cannot_load()
     if reason:
-        _say("warn", "%s cannot be loaded here (%s); %s starts unguarded. A library built against "
-             "a newer glibc than this system's cannot load: install the wheel (glibc 2.28)"
-             % (LIBRARY, reason, executable))
+        hint = ""
+        if "GLIBC_" in reason:
+            hint = (". It was built for a newer glibc than this system's: install the wheel "
+                    "(glibc 2.28)")
+        _say("warn", "%s cannot be loaded here (%s); %s starts unguarded%s"
+             % (LIBRARY, reason, executable, hint))
         return
     env = dict(os.environ)
     kept = [entry for entry in env.get("LD_PRELOAD", "").replace(" ", ":").split(":")

@@ -67,10 +67,14 @@ pub fn check(library: &Path) -> Result<(), String> {
 
 /// The warning for a library that cannot load: `who` says which program starts unguarded.
 pub fn warning(tool: &str, library: &Path, reason: &str, who: &str) -> String {
+    let hint = if reason.contains("GLIBC_") {
+        ". It was built for a newer glibc than this system's: install the wheel or \
+         scripts/install.sh's build (glibc 2.28)"
+    } else {
+        ""
+    };
     format!(
-        "{tool}: {} cannot be loaded here ({reason}); {who} starts unguarded. A library built \
-         against a newer glibc than this system's cannot load: install the wheel or \
-         scripts/install.sh's build (glibc 2.28)",
+        "{tool}: {} cannot be loaded here ({reason}); {who} starts unguarded{hint}",
         library.display()
     )
 }
