@@ -13,10 +13,18 @@ if [ -z "${_VRAMGUARD_ACTIVE:-}" ]; then
         _VRAMGUARD_HAD_LD_PRELOAD=0
         _VRAMGUARD_OLD_LD_PRELOAD=
     fi
-    case ":${LD_PRELOAD:-}:" in
-        *":$_VRAMGUARD_LIBRARY:"*) ;;
-        *) LD_PRELOAD="$_VRAMGUARD_LIBRARY${LD_PRELOAD:+:$LD_PRELOAD}"; export LD_PRELOAD ;;
-    esac
+    # Only a library the loader can load here joins LD_PRELOAD (one that cannot, built for a
+    # newer glibc than this system's, would stop every program of this shell).
+    if _vramguard_reason=$(LD_PRELOAD=$_VRAMGUARD_LIBRARY VRAMGUARD_DISABLE=1 VRAMGUARD_LOG=off /bin/sh -c : 2>&1 >/dev/null) \
+        && [ -z "$_vramguard_reason" ]; then
+        case ":${LD_PRELOAD:-}:" in
+            *":$_VRAMGUARD_LIBRARY:"*) ;;
+            *) LD_PRELOAD="$_VRAMGUARD_LIBRARY${LD_PRELOAD:+:$LD_PRELOAD}"; export LD_PRELOAD ;;
+        esac
+    else
+        echo "vramguard: $_VRAMGUARD_LIBRARY cannot be loaded here ($(printf '%s\n' "$_vramguard_reason" | sed -n '/./{p;q;}')); this shell's programs start unguarded" >&2
+    fi
+    unset _vramguard_reason
 fi
 # Wrap the virtualenv's deactivate (bash and zsh can copy a function through `typeset -f`), once.
 case "$(typeset -f deactivate 2>/dev/null)" in

@@ -269,3 +269,47 @@ fn a_virtualenv_whose_hook_names_a_library_that_cannot_load_still_runs_python() 
     let out = run_with_deadline(python.args(["-c", "1"]), DEADLINE);
     assert_eq!(out.status.code(), Some(0), "python -c 1: {out:?}");
 }
+
+#[test]
+fn the_shell_lines_and_the_activate_blocks_leave_out_a_library_that_cannot_load() {
+    let dir = TempDir::new("activate");
+    for (library, is_bad) in [(bad_library(), true), (library(), false)] {
+        let expected = if is_bad {
+            String::new()
+        } else {
+            library.to_string_lossy().into_owned()
+        };
+        // `eval "$(vramguard env)"`.
+        let mut eval = command("sh", &library);
+        eval.args(["-c", &format!("eval \"$(\"$0\" env)\" && sh -c '{SHOW}'")])
+            .arg(vramguard());
+        let out = run_with_deadline(&mut eval, DEADLINE);
+        assert_started("eval \"$(vramguard env)\"", &out, &expected, is_bad);
+
+        // The activate blocks `vramguard env --venv` writes, sourced by sh and fish.
+        for (shell, template, source) in [
+            ("sh", "activate.sh", "."),
+            ("fish", "activate.fish", "source"),
+        ] {
+            if shell == "fish" && Command::new("fish").arg("--version").output().is_err() {
+                skip(
+                    "the_shell_lines_and_the_activate_blocks_leave_out_a_library_that_cannot_load",
+                    "fish is not installed (scripts/setup.sh installs it); its block is not checked",
+                );
+                continue;
+            }
+            let text = fs::read_to_string(repo().join("scripts").join(template))
+                .unwrap()
+                .replace("@VRAMGUARD_LIBRARY@", &library.to_string_lossy());
+            let block = dir.join(format!("{is_bad}-{template}"));
+            fs::write(&block, text).unwrap();
+            let mut activated = command(shell, &library);
+            activated.env_remove("VRAMGUARD_LIBRARY").args([
+                "-c",
+                &format!("{source} {}; sh -c '{SHOW}'", block.display()),
+            ]);
+            let out = run_with_deadline(&mut activated, DEADLINE);
+            assert_started(template, &out, &expected, is_bad);
+        }
+    }
+}

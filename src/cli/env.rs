@@ -8,6 +8,7 @@ use std::path::Path;
 use vramguard_core::settings::SETTINGS;
 
 use super::library;
+use super::preload_check;
 use super::{GuardOptions, ShellArg};
 
 /// Quotes `text` for `shell` in single quotes: an embedded quote is closed, escaped and reopened
@@ -47,13 +48,29 @@ pub fn lines(shell: ShellArg, library: &Path, guard: &GuardOptions) -> String {
     out
 }
 
-/// `vramguard env [--shell sh|fish] [options]`.
+/// `vramguard env [--shell sh|fish] [options]`. A library that cannot be loaded here is left
+/// out of the lines (one warning on stderr): the shell that runs them must keep starting
+/// programs.
 pub fn print_lines(shell: ShellArg, guard: &GuardOptions) -> i32 {
     match library::locate() {
-        Ok(lib) => {
-            print!("{}", lines(shell, &lib, guard));
-            0
-        }
+        Ok(lib) => match preload_check::check(&lib) {
+            Ok(()) => {
+                print!("{}", lines(shell, &lib, guard));
+                0
+            }
+            Err(reason) => {
+                eprintln!(
+                    "{}",
+                    preload_check::warning(
+                        "vramguard env",
+                        &lib,
+                        &reason,
+                        "every program of the shell that runs these lines"
+                    )
+                );
+                0
+            }
+        },
         Err(e) => {
             eprintln!("vramguard env: {e}");
             1
