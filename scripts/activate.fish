@@ -11,7 +11,7 @@ if not set -q _VRAMGUARD_ACTIVE
     end
     # Only a library the loader can load here joins LD_PRELOAD (one that cannot, built for a
     # newer glibc than this system's, would stop every program of this shell).
-    set -l _vramguard_reason (env LD_PRELOAD=$_VRAMGUARD_LIBRARY VRAMGUARD_DISABLE=1 VRAMGUARD_LOG=off /bin/sh -c : 2>&1 >/dev/null)
+    set -l _vramguard_reason (LD_PRELOAD=$_VRAMGUARD_LIBRARY VRAMGUARD_DISABLE=1 VRAMGUARD_LOG=off /bin/sh -c : 2>&1 >/dev/null)
     set -l _vramguard_status $status
     if test $_vramguard_status -eq 0; and test -z "$_vramguard_reason"
         if not contains -- $_VRAMGUARD_LIBRARY (string split -n ':' -- "$LD_PRELOAD")
