@@ -47,7 +47,7 @@ pub fn holders(ledger: &Path) -> HashMap<u32, Vec<Holder>> {
         else {
             continue;
         };
-        let slots = slots_held(pid, meta.dev(), meta.ino(), &device);
+        let slots = slots_held(pid, &device);
         if slots.is_empty() {
             continue;
         }
@@ -85,19 +85,16 @@ fn lock_device(dev: u64, ino: u64) -> String {
     format!("{major:02x}:{minor:02x}:{ino}")
 }
 
-/// The slots whose liveness lock one of `pid`'s descriptors of the ledger file holds.
-fn slots_held(pid: u32, dev: u64, ino: u64, device: &str) -> Vec<u32> {
+/// The slots whose liveness lock one of `pid`'s descriptors holds. Only `/proc` is read (the
+/// lock lines name the locked file's device and inode): no descriptor's file is touched, so a
+/// process with a file on a hung network mount cannot stall `status`.
+fn slots_held(pid: u32, device: &str) -> Vec<u32> {
     let mut slots = Vec::new();
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return slots;
     };
     for fd in fds.filter_map(Result::ok) {
-        let same_file = fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
-        if !same_file {
-            continue;
-        }
-        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
-        if let Ok(text) = fs::read_to_string(info) {
+        if let Ok(text) = fs::read_to_string(fd.path()) {
             slots.extend(
                 text.lines()
                     .filter_map(|line| slot_of_lock_line(line, device)),
