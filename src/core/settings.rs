@@ -122,6 +122,15 @@ pub const SETTINGS: &[Setting] = &[
               `doctor` read the card's used memory from, to show memory held outside the guard. \
               Without it they fall back to the figure guarded processes last learned from the driver.",
     },
+    Setting {
+        name: "VRAMGUARD_TEST_FAULT",
+        default: "",
+        accepts: "`panic-after-call` or `panic-after-call:NAME,NAME...` (driver function names)",
+        doc: "For vramguard's own tests only, never for use: makes the guard's hook of every \
+              guarded driver function (or of those named) panic right after the driver's call \
+              returns, to show that the program still gets the driver's answer and that the \
+              driver is never called twice.",
+    },
 ];
 
 /// The `VRAMGUARD_POLICY` values.
@@ -195,6 +204,9 @@ pub struct Config {
     pub driver: PathBuf,
     /// `VRAMGUARD_NVML`
     pub nvml: PathBuf,
+    /// `VRAMGUARD_TEST_FAULT=panic-after-call[:NAME,...]`: the functions whose hook panics after
+    /// the driver's call (empty: all); `None` when unset (always, outside vramguard's tests).
+    pub test_panic_after_call: Option<Vec<String>>,
 }
 
 /// A variable whose value could not be used; its default was used instead.
@@ -272,6 +284,29 @@ fn parse_path(value: &str) -> Result<PathBuf, String> {
         Err("empty path".to_string())
     } else {
         Ok(PathBuf::from(value))
+    }
+}
+
+/// `VRAMGUARD_TEST_FAULT`: empty, `panic-after-call`, or `panic-after-call:NAME,NAME...`.
+fn parse_test_fault(value: &str) -> Result<Option<Vec<String>>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let Some(rest) = value.strip_prefix("panic-after-call") else {
+        return Err("not a fault this build can make".to_string());
+    };
+    match rest.strip_prefix(':') {
+        None if rest.is_empty() => Ok(Some(Vec::new())),
+        None => Err("not a fault this build can make".to_string()),
+        Some(names) => Ok(Some(
+            names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect(),
+        )),
     }
 }
 
@@ -358,6 +393,7 @@ impl Config {
             disable: field!("VRAMGUARD_DISABLE", parse_flag),
             driver: field!("VRAMGUARD_DRIVER", parse_path),
             nvml: field!("VRAMGUARD_NVML", parse_path),
+            test_panic_after_call: field!("VRAMGUARD_TEST_FAULT", parse_test_fault),
         };
         (config, errors)
     }
