@@ -149,6 +149,20 @@ fn parse_duration_arg(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `--watch SECS`: a finite number of seconds above zero (`nan`, `inf`, `0` or a negative
+/// number is a usage error, not a panic nor a silent choice).
+fn parse_interval_arg(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Ok(secs),
+        Ok(_) => Err(format!(
+            "{text:?} is not an interval: give a number of seconds above 0, e.g. 2 or 0.5"
+        )),
+        Err(_) => Err(format!(
+            "{text:?} is not a number of seconds, e.g. 2 or 0.5"
+        )),
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a command with the guard preloaded; exits with the command's status
@@ -176,7 +190,13 @@ enum Command {
         #[arg(long)]
         prometheus: bool,
         /// Redraw every SECS seconds (default 2) until interrupted
-        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        #[arg(
+            long,
+            value_name = "SECS",
+            num_args = 0..=1,
+            default_missing_value = "2",
+            value_parser = parse_interval_arg
+        )]
         watch: Option<f64>,
         /// Write the report to FILE instead of stdout, atomically (a temporary file in the same
         /// directory, then a rename), e.g. for a node exporter's textfile collector; with

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
-use vramguard_core::settings::{Config, LogLevel};
+use vramguard_core::settings::{self, Config, LogLevel};
 
 use crate::log;
 
@@ -40,7 +40,13 @@ fn configuration() -> &'static (Config, Vec<String>) {
             Ordering::Release,
         );
         TEST_FAULT_ARMED.store(config.test_panic_after_call.is_some(), Ordering::Release);
-        (config, errors.iter().map(ToString::to_string).collect())
+        let mut messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        messages.extend(
+            Config::misspelt_in_env()
+                .iter()
+                .map(|(name, meant)| settings::misspelling_message(name, meant)),
+        );
+        (config, messages)
     })
 }
 
