@@ -30,9 +30,11 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   run     the command's own status (128+N when a signal N ended it);
           125 vramguard could not set up the guard (library not found),
-          126 the command cannot be executed, 127 the command was not found
+          126 the command cannot be executed, 127 the command was not found,
+          2 a VRAMGUARD_* setting it would get does not parse (not started)
   status  0 shown or written (also when no guarded process has run yet),
-          1 the ledger cannot be read or --output cannot be written
+          1 the ledger cannot be read, no ledger fits in its directory, or --output
+          cannot be written (--prometheus --watch writes vramguard_ledger_up 0 instead)
   env     0 printed, installed or removed; 1 the library, the virtualenv or the unit is not
           found, or a file cannot be written
   cdi     0 printed or written, 1 the library is not found or --output cannot be written
