@@ -123,3 +123,67 @@ fn an_unwritable_output_is_an_error() {
     assert_eq!(finished.status.code(), Some(1), "{finished:?}");
     assert!(finished.stderr.contains("cannot write"), "{finished:?}");
 }
+
+/// Waits (hang guard only) until the file at `file` satisfies `done`; returns its text.
+fn wait_for_file(file: &Path, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = fs::read_to_string(file).unwrap_or_default();
+        if done(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{what}: {now}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_watch_writes_ledger_down_while_the_ledger_cannot_be_read_and_recovers() {
+    let sandbox = Sandbox::new("4GiB");
+    let holder = sandbox.hold(true, "256MiB");
+    let pid = holder.pid();
+    let dir = sandbox.root().join("textfile");
+    fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vramguard.prom");
+    let watch = status_to(&sandbox, &file, &["--watch", "0.2"]);
+    let holding = format!("pid=\"{pid}\"");
+    let up = |text: &str| sample(text, "vramguard_ledger_up", "");
+    wait_for_file(&file, "never up with the holder's figures", |text| {
+        up(text) == Some(1.0) && sample(text, "vramguard_process_used_bytes", &holding).is_some()
+    });
+
+    // The ledger directory becomes a plain file: no ledger can be opened there.
+    let away = sandbox.root().join("ledger-away");
+    fs::rename(&sandbox.ledger_dir, &away).unwrap();
+    fs::write(&sandbox.ledger_dir, b"not a directory").unwrap();
+    let down = wait_for_file(&file, "never said the ledger is down", |text| {
+        up(text) == Some(0.0)
+    });
+    for stale in [
+        "vramguard_process_used_bytes{",
+        "vramguard_device_capacity_bytes{",
+        "vramguard_processes ",
+    ] {
+        assert!(!down.contains(stale), "a stale figure stayed: {down}");
+    }
+
+    // The ledger comes back: so do the figures.
+    fs::remove_file(&sandbox.ledger_dir).unwrap();
+    fs::rename(&away, &sandbox.ledger_dir).unwrap();
+    wait_for_file(&file, "never recovered", |text| {
+        up(text) == Some(1.0) && sample(text, "vramguard_process_used_bytes", &holding).is_some()
+    });
+    let watched = watch.kill();
+    drop(holder.kill());
+    let said: Vec<&str> = watched
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("vramguard status: "))
+        .collect();
+    assert_eq!(
+        said.len(),
+        2,
+        "the trouble and the recovery, once each: {watched:?}"
+    );
+    assert!(said[1].contains("can be read again"), "{said:?}");
+}

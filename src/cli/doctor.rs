@@ -8,14 +8,14 @@
 //! stage each cause.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vramguard_core::cuda::CuUuid;
-use vramguard_core::ledger::{Ledger, LedgerError, SPACE_FIX, backing, layout};
-use vramguard_core::settings::Config;
+use vramguard_core::ledger::{Ledger, LedgerError, SPACE_FIX, layout};
+use vramguard_core::settings::{self, Config};
 use vramguard_core::units::format_size;
 
 use super::driver::{Driver, describe, open_library};
@@ -282,23 +282,24 @@ fn check_outside(dir: &Path, library: &Path) -> Vec<Finding> {
 /// lacks (all of it while it does not exist), and one more ledger's size to spare (a creation
 /// racing another, a re-creation after removal, a repair after truncation).
 fn check_ledger_space(dir: &Path) -> Finding {
-    let Some(existing) = dir.ancestors().find(|p| p.exists()) else {
+    if !dir.ancestors().any(|p| p.exists()) {
         return Finding::ok("ledger: no existing directory to ask for free space");
-    };
-    let Some(free) = backing::free_space(existing) else {
+    }
+    let Some(status::Room {
+        existing,
+        free,
+        missing,
+    }) = status::room(dir)
+    else {
         return Finding::warn(
             format!(
                 "ledger: cannot ask the file system of {} for its free space",
-                existing.display()
+                dir.display()
             ),
             "check it with df -h",
         );
     };
     let size = layout::FILE_SIZE as u64;
-    let missing = match fs::symlink_metadata(dir.join(layout::FILE_NAME)) {
-        Ok(meta) if meta.is_file() => size.saturating_sub(meta.blocks().saturating_mul(512)),
-        _ => size,
-    };
     let free_here = format!(
         "{} free on the file system of {}",
         format_size(free),
@@ -672,9 +673,15 @@ pub fn doctor() -> i32 {
         findings.push(Finding::ok("settings: every VRAMGUARD_* variable is valid"));
     }
     for error in errors {
-        findings.push(Finding::warn(
+        findings.push(Finding::fail(
             format!("settings: {error}"),
-            "fix the variable (vramguard env --list)",
+            "fix the variable (vramguard env --list); `vramguard run` refuses to start a program with it",
+        ));
+    }
+    for (name, meant) in Config::misspelt_in_env() {
+        findings.push(Finding::warn(
+            format!("settings: {}", settings::misspelling_message(&name, meant)),
+            format!("rename it to {meant}"),
         ));
     }
     findings.push(check_library());

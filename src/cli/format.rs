@@ -126,6 +126,29 @@ pub struct WaitView {
     pub waited_ms: u64,
 }
 
+/// `text` safe to show on a terminal: control characters (C0, DEL, C1), line and tab breaks, and
+/// the bidirectional overrides that reorder what a terminal shows are written as escapes (`\x1b`,
+/// `\n`, `\u{202e}`), so a command line recorded in the ledger (anyone's to choose) cannot
+/// move the cursor, retitle the window or hide text in the administrator's terminal.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0'..='\x1f' | '\x7f' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            '\u{80}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Left-aligned columns, each as wide as its widest cell.
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -162,11 +185,11 @@ pub fn human(report: &StatusReport) -> String {
         let _ = writeln!(
             out,
             "no guarded process has run yet (no ledger in {})",
-            report.ledger
+            printable(&report.ledger)
         );
         return out;
     }
-    let _ = writeln!(out, "ledger: {}", report.ledger);
+    let _ = writeln!(out, "ledger: {}", printable(&report.ledger));
     if report.devices.is_empty() {
         out.push_str("\nno card has been used by a guarded process yet\n");
     } else {
@@ -188,7 +211,7 @@ pub fn human(report: &StatusReport) -> String {
         for d in &report.devices {
             rows.push(vec![
                 d.uuid.clone(),
-                d.name.clone(),
+                printable(&d.name),
                 format_size(d.capacity_bytes),
                 format_size(d.budget_bytes),
                 format_size(d.used_bytes),
@@ -239,15 +262,14 @@ pub fn human(report: &StatusReport) -> String {
                     format_duration(std::time::Duration::from_millis(w.waited_ms))
                 )
             });
+            let shown = printable(&p.command);
             let command = match (&p.container, p.namespace_pid) {
                 (Some(container), Some(inner)) => {
-                    format!("{} (in {container}, pid {inner} there)", p.command)
+                    format!("{shown} (in {}, pid {inner} there)", printable(container))
                 }
-                (Some(container), None) => format!("{} (in {container})", p.command),
-                (None, Some(inner)) => {
-                    format!("{} (pid {inner} in its pid namespace)", p.command)
-                }
-                (None, None) => p.command.clone(),
+                (Some(container), None) => format!("{shown} (in {})", printable(container)),
+                (None, Some(inner)) => format!("{shown} (pid {inner} in its pid namespace)"),
+                (None, None) => shown,
             };
             if p.devices.is_empty() {
                 rows.push(vec![
@@ -480,7 +502,24 @@ pub fn prometheus(report: &StatusReport) -> String {
         "Live guarded processes.",
         vec![(String::new(), live.len() as u64)],
     );
+    out.push_str(&ledger_up(true));
     out
+}
+
+/// The `vramguard_ledger_up` family: 1 when the figures above it were read from the ledger.
+fn ledger_up(up: bool) -> String {
+    format!(
+        "# HELP vramguard_ledger_up Whether the ledger could be read: 1 with the figures read from \
+         it, 0 (and no other figure) when it cannot be.\n# TYPE vramguard_ledger_up gauge\n\
+         vramguard_ledger_up {}\n",
+        u8::from(up)
+    )
+}
+
+/// The Prometheus text when the ledger cannot be read: `vramguard_ledger_up 0` and nothing else,
+/// so that no stale figure outlives the trouble.
+pub fn prometheus_down() -> String {
+    ledger_up(false)
 }
 
 #[cfg(test)]
@@ -490,6 +529,18 @@ mod tests {
     #[test]
     fn labels_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_terminals() {
+        assert_eq!(
+            printable("a\x1b]0;title\x07b\x1b[2J\tc\nd\u{9b}e\u{202e}f\x7fé"),
+            "a\\x1b]0;title\\x07b\\x1b[2J\\tc\\nd\\u{9b}e\\u{202e}f\\x7fé"
+        );
+        assert_eq!(
+            printable("python train.py --lr 0.1"),
+            "python train.py --lr 0.1"
+        );
     }
 
     #[test]

@@ -33,9 +33,11 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   run     the command's own status (128+N when a signal N ended it);
           125 vramguard could not set up the guard (library not found),
-          126 the command cannot be executed, 127 the command was not found
+          126 the command cannot be executed, 127 the command was not found,
+          2 a VRAMGUARD_* setting it would get does not parse (not started)
   status  0 shown or written (also when no guarded process has run yet),
-          1 the ledger cannot be read or --output cannot be written
+          1 the ledger cannot be read, no ledger fits in its directory, or --output
+          cannot be written (--prometheus --watch writes vramguard_ledger_up 0 instead)
   env     0 printed, installed or removed; 1 the library, the virtualenv or the unit is not
           found, or a file cannot be written
   cdi     0 printed or written, 1 the library is not found or --output cannot be written
@@ -152,6 +154,20 @@ fn parse_duration_arg(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `--watch SECS`: a finite number of seconds above zero (`nan`, `inf`, `0` or a negative
+/// number is a usage error, not a panic nor a silent choice).
+fn parse_interval_arg(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Ok(secs),
+        Ok(_) => Err(format!(
+            "{text:?} is not an interval: give a number of seconds above 0, e.g. 2 or 0.5"
+        )),
+        Err(_) => Err(format!(
+            "{text:?} is not a number of seconds, e.g. 2 or 0.5"
+        )),
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a command with the guard preloaded; exits with the command's status
@@ -179,7 +195,13 @@ enum Command {
         #[arg(long)]
         prometheus: bool,
         /// Redraw every SECS seconds (default 2) until interrupted
-        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        #[arg(
+            long,
+            value_name = "SECS",
+            num_args = 0..=1,
+            default_missing_value = "2",
+            value_parser = parse_interval_arg
+        )]
         watch: Option<f64>,
         /// Write the report to FILE instead of stdout, atomically (a temporary file in the same
         /// directory, then a rename), e.g. for a node exporter's textfile collector; with

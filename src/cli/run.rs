@@ -10,6 +10,8 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+use vramguard_core::settings::{self, Config};
+
 use super::GuardOptions;
 use super::library;
 use super::preload_check;
@@ -21,8 +23,45 @@ pub const EXIT_CANNOT_EXECUTE: i32 = 126;
 /// The command was not found.
 pub const EXIT_NOT_FOUND: i32 = 127;
 
+/// A `VRAMGUARD_*` setting the command would get does not parse (the command line is wrong).
+pub const EXIT_BAD_SETTING: i32 = 2;
+
+/// Checks the `VRAMGUARD_*` settings the command would get (the inherited environment, with the
+/// options over it): says each that does not parse and what would apply instead, and each
+/// misspelt name; false when one does not parse.
+fn settings_parse(guard: &GuardOptions) -> bool {
+    let options = guard.variables();
+    let lookup = |name: &str| {
+        options
+            .iter()
+            .find(|(option, _)| *option == name)
+            .map(|(_, value)| value.clone())
+            .or_else(|| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    };
+    let (_, errors) = Config::from_lookup(lookup);
+    for (name, meant) in Config::misspelt_in_env() {
+        eprintln!(
+            "vramguard run: {}",
+            settings::misspelling_message(&name, meant)
+        );
+    }
+    for error in &errors {
+        eprintln!("vramguard run: {error}");
+    }
+    if !errors.is_empty() {
+        eprintln!(
+            "vramguard run: the command was not started: fix the setting (vramguard env --list), \
+             or unset it to get what is said above"
+        );
+    }
+    errors.is_empty()
+}
+
 /// Runs `command` under the guard; returns only when it could not be started.
 pub fn run(guard: &GuardOptions, command: &[OsString]) -> i32 {
+    if !settings_parse(guard) {
+        return EXIT_BAD_SETTING;
+    }
     let library = match library::locate() {
         Ok(path) => path,
         Err(e) => {

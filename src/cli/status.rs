@@ -7,14 +7,17 @@
 //! is given back by this call (the next decision of any guarded process would do it too).
 
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vramguard_core::cuda::CuUuid;
 use vramguard_core::ledger::{
-    DeviceSnapshot, Ledger, LedgerError, ProcessSnapshot, ProcessState, Snapshot,
+    DeviceSnapshot, Ledger, LedgerError, ProcessSnapshot, ProcessState, SPACE_FIX, Snapshot,
+    backing, layout,
 };
 use vramguard_core::settings::Config;
+use vramguard_core::units::format_size;
 
 use super::format::{
     self, DeviceView, NvmlView, ProcessDeviceView, ProcessView, StatusReport, WaitView,
@@ -225,8 +228,67 @@ fn render(format: Format, report: &StatusReport) -> String {
     }
 }
 
+/// Where a ledger for `dir` would be made, how much its file system has free, and how much a
+/// ledger still needs there (all of it when there is none yet; what its file lacks otherwise).
+/// `None` when no existing directory or no free-space figure can be had.
+pub struct Room {
+    /// The nearest existing directory of `dir` (itself, or an ancestor).
+    pub existing: PathBuf,
+    /// Bytes free for an unprivileged process on its file system.
+    pub free: u64,
+    /// Bytes the ledger still needs there.
+    pub missing: u64,
+}
+
+/// The [`Room`] for a ledger in `dir`.
+pub fn room(dir: &Path) -> Option<Room> {
+    let existing = dir.ancestors().find(|p| p.exists())?.to_path_buf();
+    let free = backing::free_space(&existing)?;
+    let size = layout::FILE_SIZE as u64;
+    let missing = match std::fs::symlink_metadata(dir.join(layout::FILE_NAME)) {
+        Ok(meta) if meta.is_file() => size.saturating_sub(meta.blocks().saturating_mul(512)),
+        _ => size,
+    };
+    Some(Room {
+        existing,
+        free,
+        missing,
+    })
+}
+
+/// Why `report` (of the ledger directory `dir`) cannot stand as it is: no ledger exists and none
+/// fits on the directory's file system, so every guarded program there fails to make one.
+fn no_room(report: &StatusReport, dir: &Path) -> Option<String> {
+    if report.ledger_exists {
+        return None;
+    }
+    let room = room(dir)?;
+    (room.free < room.missing).then(|| {
+        format!(
+            "no ledger fits in {}: {} free on the file system of {}, and a ledger needs {}; no \
+             guarded program can make one there, so each follows VRAMGUARD_ON_ERROR; {SPACE_FIX}",
+            dir.display(),
+            format_size(room.free),
+            room.existing.display(),
+            format_size(room.missing)
+        )
+    })
+}
+
+/// One report, or why there is none.
+fn report_text(format: Format, dir: &Path, nvml: &mut NvmlReader) -> Result<String, String> {
+    let report = collect(dir, Some(nvml)).map_err(|e| e.to_string())?;
+    match no_room(&report, dir) {
+        Some(why) => Err(why),
+        None => Ok(render(format, &report)),
+    }
+}
+
 /// `vramguard status [--json | --prometheus] [--watch [SECS]] [--output FILE]`. With `output`
-/// each report replaces the file atomically instead of going to stdout.
+/// each report replaces the file atomically instead of going to stdout. A ledger that cannot be
+/// read is exit code 1, except under `--prometheus --watch`, which goes on: each round that
+/// cannot read it writes `vramguard_ledger_up 0` and no other figure (never the last good
+/// report, which would look healthy), and the next good round writes `1` and the figures again.
 pub fn status(format: Format, watch: Option<f64>, output: Option<&Path>) -> i32 {
     let (config, errors) = Config::from_env();
     for error in errors {
@@ -234,12 +296,33 @@ pub fn status(format: Format, watch: Option<f64>, output: Option<&Path>) -> i32 
     }
     let interval = watch.map(|secs| Duration::from_secs_f64(secs.clamp(0.1, 86_400.0)));
     let mut nvml = NvmlReader::new(&config.nvml);
+    // What the last round said on stderr, so a watch says each trouble once, not every round.
+    let mut said: Option<String> = None;
     loop {
-        let text = match collect(&config.dir, Some(&mut nvml)) {
-            Ok(report) => render(format, &report),
-            Err(e) => {
-                eprintln!("vramguard status: {e}");
-                return 1;
+        let text = match report_text(format, &config.dir, &mut nvml) {
+            Ok(text) => {
+                if said.take().is_some() && interval.is_some() {
+                    eprintln!("vramguard status: the ledger can be read again");
+                }
+                text
+            }
+            Err(why) => {
+                if said.as_deref() != Some(why.as_str()) {
+                    eprintln!("vramguard status: {why}");
+                }
+                said = Some(why);
+                match (format, interval) {
+                    (Format::Prometheus, Some(_)) => format::prometheus_down(),
+                    (Format::Prometheus, None) => {
+                        if let Some(path) = output {
+                            // Never leave the last good figures standing for a collector.
+                            let down = format::prometheus_down();
+                            let _ = super::atomic_file::write(path, down.as_bytes(), 0o644);
+                        }
+                        return 1;
+                    }
+                    _ => return 1,
+                }
             }
         };
         if let Some(path) = output {

@@ -122,6 +122,15 @@ pub const SETTINGS: &[Setting] = &[
               `doctor` read the card's used memory from, to show memory held outside the guard. \
               Without it they fall back to the figure guarded processes last learned from the driver.",
     },
+    Setting {
+        name: "VRAMGUARD_TEST_FAULT",
+        default: "",
+        accepts: "`panic-after-call` or `panic-after-call:NAME,NAME...` (driver function names)",
+        doc: "For vramguard's own tests only, never for use: makes the guard's hook of every \
+              guarded driver function (or of those named) panic right after the driver's call \
+              returns, to show that the program still gets the driver's answer and that the \
+              driver is never called twice.",
+    },
 ];
 
 /// The `VRAMGUARD_POLICY` values.
@@ -195,6 +204,9 @@ pub struct Config {
     pub driver: PathBuf,
     /// `VRAMGUARD_NVML`
     pub nvml: PathBuf,
+    /// `VRAMGUARD_TEST_FAULT=panic-after-call[:NAME,...]`: the functions whose hook panics after
+    /// the driver's call (empty: all); `None` when unset (always, outside vramguard's tests).
+    pub test_panic_after_call: Option<Vec<String>>,
 }
 
 /// A variable whose value could not be used; its default was used instead.
@@ -214,17 +226,90 @@ impl fmt::Display for SettingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}={:?} is not valid ({}); it accepts {}; using the default `{}`",
+            "{}={:?} is not valid ({}; it accepts {}): {}",
             self.var,
             self.value,
             self.reason,
             self.accepts,
-            setting(self.var).map_or("", |s| s.default)
+            instead(self.var)
         )
     }
 }
 
 impl std::error::Error for SettingError {}
+
+/// What applies when `var` does not parse, in words: its default, as the guard then behaves.
+pub fn instead(var: &str) -> String {
+    let words = match var {
+        "VRAMGUARD_POLICY" => "allocations that do not fit fail at once (`deny`)",
+        "VRAMGUARD_WAIT_TIMEOUT" => "a waiting request fails after 10 minutes (`10m`)",
+        "VRAMGUARD_RESERVE" => "256 MiB is kept free on every card (`256MiB`)",
+        "VRAMGUARD_LIMIT" => "no per-process limit; the card's budget still applies",
+        "VRAMGUARD_EXPECT" => "no up-front reservation; each allocation is admitted on its own",
+        "VRAMGUARD_CONTEXT_SIZE" => "a context is estimated at 300 MiB until one is measured",
+        "VRAMGUARD_MANAGED" => "managed memory is charged like device memory (`count`)",
+        "VRAMGUARD_LOG" => "errors and warnings are said (`warn`)",
+        "VRAMGUARD_ON_ERROR" => {
+            "when the guard cannot do its job it passes calls through unguarded after one \
+             warning (`open`), it does not refuse them"
+        }
+        "VRAMGUARD_DISABLE" => "the guard stays on",
+        "VRAMGUARD_TEST_FAULT" => "no fault is made",
+        _ => {
+            return format!(
+                "using the default `{}`",
+                setting(var).map_or("", |s| s.default)
+            );
+        }
+    };
+    words.to_string()
+}
+
+/// Names that start with `VRAMGUARD_` but are not settings of the guard: read by the command
+/// line and the packaging, never by the library.
+const NOT_SETTINGS: &[&str] = &[
+    "VRAMGUARD_LIBRARY",
+    "VRAMGUARD_PYTHON",
+    "VRAMGUARD_DOCTOR_ROOT",
+];
+
+/// The setting `name` is a misspelling of, when `name` starts with `VRAMGUARD_`, is neither a
+/// setting nor another name vramguard reads, and is at most two edits from a setting's name
+/// (`VRAMGUARD_POLCY`: `VRAMGUARD_POLICY`). Other unknown names are left alone: tools of
+/// their own may use the prefix.
+pub fn misspelling_of(name: &str) -> Option<&'static str> {
+    let rest = name.strip_prefix("VRAMGUARD_")?;
+    if setting(name).is_some() || NOT_SETTINGS.contains(&name) {
+        return None;
+    }
+    SETTINGS
+        .iter()
+        .map(|s| (edit_distance(rest, &s.name["VRAMGUARD_".len()..]), s.name))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, name)| name)
+}
+
+/// The message for a misspelt `name` ([`misspelling_of`]).
+pub fn misspelling_message(name: &str, meant: &str) -> String {
+    format!("{name} is not a vramguard setting and is ignored; did you mean {meant}?")
+}
+
+/// Levenshtein distance of two ASCII-case-insensitive names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<u8> = a.bytes().map(|c| c.to_ascii_uppercase()).collect();
+    let b: Vec<u8> = b.bytes().map(|c| c.to_ascii_uppercase()).collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
 
 /// The table entry of a variable.
 pub fn setting(name: &str) -> Option<&'static Setting> {
@@ -275,6 +360,29 @@ fn parse_path(value: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// `VRAMGUARD_TEST_FAULT`: empty, `panic-after-call`, or `panic-after-call:NAME,NAME...`.
+fn parse_test_fault(value: &str) -> Result<Option<Vec<String>>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let Some(rest) = value.strip_prefix("panic-after-call") else {
+        return Err("not a fault this build can make".to_string());
+    };
+    match rest.strip_prefix(':') {
+        None if rest.is_empty() => Ok(Some(Vec::new())),
+        None => Err("not a fault this build can make".to_string()),
+        Some(names) => Ok(Some(
+            names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect(),
+        )),
+    }
+}
+
 fn parse_optional_size(value: &str) -> Result<Option<u64>, String> {
     if value.trim().is_empty() {
         return Ok(None);
@@ -291,6 +399,18 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The misspelt `VRAMGUARD_*` names of the process environment, each with the setting meant
+    /// ([`misspelling_of`]).
+    pub fn misspelt_in_env() -> Vec<(String, &'static str)> {
+        std::env::vars_os()
+            .filter_map(|(name, _)| {
+                let name = name.to_str()?.to_string();
+                let meant = misspelling_of(&name)?;
+                Some((name, meant))
+            })
+            .collect()
+    }
+
     /// Reads the configuration from the process environment.
     pub fn from_env() -> (Config, Vec<SettingError>) {
         Config::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
@@ -358,6 +478,7 @@ impl Config {
             disable: field!("VRAMGUARD_DISABLE", parse_flag),
             driver: field!("VRAMGUARD_DRIVER", parse_path),
             nvml: field!("VRAMGUARD_NVML", parse_path),
+            test_panic_after_call: field!("VRAMGUARD_TEST_FAULT", parse_test_fault),
         };
         (config, errors)
     }
@@ -447,6 +568,41 @@ mod tests {
                 && text.contains("deny | wait"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_invalid_value_says_what_applies_instead_in_words() {
+        let (_, errors) = config_from(&[
+            ("VRAMGUARD_LIMIT", "banana"),
+            ("VRAMGUARD_ON_ERROR", "clsoed"),
+        ]);
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text[0].starts_with("VRAMGUARD_LIMIT=\"banana\" is not valid")
+                && text[0].ends_with(": no per-process limit; the card's budget still applies"),
+            "{text:?}"
+        );
+        assert!(
+            text[1].contains("passes calls through unguarded"),
+            "{text:?}"
+        );
+        for entry in SETTINGS {
+            assert!(!instead(entry.name).is_empty(), "{}", entry.name);
+        }
+    }
+
+    #[test]
+    fn misspelt_names_are_told_with_the_setting_meant() {
+        assert_eq!(misspelling_of("VRAMGUARD_POLCY"), Some("VRAMGUARD_POLICY"));
+        assert_eq!(
+            misspelling_of("VRAMGUARD_on_eror"),
+            Some("VRAMGUARD_ON_ERROR")
+        );
+        assert_eq!(misspelling_of("VRAMGUARD_LIMITS"), Some("VRAMGUARD_LIMIT"));
+        assert_eq!(misspelling_of("VRAMGUARD_POLICY"), None);
+        assert_eq!(misspelling_of("VRAMGUARD_LIBRARY"), None);
+        assert_eq!(misspelling_of("VRAMGUARD_CLI_TEST_ACTOR"), None);
+        assert_eq!(misspelling_of("CUDA_VISIBLE_DEVICES"), None);
     }
 
     #[test]

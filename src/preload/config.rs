@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
-use vramguard_core::settings::{Config, LogLevel};
+use vramguard_core::settings::{self, Config, LogLevel};
 
 use crate::log;
 
@@ -18,6 +18,8 @@ const MODE_DISABLED: u8 = 2;
 static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
 static CONFIG: OnceLock<(Config, Vec<String>)> = OnceLock::new();
 static SETTING_ERRORS_REPORTED: AtomicBool = AtomicBool::new(false);
+/// Whether `VRAMGUARD_TEST_FAULT` asks for a fault (read without a lock after every driver call).
+static TEST_FAULT_ARMED: AtomicBool = AtomicBool::new(false);
 
 #[ctor::ctor(unsafe)]
 fn read_configuration_at_load() {
@@ -37,7 +39,14 @@ fn configuration() -> &'static (Config, Vec<String>) {
             },
             Ordering::Release,
         );
-        (config, errors.iter().map(ToString::to_string).collect())
+        TEST_FAULT_ARMED.store(config.test_panic_after_call.is_some(), Ordering::Release);
+        let mut messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        messages.extend(
+            Config::misspelt_in_env()
+                .iter()
+                .map(|(name, meant)| settings::misspelling_message(name, meant)),
+        );
+        (config, messages)
     })
 }
 
@@ -66,4 +75,19 @@ pub fn report_setting_errors() {
 /// configuration is read.
 pub fn is_disabled() -> bool {
     MODE.load(Ordering::Acquire) == MODE_DISABLED
+}
+
+/// After the driver answered a call to `function`: panics when `VRAMGUARD_TEST_FAULT` asks for
+/// a panic after that function's call (vramguard's own tests of [`crate::boundary`]); otherwise
+/// one relaxed load.
+#[inline]
+pub fn test_fault_after_call(function: &str) {
+    if !TEST_FAULT_ARMED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(functions) = &config().test_panic_after_call
+        && (functions.is_empty() || functions.iter().any(|f| f == function))
+    {
+        panic!("VRAMGUARD_TEST_FAULT: a panic after the driver's {function}");
+    }
 }

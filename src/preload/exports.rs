@@ -1,7 +1,8 @@
 //! The exported driver symbols, generated from the one list ([`crate::functions`]): what programs
 //! linked with `-lcuda` call, and what the `dlsym` and `cuGetProcAddress` answers hand out
-//! ([`wrapper`]). Each runs its body in [`crate::hooks`] inside the panic boundary, and falls
-//! back to the real function if the body panics.
+//! ([`wrapper`]). Each runs its body in [`crate::hooks`] inside the panic boundary
+//! ([`crate::boundary`]), which hands the body the real function and, if the body panics, answers
+//! without ever calling the driver twice.
 #![allow(non_snake_case, clippy::too_many_arguments)]
 
 use std::ffi::{c_char, c_int, c_uint, c_void};
@@ -15,7 +16,7 @@ use crate::lookup::real;
 macro_rules! exports {
     ($($name:ident($($arg:ident: $ty:ty),*) = $lookup:ident @ $since:literal $($ptsz:ident)?;)*) => {
         $(
-            #[doc = concat!("The exported `", stringify!($name), "`: the guard's hook, or the driver's function if the hook panics.")]
+            #[doc = concat!("The exported `", stringify!($name), "`: the guard's hook around the driver's function.")]
             ///
             /// # Safety
             /// The caller upholds the driver's contract for this function.
@@ -23,11 +24,11 @@ macro_rules! exports {
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> CuResult {
                 crate::boundary::guarded(
                     stringify!($name),
+                    // SAFETY: the caller's arguments, passed unchanged to the real function.
+                    || unsafe { real::$name($($arg),*) },
                     // SAFETY: the caller passes the arguments of the driver's contract,
                     // which the hook relies on exactly as the driver would.
-                    || unsafe { crate::hooks::$name($($arg),*) },
-                    // SAFETY: as above, passed unchanged to the real function.
-                    || unsafe { real::$name($($arg),*) },
+                    |driver| unsafe { crate::hooks::$name(driver, $($arg),*) },
                 )
             }
         )*

@@ -30,8 +30,9 @@ pub use stream_ordered::*;
 pub use virtual_memory::*;
 
 /// Defines guarded functions from their bodies: `name(args) => |call, what| body;` makes
-/// `pub unsafe fn name(args) -> CuResult` where `call` is the real function with the caller's
-/// exact arguments (a closure) and `what` (optional) the function's name, for messages. The
+/// `pub unsafe fn name(driver, args) -> CuResult` where `call` is the real function with the
+/// caller's exact arguments (a closure over the boundary's [`crate::boundary::Driver`], which
+/// notes the driver's answer) and `what` (optional) the function's name, for messages. The
 /// variants of one family (`_v2`, `_ptsz`, the `cuCtxCreate` forms) are one body each, written
 /// once.
 macro_rules! hooks {
@@ -40,10 +41,13 @@ macro_rules! hooks {
         ///
         /// # Safety
         #[doc = concat!("The caller upholds the driver's contract for `", stringify!($name), "`.")]
-        #[allow(non_snake_case, clippy::too_many_arguments)]
-        pub unsafe fn $name($($arg: $ty),*) -> vramguard_core::cuda::CuResult {
-            // SAFETY: the caller's arguments, passed unchanged to the real function.
-            let $call = || unsafe { crate::lookup::real::$name($($arg),*) };
+        // The boundary's driver call carries every argument; a body reads only some.
+        #[allow(non_snake_case, clippy::too_many_arguments, unused_variables)]
+        pub unsafe fn $name(
+            driver: crate::boundary::Driver<'_, impl Fn() -> vramguard_core::cuda::CuResult>,
+            $($arg: $ty),*
+        ) -> vramguard_core::cuda::CuResult {
+            let $call = move || driver.call();
             $(let $what = stringify!($name);)?
             $body
         }

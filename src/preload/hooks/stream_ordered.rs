@@ -8,10 +8,10 @@ use vramguard_core::cuda::{CuDevice, CuDevicePtr, CuResult};
 
 use super::accounting::{accountable, free, guarded_process, read, record, settle_pools};
 use super::hooks;
+use crate::boundary::Driver;
 use crate::driver::layouts::PropsHead;
 use crate::driver::{current, layouts};
 use crate::functions::Handle;
-use crate::lookup::real;
 use crate::process::devices::Context;
 use crate::process::tables::{Charge, Key, PoolKey};
 
@@ -99,9 +99,12 @@ hooks! {
 ///
 /// # Safety
 /// The caller upholds the driver's contract for `cuMemPoolCreate`.
-pub unsafe fn cuMemPoolCreate(pool: *mut Handle, props: *const c_void) -> CuResult {
-    // SAFETY: arguments passed unchanged.
-    let result = unsafe { real::cuMemPoolCreate(pool, props) };
+pub unsafe fn cuMemPoolCreate(
+    driver: Driver<'_, impl Fn() -> CuResult>,
+    pool: *mut Handle,
+    props: *const c_void,
+) -> CuResult {
+    let result = driver.call();
     if !result.is_success() {
         return result;
     }
@@ -127,9 +130,12 @@ pub unsafe fn cuMemPoolCreate(pool: *mut Handle, props: *const c_void) -> CuResu
 ///
 /// # Safety
 /// The caller upholds the driver's contract for `cuDeviceGetDefaultMemPool`.
-pub unsafe fn cuDeviceGetDefaultMemPool(pool: *mut Handle, dev: CuDevice) -> CuResult {
-    // SAFETY: arguments passed unchanged.
-    let result = unsafe { real::cuDeviceGetDefaultMemPool(pool, dev) };
+pub unsafe fn cuDeviceGetDefaultMemPool(
+    driver: Driver<'_, impl Fn() -> CuResult>,
+    pool: *mut Handle,
+    dev: CuDevice,
+) -> CuResult {
+    let result = driver.call();
     if result.is_success()
         && let Ok(process) = guarded_process()
     {
@@ -147,9 +153,11 @@ pub unsafe fn cuDeviceGetDefaultMemPool(pool: *mut Handle, dev: CuDevice) -> CuR
 ///
 /// # Safety
 /// The caller upholds the driver's contract for `cuMemPoolDestroy`.
-pub unsafe fn cuMemPoolDestroy(pool: Handle) -> CuResult {
-    // SAFETY: arguments passed unchanged.
-    let result = unsafe { real::cuMemPoolDestroy(pool) };
+pub unsafe fn cuMemPoolDestroy(
+    driver: Driver<'_, impl Fn() -> CuResult>,
+    pool: Handle,
+) -> CuResult {
+    let result = driver.call();
     if result.is_success()
         && let Ok(process) = guarded_process()
     {
@@ -163,9 +171,12 @@ pub unsafe fn cuMemPoolDestroy(pool: Handle) -> CuResult {
 ///
 /// # Safety
 /// The caller upholds the driver's contract for `cuMemPoolTrimTo`.
-pub unsafe fn cuMemPoolTrimTo(pool: Handle, min_bytes_to_keep: usize) -> CuResult {
-    // SAFETY: arguments passed unchanged.
-    let result = unsafe { real::cuMemPoolTrimTo(pool, min_bytes_to_keep) };
+pub unsafe fn cuMemPoolTrimTo(
+    driver: Driver<'_, impl Fn() -> CuResult>,
+    pool: Handle,
+    min_bytes_to_keep: usize,
+) -> CuResult {
+    let result = driver.call();
     if result.is_success()
         && let Ok(process) = guarded_process()
     {

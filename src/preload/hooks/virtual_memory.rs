@@ -6,8 +6,8 @@ use std::ffi::c_void;
 use vramguard_core::cuda::{CuDevicePtr, CuMemHandle, CuResult};
 
 use super::accounting::{On, allocate, guarded_process, read};
+use crate::boundary::Driver;
 use crate::driver::layouts::{self, PropsHead};
-use crate::lookup::real;
 use crate::process::tables::Key;
 
 /// The guarded `cuMemCreate`.
@@ -15,10 +15,11 @@ use crate::process::tables::Key;
 /// # Safety
 /// The caller upholds the driver's contract for `cuMemCreate`.
 pub unsafe fn cuMemCreate(
+    driver: Driver<'_, impl Fn() -> CuResult>,
     handle: *mut CuMemHandle,
     size: usize,
     prop: *const c_void,
-    flags: u64,
+    _flags: u64,
 ) -> CuResult {
     // SAFETY: the caller passes a CUmemAllocationProp, which starts with PropsHead.
     let on = match unsafe { read(prop.cast::<PropsHead>()) } {
@@ -31,8 +32,7 @@ pub unsafe fn cuMemCreate(
         "cuMemCreate",
         size as u64,
         on,
-        // SAFETY: arguments passed unchanged.
-        || unsafe { real::cuMemCreate(handle, size, prop, flags) },
+        || driver.call(),
         // SAFETY: written by the driver on success.
         || unsafe { read(handle) }.map(Key::Physical),
     )
@@ -43,9 +43,11 @@ pub unsafe fn cuMemCreate(
 ///
 /// # Safety
 /// The caller upholds the driver's contract for `cuMemRelease`.
-pub unsafe fn cuMemRelease(handle: CuMemHandle) -> CuResult {
-    // SAFETY: arguments passed unchanged.
-    let call = || unsafe { real::cuMemRelease(handle) };
+pub unsafe fn cuMemRelease(
+    driver: Driver<'_, impl Fn() -> CuResult>,
+    handle: CuMemHandle,
+) -> CuResult {
+    let call = || driver.call();
     let Ok(process) = guarded_process() else {
         return call();
     };
@@ -64,14 +66,14 @@ pub unsafe fn cuMemRelease(handle: CuMemHandle) -> CuResult {
 /// # Safety
 /// The caller upholds the driver's contract for `cuMemMap`.
 pub unsafe fn cuMemMap(
+    driver: Driver<'_, impl Fn() -> CuResult>,
     ptr: CuDevicePtr,
     size: usize,
-    offset: usize,
+    _offset: usize,
     handle: CuMemHandle,
-    flags: u64,
+    _flags: u64,
 ) -> CuResult {
-    // SAFETY: arguments passed unchanged.
-    let result = unsafe { real::cuMemMap(ptr, size, offset, handle, flags) };
+    let result = driver.call();
     if result.is_success()
         && let Ok(process) = guarded_process()
     {
@@ -85,9 +87,12 @@ pub unsafe fn cuMemMap(
 ///
 /// # Safety
 /// The caller upholds the driver's contract for `cuMemUnmap`.
-pub unsafe fn cuMemUnmap(ptr: CuDevicePtr, size: usize) -> CuResult {
-    // SAFETY: arguments passed unchanged.
-    let call = || unsafe { real::cuMemUnmap(ptr, size) };
+pub unsafe fn cuMemUnmap(
+    driver: Driver<'_, impl Fn() -> CuResult>,
+    ptr: CuDevicePtr,
+    size: usize,
+) -> CuResult {
+    let call = || driver.call();
     let Ok(process) = guarded_process() else {
         return call();
     };
@@ -108,9 +113,12 @@ pub unsafe fn cuMemUnmap(ptr: CuDevicePtr, size: usize) -> CuResult {
 ///
 /// # Safety
 /// The caller upholds the driver's contract for `cuMemRetainAllocationHandle`.
-pub unsafe fn cuMemRetainAllocationHandle(handle: *mut CuMemHandle, addr: *mut c_void) -> CuResult {
-    // SAFETY: arguments passed unchanged.
-    let result = unsafe { real::cuMemRetainAllocationHandle(handle, addr) };
+pub unsafe fn cuMemRetainAllocationHandle(
+    driver: Driver<'_, impl Fn() -> CuResult>,
+    handle: *mut CuMemHandle,
+    _addr: *mut c_void,
+) -> CuResult {
+    let result = driver.call();
     if result.is_success()
         && let Ok(process) = guarded_process()
         // SAFETY: written by the driver on success.
