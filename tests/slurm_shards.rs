@@ -56,10 +56,22 @@ fn srun(
     program: &Path,
     args: &[&str],
 ) -> Command {
+    srun_tasks(cluster, sandbox, 1, gres, program, args)
+}
+
+/// [`srun`] with `tasks` tasks.
+fn srun_tasks(
+    cluster: &Cluster,
+    sandbox: &Sandbox,
+    tasks: u32,
+    gres: Option<&str>,
+    program: &Path,
+    args: &[&str],
+) -> Command {
     let mut command = sandbox.program(cluster.command("srun").get_program());
     command
         .env("SLURM_CONF", cluster.conf())
-        .args(["--quiet", "--ntasks=1"]);
+        .args(["--quiet", &format!("--ntasks={tasks}")]);
     if let Some(gres) = gres {
         command.arg(format!("--gres={gres}"));
     }
@@ -325,4 +337,80 @@ fn a_library_that_cannot_load_leaves_the_task_unguarded_with_one_warning() {
         job.stdout.lines().any(|line| line == "started LD_PRELOAD="),
         "the task starts, without the library: {job:?}"
     );
+}
+
+#[test]
+fn a_share_is_of_the_shards_of_the_gpu_the_task_holds_them_on() {
+    // Two GPUs with different shard counts: GPU 0 has 8, GPU 1 has 4 (gres.conf, per device
+    // file). Slurm takes a job's shards from one GPU.
+    let sandbox = Sandbox::new(CARD);
+    sandbox.init();
+    let prolog = sandbox.root().join("task-prolog.sh");
+    write_prolog(&sandbox, &prolog, None);
+    let test = "a_share_is_of_the_shards_of_the_gpu_the_task_holds_them_on";
+    let cluster = match Cluster::start(&[Gpu { shards: 8 }, Gpu { shards: 4 }], &prolog) {
+        Ok(cluster) => cluster,
+        Err(reason) if reason.starts_with("waited") || reason.contains("exited") => {
+            panic!("the private Slurm did not come up: {reason}")
+        }
+        Err(reason) => return skip(test, &reason),
+    };
+    let printenv = Path::new("/usr/bin/printenv");
+    let limit = |job: &Finished| {
+        assert!(job.status.success(), "{job:?}\n{}", cluster.logs());
+        job.stdout.trim().to_string()
+    };
+
+    // A batch script (its GPU is SLURM_JOB_GPUS): 2 of GPU 0's 8 shards.
+    let output = sandbox.root().join("batch.out");
+    let mut batch = sandbox.program(cluster.command("sbatch").get_program());
+    batch
+        .env("SLURM_CONF", cluster.conf())
+        .args(["--wait", "--quiet", "--gres=shard:2", "--output"])
+        .arg(&output)
+        .args(["--wrap", "printenv VRAMGUARD_LIMIT"]);
+    let submitted = run(batch);
+    assert!(
+        submitted.status.success(),
+        "{submitted:?}\n{}",
+        cluster.logs()
+    );
+    let text = fs::read_to_string(&output).expect("read the batch job's output");
+    assert_eq!(text.trim(), "25.000000%", "{text}");
+
+    // 6 shards of GPU 0 held: 3 more fit only on GPU 1, where they are 3 of 4.
+    let release = sandbox.go_file("gpu0");
+    let wait = format!(
+        "echo holding; while [ ! -e '{}' ]; do sleep 0.1; done",
+        release.arg()
+    );
+    let mut holder = spawn(srun(
+        &cluster,
+        &sandbox,
+        Some("shard:6"),
+        Path::new("/bin/sh"),
+        &["-c", &wait],
+    ));
+    holder.wait_for_line("holding", HANG_GUARD);
+    let on_gpu1 = run(srun(
+        &cluster,
+        &sandbox,
+        Some("shard:3"),
+        printenv,
+        &["CUDA_VISIBLE_DEVICES", "VRAMGUARD_LIMIT"],
+    ));
+    assert_eq!(limit(&on_gpu1), "1\n75.000000%");
+    release.go();
+    assert!(holder.finish(HANG_GUARD).status.success());
+
+    // Two tasks of one step share its shards: 4 of GPU 0's 8, half each.
+    let job = run(srun_tasks(
+        &cluster,
+        &sandbox,
+        2,
+        Some("shard:4"),
+        printenv,
+        &["VRAMGUARD_LIMIT"],
+    ));
+    assert_eq!(limit(&job), "25.000000%\n25.000000%");
 }
