@@ -7,7 +7,7 @@
 # slurmd runs it before each task, as the job's user, with the task's environment. What it prints
 # as `export NAME=value` reaches the task (the value is taken literally, to the end of the line);
 # `print TEXT` goes to the task's standard output. It sets
-#   LD_PRELOAD       the library, before the task's own preloads;
+#   LD_PRELOAD       the library, before the task's own preloads (another copy of it dropped);
 #   VRAMGUARD_DIR    the node's ledger, whatever the job's environment says;
 #   VRAMGUARD_LIMIT  the task's share of its card's budget: the shards it holds on the node
 #                    (SLURM_SHARDS_ON_NODE) over the shards Slurm configured on that GPU, shared
@@ -206,10 +206,20 @@ if ! vramguard_can_load "$_VRAMGUARD_LIBRARY"; then
     vramguard_warn "$_VRAMGUARD_LIBRARY cannot be loaded on ${SLURMD_NODENAME:-this node} (${_vramguard_why}): this task runs WITHOUT the GPU memory guard"
     exit 0
 fi
-case ":${LD_PRELOAD:-}:" in
-    *":$_VRAMGUARD_LIBRARY:"*) ;;
-    *) printf 'export LD_PRELOAD=%s\n' "$_VRAMGUARD_LIBRARY${LD_PRELOAD:+:$LD_PRELOAD}" ;;
-esac
+# The library first, then the task's own preloads (colon or space separated) but any other copy
+# of the guard.
+_vramguard_preload=$_VRAMGUARD_LIBRARY
+_old_ifs=$IFS
+IFS=': '
+for _entry in ${LD_PRELOAD:-}; do
+    case "$_entry" in
+        libvramguard.so | */libvramguard.so) ;;
+        *) _vramguard_preload="$_vramguard_preload:$_entry" ;;
+    esac
+done
+IFS=$_old_ifs
+[ "$_vramguard_preload" = "${LD_PRELOAD:-}" ] \
+    || printf 'export LD_PRELOAD=%s\n' "$_vramguard_preload"
 printf 'export VRAMGUARD_DIR=%s\n' "$_VRAMGUARD_DIR"
 # @VRAMGUARD_OPTIONS@
 _vramguard_limit=$(vramguard_share)

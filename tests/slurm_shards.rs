@@ -79,6 +79,14 @@ fn srun_tasks(
     command
 }
 
+/// Runs `cc args` in `dir`.
+fn cc(dir: &Path, args: &[&str]) {
+    let mut cc = Command::new("cc");
+    cc.current_dir(dir).args(args);
+    let output = support::run_with_deadline(cc, HANG_GUARD);
+    assert!(output.status.success(), "cc {args:?}: {output:?}");
+}
+
 /// Runs a job to its end.
 fn run(command: Command) -> Finished {
     spawn(command).finish(HANG_GUARD)
@@ -187,6 +195,38 @@ fn shards_are_shares_of_the_card_and_a_gpu_job_gets_all_of_it() {
         );
     }
 
+    // The task's own preloads stay, after the guard; another copy of the guard goes.
+    fs::write(
+        sandbox.root().join("own.c"),
+        "int vg_own(void) { return 0; }\n",
+    )
+    .expect("write a source");
+    cc(
+        sandbox.root(),
+        &["-shared", "-fPIC", "-o", "libown.so", "own.c"],
+    );
+    let own = sandbox.root().join("libown.so");
+    let copy = sandbox.root().join("copy").join("libvramguard.so");
+    fs::create_dir(copy.parent().expect("a directory")).expect("make a directory");
+    fs::copy(artifacts().preload, &copy).expect("copy the library");
+    let mut job = srun(
+        &cluster,
+        &sandbox,
+        Some("shard:3"),
+        printenv,
+        &["LD_PRELOAD"],
+    );
+    job.env(
+        "LD_PRELOAD",
+        format!("{}:{}", own.display(), copy.display()),
+    );
+    let job = run(job);
+    assert_eq!(
+        job.stdout,
+        format!("{}:{}\n", artifacts().preload.display(), own.display()),
+        "{job:?}"
+    );
+
     // Each job is held to its share: just under it fits, just over it is refused (the card
     // itself has room for both).
     for shards in [3, 5] {
@@ -279,9 +319,13 @@ fn a_library_that_cannot_load_leaves_the_task_unguarded_with_one_warning() {
         "int vg_absent(void);\nint vg_needs(void) { return vg_absent(); }\n",
     )
     .expect("write a source");
-    for args in [
-        vec!["-shared", "-fPIC", "-o", "libvgabsent.so", "absent.c"],
-        vec![
+    cc(
+        build.path(),
+        &["-shared", "-fPIC", "-o", "libvgabsent.so", "absent.c"],
+    );
+    cc(
+        build.path(),
+        &[
             "-shared",
             "-fPIC",
             "-o",
@@ -291,12 +335,7 @@ fn a_library_that_cannot_load_leaves_the_task_unguarded_with_one_warning() {
             "-Wl,--no-as-needed",
             "-lvgabsent",
         ],
-    ] {
-        let mut cc = Command::new("cc");
-        cc.current_dir(build.path()).args(&args);
-        let output = support::run_with_deadline(cc, HANG_GUARD);
-        assert!(output.status.success(), "cc {args:?}: {output:?}");
-    }
+    );
     fs::remove_file(at("libvgabsent.so")).expect("take the dependency away");
     let library = at("libvramguard.so");
     let unloadable = Command::new("/bin/true")
