@@ -19,6 +19,8 @@
 # shards of the GPU cannot be told it says so and the task is guarded without a share limit.
 # It always exits 0: a failing TaskProlog would stop the task.
 
+# Words are split below (lists of preloads, GPUs, fields), never globbed.
+set -f
 _VRAMGUARD_LIBRARY='@VRAMGUARD_LIBRARY@'
 _VRAMGUARD_DIR='@VRAMGUARD_DIR@'
 _vramguard_newline='
@@ -38,7 +40,7 @@ vramguard_can_load() {
         _vramguard_why="no readable file"
         return 1
     fi
-    _vramguard_why=$(LD_PRELOAD="$1" VRAMGUARD_DISABLE=1 /bin/sh -c : 2>&1) \
+    _vramguard_why=$(LD_PRELOAD="$1" VRAMGUARD_DISABLE=1 VRAMGUARD_LOG=off /bin/sh -c : 2>&1) \
         && [ -z "$_vramguard_why" ] && return 0
     _vramguard_why=${_vramguard_why:-the loader failed}
     _vramguard_why=${_vramguard_why%%"$_vramguard_newline"*}
