@@ -16,6 +16,9 @@ command -v fish >/dev/null 2>&1 || need_apt+=(fish)
 # systemd-analyze reads the systemd drop-in (tests/cli_service.rs); objdump checks the wheel.
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
+# A private single-node Slurm runs the TaskProlog of `vramguard env --slurm` (tests/slurm_shards.rs).
+command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 || need_apt+=(slurm-wlm)
+command -v munged >/dev/null 2>&1 || need_apt+=(munge)
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 # A real container engine applies the CDI spec (tests/container_podman.rs): podman with runc
 # (crun refuses the hybrid cgroup layout of these machines).

@@ -19,6 +19,7 @@ mod origin;
 mod outside;
 mod preload_check;
 mod run;
+mod slurm;
 mod status;
 mod systemd;
 mod venv;
@@ -77,8 +78,9 @@ pub struct GuardOptions {
     /// [VRAMGUARD_EXPECT]
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub expect: Option<String>,
-    /// Cap on what the command may hold on each card, context included [VRAMGUARD_LIMIT]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    /// Cap on what the command may hold on each card, context included (`2GiB`, or `25%` of
+    /// each card's budget) [VRAMGUARD_LIMIT]
+    #[arg(long, value_name = "SIZE", value_parser = parse_amount_arg)]
     pub limit: Option<String>,
     /// Memory kept free on every card for the display and unguarded programs (`256MiB`, `5%`)
     /// [VRAMGUARD_RESERVE]
@@ -210,7 +212,7 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Print the shell lines that put the guard in place, or install the guard into a virtualenv
-    /// or a systemd service
+    /// or a systemd service, or print a Slurm TaskProlog
     #[command(group(ArgGroup::new("installable").args(["venv", "systemd"])))]
     Env {
         /// The shell the lines are for
@@ -235,6 +237,16 @@ enum Command {
         /// Undo --venv (hook and activate blocks) or --systemd --install completely
         #[arg(long, requires = "installable")]
         remove: bool,
+        /// Print the Slurm TaskProlog that guards every task of a job and limits it to its
+        /// share of the card (gres/shard shards over the GPU's; the whole card with gres/gpu)
+        #[arg(
+            long,
+            conflicts_with_all = ["venv", "systemd", "list", "markdown", "limit", "shell"]
+        )]
+        slurm: bool,
+        /// With --slurm: write the TaskProlog to FILE (mode 0755, atomically) instead of stdout
+        #[arg(long, value_name = "FILE", requires = "slurm")]
+        output: Option<PathBuf>,
         /// With --systemd: the file system root the drop-in is written under or removed from
         #[arg(long, value_name = "DIR", requires = "systemd", default_value = "/")]
         root: PathBuf,
@@ -312,6 +324,8 @@ pub fn main() -> i32 {
             systemd,
             install,
             remove,
+            slurm,
+            output,
             root,
             list,
             markdown,
@@ -327,6 +341,8 @@ pub fn main() -> i32 {
                 } else {
                     venv::install(&venv)
                 }
+            } else if slurm {
+                slurm::slurm(output.as_deref(), &guard)
             } else if let Some(unit) = systemd {
                 if remove {
                     systemd::remove(&unit, &root)

@@ -53,8 +53,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "VRAMGUARD_LIMIT",
         default: "",
-        accepts: "size",
-        doc: "Optional cap on what this process may hold on each card, context included.",
+        accepts: "size, or percentage of the card's budget (`37.5%`)",
+        doc: "Optional cap on what this process may hold on each card, context included. A \
+              percentage is of each card's budget (its capacity less VRAMGUARD_RESERVE), as the \
+              Slurm TaskProlog of `vramguard env --slurm` sets it from the task's shards.",
     },
     Setting {
         name: "VRAMGUARD_EXPECT",
@@ -184,8 +186,8 @@ pub struct Config {
     pub wait_timeout: Option<Duration>,
     /// `VRAMGUARD_RESERVE`
     pub reserve: Amount,
-    /// `VRAMGUARD_LIMIT`
-    pub limit: Option<u64>,
+    /// `VRAMGUARD_LIMIT`: bytes, or a percentage of each card's budget ([`Config::limit_on`]).
+    pub limit: Option<Amount>,
     /// `VRAMGUARD_EXPECT`
     pub expect: Option<u64>,
     /// `VRAMGUARD_CONTEXT_SIZE`
@@ -383,6 +385,15 @@ fn parse_test_fault(value: &str) -> Result<Option<Vec<String>>, String> {
     }
 }
 
+fn parse_optional_amount(value: &str) -> Result<Option<Amount>, String> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    units::parse_amount(value)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 fn parse_optional_size(value: &str) -> Result<Option<u64>, String> {
     if value.trim().is_empty() {
         return Ok(None);
@@ -449,7 +460,7 @@ impl Config {
             wait_timeout: field!("VRAMGUARD_WAIT_TIMEOUT", parse_timeout),
             reserve: field!("VRAMGUARD_RESERVE", |v: &str| units::parse_amount(v)
                 .map_err(|e| e.to_string())),
-            limit: field!("VRAMGUARD_LIMIT", parse_optional_size),
+            limit: field!("VRAMGUARD_LIMIT", parse_optional_amount),
             expect: field!("VRAMGUARD_EXPECT", parse_optional_size),
             context_size: field!("VRAMGUARD_CONTEXT_SIZE", |v: &str| units::parse_size(v)
                 .map_err(|e| e.to_string())),
@@ -486,6 +497,12 @@ impl Config {
     /// The budget of a card of `capacity` bytes: capacity less the reserve, never below zero.
     pub fn budget_for(&self, capacity: u64) -> u64 {
         capacity.saturating_sub(self.reserve.of(capacity))
+    }
+
+    /// The per-process limit in bytes on a card whose budget is `budget` (a percentage is of
+    /// the budget), or `None` without a limit.
+    pub fn limit_on(&self, budget: u64) -> Option<u64> {
+        self.limit.map(|limit| limit.of(budget))
     }
 }
 
@@ -547,11 +564,30 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(config.policy, Policy::Wait);
         assert_eq!(config.wait_timeout, None);
-        assert_eq!(config.limit, Some(3 << 29));
+        assert_eq!(config.limit, Some(Amount::Bytes(3 << 29)));
+        assert_eq!(config.limit_on(1 << 30), Some(3 << 29));
         assert_eq!(config.expect, Some(3 << 30));
         assert!(config.disable);
         assert_eq!(config.log, LogLevel::Debug);
         assert_eq!(config.budget_for(4 << 30), (4u64 << 30) - (4u64 << 30) / 20);
+    }
+
+    #[test]
+    fn a_percentage_limit_is_a_share_of_each_cards_budget() {
+        let (config, errors) =
+            config_from(&[("VRAMGUARD_LIMIT", "37.5%"), ("VRAMGUARD_RESERVE", "0")]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(config.limit, Some(Amount::Percent(37.5)));
+        // 3 of 8 shares of a 4 GiB budget, and of a 1000-byte one (rounded down).
+        assert_eq!(config.limit_on(4 << 30), Some(3 << 29));
+        assert_eq!(config.limit_on(1000), Some(375));
+        assert_eq!(
+            config_from(&[("VRAMGUARD_LIMIT", "100%")]).0.limit_on(7),
+            Some(7)
+        );
+        let (config, errors) = config_from(&[("VRAMGUARD_LIMIT", "101%")]);
+        assert_eq!(config.limit, None);
+        assert_eq!(errors.len(), 1);
     }
 
     #[test]

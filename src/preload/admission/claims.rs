@@ -47,7 +47,7 @@ impl Process {
             self.slot,
             device.id,
             expect,
-            &self.request(self.deadline(), &announce),
+            &self.request(device, self.deadline(), &announce),
         ) {
             Ok(()) => {
                 log::info(&format!(

@@ -44,7 +44,7 @@ impl Process {
         let waits = self.config.policy == Policy::Wait
             && self
                 .ledger
-                .available(self.slot, device.id, self.config.limit)
+                .available(self.slot, device.id, self.limit(device))
                 < estimate;
         if waits {
             one_at_a_time = None;
@@ -82,7 +82,7 @@ impl Process {
                     device.uuid,
                     format_size(
                         self.ledger
-                            .available(self.slot, device.id, self.config.limit)
+                            .available(self.slot, device.id, self.limit(device))
                     )
                 ));
                 Err(CuResult::OUT_OF_MEMORY)

@@ -69,7 +69,7 @@ impl Process {
         self.ensure_claim(device)?;
         let deadline = self.deadline();
         let announce = |report: &WaitReport| self.announce_wait(what, report);
-        let request = self.request(deadline, &announce);
+        let request = self.request(device, deadline, &announce);
         match self.ledger.reserve(self.slot, device.id, bytes, &request) {
             Ok(reservation) if self.far_from_edge(device, reservation.available_after()) => {
                 Ok(Admitted::of(reservation, device))
@@ -179,7 +179,7 @@ impl Process {
     /// Charges `bytes` more on `device` at once if they fit (never waits).
     pub(super) fn charge_now(&self, device: &Device, bytes: u64) -> bool {
         let no_wait = Request {
-            limit: self.config.limit,
+            limit: self.limit(device),
             wait_until: None,
             on_wait: None,
         };

@@ -11,6 +11,7 @@ use vramguard_core::units::format_size;
 
 use crate::log;
 use crate::process::Process;
+use crate::process::devices::Device;
 
 impl Process {
     pub(super) fn deadline(&self) -> Option<Instant> {
@@ -56,11 +57,12 @@ impl Process {
 
     pub(super) fn request<'a>(
         &self,
+        device: &Device,
         deadline: Option<Instant>,
         on_wait: &'a dyn Fn(&WaitReport),
     ) -> Request<'a> {
         Request {
-            limit: self.config.limit,
+            limit: self.limit(device),
             wait_until: deadline,
             on_wait: Some(on_wait),
         }

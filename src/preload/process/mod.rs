@@ -116,17 +116,15 @@ impl Process {
 
     /// `cuMemGetInfo` as this process may use the device: (free, total).
     pub fn memory_info(&self, device: &Device, driver_free: u64) -> (u64, u64) {
-        let total = self
-            .config
-            .limit
-            .map_or(device.budget, |limit| limit.min(device.budget));
+        let limit = self.limit(device);
+        let total = limit.map_or(device.budget, |limit| limit.min(device.budget));
         let reserve = device.reserve;
         let driver_room = driver_free
             .saturating_sub(reserve)
             .saturating_sub(self.ledger.unbacked_by_others(self.slot, device.id));
         let free = self
             .ledger
-            .available(self.slot, device.id, self.config.limit)
+            .available(self.slot, device.id, limit)
             .min(driver_room)
             .min(driver_free)
             .min(total);
@@ -135,8 +133,13 @@ impl Process {
 
     /// `cuDeviceTotalMem` as this process may use the device.
     pub fn total_memory(&self, device: &Device) -> u64 {
-        self.config
-            .limit
+        self.limit(device)
             .map_or(device.budget, |limit| limit.min(device.budget))
+    }
+
+    /// This process's `VRAMGUARD_LIMIT` on `device`, in bytes (a percentage is of its budget).
+    #[inline]
+    pub fn limit(&self, device: &Device) -> Option<u64> {
+        self.config.limit_on(device.budget)
     }
 }
