@@ -6,7 +6,7 @@
 //! Processes found dead are shown once as `reclaimed`: when the ledger is writable, their memory
 //! is given back by this call (the next decision of any guarded process would do it too).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -215,6 +215,10 @@ pub fn status(format: Format, watch: Option<f64>, output: Option<&Path>) -> i32 
     }
     let interval = watch.map(|secs| Duration::from_secs_f64(secs.clamp(0.1, 86_400.0)));
     let mut nvml = NvmlReader::new(&config.nvml);
+    // Redraws clear a terminal; into a pipe or a file the reports follow one another, a blank
+    // line between them, with no control codes for a reader to trip over.
+    let terminal = std::io::stdout().is_terminal();
+    let mut first = true;
     loop {
         let text = match collect(&config.dir, Some(&mut nvml)) {
             Ok(report) => render(format, &report),
@@ -239,9 +243,11 @@ pub fn status(format: Format, watch: Option<f64>, output: Option<&Path>) -> i32 
         let mut stdout = std::io::stdout().lock();
         let shown = match interval {
             // Clear the screen and move home before each redraw.
-            Some(_) => write!(stdout, "\x1b[H\x1b[2J{text}"),
-            None => write!(stdout, "{text}"),
+            Some(_) if terminal => write!(stdout, "\x1b[H\x1b[2J{text}"),
+            Some(_) if !first => write!(stdout, "\n{text}"),
+            _ => write!(stdout, "{text}"),
         };
+        first = false;
         if shown.and_then(|()| stdout.flush()).is_err() {
             return 0; // the reader went away (a closed pipe)
         }
