@@ -4,8 +4,8 @@
 #
 # When libvramguard.so is not loaded into this interpreter yet, it starts the interpreter again
 # (exec: same pid, same stdin and other descriptors, same working directory, same environment
-# plus LD_PRELOAD) with the library preloaded and the exact original arguments (sys.orig_argv),
-# once. It does nothing when the guard is already loaded (by LD_PRELOAD, /etc/ld.so.preload or
+# plus LD_PRELOAD) with the library preloaded and the exact original arguments (sys.orig_argv,
+# on Python 3.8 and 3.9 /proc/self/cmdline), once. It does nothing when the guard is already loaded (by LD_PRELOAD, /etc/ld.so.preload or
 # `vramguard run`) or disabled (VRAMGUARD_DISABLE=1), and never stops the interpreter from
 # starting: when it cannot put the guard in place it says why on stderr, once for this
 # environment (a `_vramguard_hook.*.notice` file beside this one remembers it; where this

@@ -582,3 +582,69 @@ fn a_hook_that_stands_aside_says_so_once_per_environment() {
         );
     }
 }
+
+#[test]
+fn a_read_only_environment_says_it_once_per_process_tree() {
+    let sandbox = sandbox();
+    let library = sandbox.root().join("gone/libvramguard.so");
+    fs::create_dir_all(library.parent().unwrap()).unwrap();
+    fs::copy(support::artifacts().preload, &library).unwrap();
+    let venv = sandbox.root().join("ro");
+    make_venv(&venv, false);
+    let mut install = sandbox.program(vramguard());
+    install
+        .args(["env", "--venv"])
+        .arg(&venv)
+        .env("VRAMGUARD_LIBRARY", &library);
+    assert!(finish(install).status.success());
+    fs::remove_file(&library).unwrap();
+    // site-packages mounted read-only (a private mount namespace): no notice file can be left.
+    let packages = site_packages(&venv);
+    let children = "import subprocess, sys\n\
+                    for _ in range(3):\n\
+                    \x20   subprocess.run([sys.executable, '-c', 'pass'], check=True)\n\
+                    open(sys.argv[1] + '/vg_probe', 'w')\n";
+    let mut command = sandbox.program("unshare");
+    command
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && exec \"$2\" -c \"$3\" \"$1\"",
+            "sh",
+        ])
+        .arg(&packages)
+        .arg(venv.join("bin/python"))
+        .arg(children);
+    let finished = finish(command);
+    if finished.stderr.contains("unshare failed") || finished.stderr.contains("mount:") {
+        support::skip(
+            "a_read_only_environment_says_it_once_per_process_tree",
+            &format!(
+                "no private read-only mount here: {}",
+                finished.stderr.trim()
+            ),
+        );
+        return;
+    }
+    // The parent said it once, its three children (which inherit the process tree's record) not
+    // again, and the mount was read-only indeed.
+    assert!(
+        finished.stderr.contains("Read-only file system"),
+        "site-packages was writable: {finished:?}"
+    );
+    assert_eq!(
+        finished.stderr.matches("is missing").count(),
+        1,
+        "{}",
+        finished.stderr
+    );
+    assert!(!fs::read_dir(&packages).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".notice")
+    }));
+}

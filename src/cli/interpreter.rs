@@ -160,8 +160,9 @@ fn judge(report: &Report, config: &Config, from_environment: bool) -> Finding {
         );
     }
     Finding::ok(format!(
-        "python: {exe} is not guarded (not a virtualenv): `vramguard run -- python ...` guards one \
-         program, `vramguard env --venv PATH` every interpreter of a virtualenv"
+        "python: {exe} is not guarded (not a virtualenv nor a conda environment): `vramguard run -- \
+         python ...` guards one program, `vramguard env --venv PATH` every interpreter of an \
+         environment"
     ))
 }
 
