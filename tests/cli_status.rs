@@ -457,6 +457,19 @@ fn watch_into_a_pipe_writes_report_after_report_without_control_codes() {
     );
     // One blank line between two reports.
     assert!(text.contains("\n\nledger: "), "{text:?}");
+
+    // JSON: the objects one after another, a stream that JSON readers (jq) take as it is.
+    let mut command = Command::new(vramguard());
+    command.args(["status", "--json", "--watch", "0.2"]);
+    let objects = |text: &str| text.matches("\n}\n").count();
+    let text = watch_output(command, &dir.join("ledger-json"), objects, libc::SIGINT);
+    assert!(!text.contains('\x1b'), "{text:?}");
+    let reports: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text)
+        .into_iter::<serde_json::Value>()
+        .map_while(Result::ok)
+        .collect();
+    assert!(reports.len() >= 3, "{text}");
+    assert!(reports.iter().all(|r| r["processes"].is_array()), "{text}");
 }
 
 #[test]

@@ -215,8 +215,9 @@ pub fn status(format: Format, watch: Option<f64>, output: Option<&Path>) -> i32 
     }
     let interval = watch.map(|secs| Duration::from_secs_f64(secs.clamp(0.1, 86_400.0)));
     let mut nvml = NvmlReader::new(&config.nvml);
-    // Redraws clear a terminal; into a pipe or a file the reports follow one another, a blank
-    // line between them, with no control codes for a reader to trip over.
+    // Redraws clear a terminal; into a pipe or a file the reports follow one another with no
+    // control codes for a reader to trip over: tables with a blank line between them, JSON
+    // objects one after another (a stream JSON readers take as it comes).
     let terminal = std::io::stdout().is_terminal();
     let mut first = true;
     loop {
@@ -244,7 +245,7 @@ pub fn status(format: Format, watch: Option<f64>, output: Option<&Path>) -> i32 
         let shown = match interval {
             // Clear the screen and move home before each redraw.
             Some(_) if terminal => write!(stdout, "\x1b[H\x1b[2J{text}"),
-            Some(_) if !first => write!(stdout, "\n{text}"),
+            Some(_) if !first && format == Format::Human => write!(stdout, "\n{text}"),
             _ => write!(stdout, "{text}"),
         };
         first = false;
