@@ -13,6 +13,9 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v nm >/dev/null 2>&1 || need_apt+=(binutils)
 command -v fish >/dev/null 2>&1 || need_apt+=(fish)
+# zsh and groff check the completion scripts and man pages (tests/cli_manuals.rs).
+command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)
+command -v groff >/dev/null 2>&1 || need_apt+=(groff-base)
 # systemd-analyze reads the systemd drop-in (tests/cli_service.rs); objdump checks the wheel.
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)

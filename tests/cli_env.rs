@@ -199,7 +199,7 @@ fn venv_install_refuses_a_directory_that_is_no_virtualenv() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("not a virtualenv"),
+        stderr(&out).contains("neither a virtualenv nor a conda environment"),
         "{}",
         stderr(&out)
     );

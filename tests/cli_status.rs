@@ -387,15 +387,20 @@ fn check_prometheus_syntax(text: &str) {
     }
 }
 
-#[test]
-fn watch_redraws_until_interrupted() {
-    let dir = TempDir::new("watch");
-    let ledger_dir = dir.join("ledger");
-    let holder = Actor::start("holder", &ledger_dir);
+/// Runs `status --watch 0.2` (`command`, with stdout piped) against a ledger with a holder until
+/// `reports` counts three reports in its output, then interrupts it with `signal` and returns
+/// everything it wrote.
+fn watch_output(
+    mut command: Command,
+    ledger_dir: &Path,
+    reports: fn(&str) -> usize,
+    signal: i32,
+) -> String {
+    let holder = Actor::start("holder", ledger_dir);
     holder.expect("holding");
-    let mut child = Command::new(vramguard())
-        .args(["status", "--watch", "0.2"])
-        .env("VRAMGUARD_DIR", &ledger_dir)
+    let mut child = command
+        .env("VRAMGUARD_DIR", ledger_dir)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -411,35 +416,83 @@ fn watch_redraws_until_interrupted() {
             }
         })
     };
-    let redraws = || {
-        String::from_utf8_lossy(&text.lock().unwrap())
-            .matches("\x1b[H\x1b[2J")
-            .count()
-    };
-    // Three redraws, however long the machine takes to draw them (the deadline is a hang guard).
+    let seen = || reports(&String::from_utf8_lossy(&text.lock().unwrap()));
+    // Three reports, however long the machine takes to draw them (the deadline is a hang guard).
     let started = Instant::now();
-    while redraws() < 3 {
+    while seen() < 3 {
         assert!(
             started.elapsed() < DEADLINE,
-            "hang guard: {} redraws within {DEADLINE:?}",
-            redraws()
+            "hang guard: {} reports within {DEADLINE:?}",
+            seen()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    // SAFETY: kill(2) with the pid of our own child and SIGINT, as Ctrl-C would send.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // SAFETY: kill(2) with the pid of our own child and a signal that ends it (SIGINT, as
+    // Ctrl-C would send).
+    unsafe { libc::kill(child.id() as i32, signal) };
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
         assert!(
             started.elapsed() < DEADLINE,
-            "hang guard: status --watch ignored SIGINT for {DEADLINE:?}"
+            "hang guard: status --watch ignored signal {signal} for {DEADLINE:?}"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
     reader.join().unwrap();
-    let text = String::from_utf8_lossy(&text.lock().unwrap()).into_owned();
-    assert!(text.contains("actor-holder"), "{text}");
     holder.finish();
+    String::from_utf8_lossy(&text.lock().unwrap()).into_owned()
+}
+
+#[test]
+fn watch_into_a_pipe_writes_report_after_report_without_control_codes() {
+    let dir = TempDir::new("watch");
+    let mut command = Command::new(vramguard());
+    command.args(["status", "--watch", "0.2"]);
+    let reports = |text: &str| text.matches("ledger: ").count();
+    let text = watch_output(command, &dir.join("ledger"), reports, libc::SIGINT);
+    assert!(text.contains("actor-holder"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "control codes written into a pipe: {text:?}"
+    );
+    // One blank line between two reports.
+    assert!(text.contains("\n\nledger: "), "{text:?}");
+
+    // JSON: the objects one after another, a stream that JSON readers (jq) take as it is.
+    let mut command = Command::new(vramguard());
+    command.args(["status", "--json", "--watch", "0.2"]);
+    let objects = |text: &str| text.matches("\n}\n").count();
+    let text = watch_output(command, &dir.join("ledger-json"), objects, libc::SIGINT);
+    assert!(!text.contains('\x1b'), "{text:?}");
+    let reports: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text)
+        .into_iter::<serde_json::Value>()
+        .map_while(Result::ok)
+        .collect();
+    assert!(reports.len() >= 3, "{text}");
+    assert!(reports.iter().all(|r| r["processes"].is_array()), "{text}");
+}
+
+#[test]
+fn watch_on_a_terminal_redraws_the_screen() {
+    // A terminal of its own: script(1) runs the command on a new pseudo-terminal.
+    let script = Path::new("/usr/bin/script");
+    if !script.is_file() {
+        skip(
+            "watch_on_a_terminal_redraws_the_screen",
+            "no /usr/bin/script (util-linux) for a pseudo-terminal",
+        );
+        return;
+    }
+    let dir = TempDir::new("watch-tty");
+    let mut command = Command::new(script);
+    command.args(["-qfec"]).arg(format!(
+        "exec '{}' status --watch 0.2",
+        vramguard().display()
+    ));
+    command.arg("/dev/null").stderr(Stdio::null());
+    let redraws = |text: &str| text.matches("\x1b[H\x1b[2J").count();
+    let text = watch_output(command, &dir.join("ledger"), redraws, libc::SIGTERM);
+    assert!(text.contains("actor-holder"), "{text}");
 }
 
 #[test]

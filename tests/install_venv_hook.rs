@@ -440,3 +440,217 @@ fn doctor_says_whether_the_interpreter_is_guarded_and_why_not() {
         "{line}"
     );
 }
+
+/// Checks that `python` (an interpreter of a guarded environment) is restarted once with the
+/// guard and keeps its exact arguments and environment: a `-c` program with arguments that need
+/// quoting runs the client, whose over-budget allocation the guard refuses.
+fn assert_restarted_with_its_arguments(g: &Guarded, python: &Path, what: &str) {
+    let code = "import os, runpy, sys; assert os.environ['VG_TEST_MARK'] == 'a b'; \
+                assert sys.argv[2:] == [\"it's\", '', '--x y'], sys.argv; \
+                sys.argv = ['vg_client.py', '--chunk', sys.argv[1]]; \
+                runpy.run_path('vg_client.py', run_name='__main__')";
+    let mut command = g.command(python);
+    command
+        .args(["-c", code, OVER_BUDGET, "it's", "", "--x y"])
+        .env("VG_TEST_MARK", "a b");
+    let finished = finish(command);
+    assert_refused_by_guard(&g.sandbox, &finished, what);
+    assert_eq!(restarts(&finished.stderr), 1, "{what}: {}", finished.stderr);
+}
+
+#[test]
+fn an_interpreter_without_orig_argv_is_restarted_from_its_command_line() {
+    // Python 3.8 and 3.9 have no sys.orig_argv: a .pth that sorts before the hook's takes it away
+    // from this interpreter, and the hook restarts it from the kernel's copy of its arguments.
+    let g = guarded_venv();
+    fs::write(
+        site_packages(&g.venv).join("0_vg_no_orig_argv.pth"),
+        "import sys; sys.__dict__.pop('orig_argv', None)\n",
+    )
+    .unwrap();
+    assert_restarted_with_its_arguments(&g, &g.python(), "without sys.orig_argv");
+}
+
+/// The interpreters of Python 3.8 and 3.9 on this machine (pyenv's), which have no
+/// `sys.orig_argv`.
+fn older_pythons() -> Vec<PathBuf> {
+    let versions = Path::new("/root/.pyenv/versions");
+    let mut found: Vec<PathBuf> = ["3.8", "3.9"]
+        .iter()
+        .filter_map(|minor| {
+            let entries = fs::read_dir(versions).ok()?;
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_prefix(minor)
+                        .is_some_and(|rest| rest.starts_with('.'))
+                })
+                .map(|e| e.path().join(format!("bin/python{minor}")))
+                .find(|p| p.is_file())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn python_3_8_and_3_9_are_guarded() {
+    let pythons = older_pythons();
+    if pythons.len() < 2 {
+        support::skip(
+            "python_3_8_and_3_9_are_guarded",
+            &format!("no Python 3.8 and 3.9 under /root/.pyenv/versions (found {pythons:?})"),
+        );
+        return;
+    }
+    let g = guarded_venv();
+    for base in pythons {
+        let venv = g.sandbox.root().join(base.file_name().unwrap());
+        let mut command = std::process::Command::new(&base);
+        command.args(["-m", "venv", "--without-pip"]).arg(&venv);
+        assert!(
+            finish(command).status.success(),
+            "{} -m venv",
+            base.display()
+        );
+        vramguard_ok(
+            &g.sandbox,
+            &vramguard(),
+            &["env".as_ref(), "--venv".as_ref(), venv.as_os_str()],
+        );
+        assert_restarted_with_its_arguments(
+            &g,
+            &venv.join("bin/python"),
+            &base.display().to_string(),
+        );
+    }
+}
+
+#[test]
+fn a_hook_that_stands_aside_says_so_once_per_environment() {
+    let sandbox = sandbox();
+    // A hook whose library is gone: every start stands aside.
+    let library = sandbox.root().join("gone/libvramguard.so");
+    fs::create_dir_all(library.parent().unwrap()).unwrap();
+    fs::copy(support::artifacts().preload, &library).unwrap();
+    let venvs = [sandbox.root().join("one"), sandbox.root().join("two")];
+    let mut before = Vec::new();
+    for venv in &venvs {
+        make_venv(venv, false);
+        before.push(tree(venv));
+        let mut install = sandbox.program(vramguard());
+        install
+            .args(["env", "--venv"])
+            .arg(venv)
+            .env("VRAMGUARD_LIBRARY", &library);
+        assert!(finish(install).status.success());
+    }
+    fs::remove_file(&library).unwrap();
+    let said = |stderr: &str| stderr.matches("is missing").count();
+    // Starts of the first environment, and a child each (as a DataLoader worker is): said once.
+    let child =
+        "import subprocess, sys; subprocess.run([sys.executable, '-c', 'pass'], check=True)";
+    let mut total = 0;
+    for _ in 0..3 {
+        let mut command = sandbox.program(venvs[0].join("bin/python"));
+        command.args(["-c", child]);
+        let finished = finish(command);
+        assert!(finished.status.success(), "{finished:?}");
+        let now = said(&finished.stderr);
+        total += now;
+        if now > 0 {
+            assert!(
+                finished.stderr.contains("said once for"),
+                "{}",
+                finished.stderr
+            );
+        }
+    }
+    assert_eq!(
+        total, 1,
+        "the first environment's notice was not said exactly once"
+    );
+    // Another environment says it for itself; VRAMGUARD_LOG=info says it at every start.
+    let mut command = sandbox.program(venvs[1].join("bin/python"));
+    command.args(["-c", "pass"]);
+    assert_eq!(said(&finish(command).stderr), 1);
+    let mut command = sandbox.program(venvs[0].join("bin/python"));
+    command.args(["-c", child]).env("VRAMGUARD_LOG", "info");
+    assert_eq!(said(&finish(command).stderr), 2);
+    // --remove takes the notices away with the hook.
+    for (venv, before) in venvs.iter().zip(&before) {
+        remove_hook(&sandbox, &vramguard(), venv.as_os_str());
+        assert!(
+            tree(venv) == *before,
+            "{} differs after --remove",
+            venv.display()
+        );
+    }
+}
+
+#[test]
+fn a_read_only_environment_says_it_once_per_process_tree() {
+    let sandbox = sandbox();
+    let library = sandbox.root().join("gone/libvramguard.so");
+    fs::create_dir_all(library.parent().unwrap()).unwrap();
+    fs::copy(support::artifacts().preload, &library).unwrap();
+    let venv = sandbox.root().join("ro");
+    make_venv(&venv, false);
+    let mut install = sandbox.program(vramguard());
+    install
+        .args(["env", "--venv"])
+        .arg(&venv)
+        .env("VRAMGUARD_LIBRARY", &library);
+    assert!(finish(install).status.success());
+    fs::remove_file(&library).unwrap();
+    // site-packages mounted read-only (a private mount namespace): no notice file can be left.
+    let packages = site_packages(&venv);
+    let children = "import subprocess, sys\n\
+                    for _ in range(3):\n\
+                    \x20   subprocess.run([sys.executable, '-c', 'pass'], check=True)\n\
+                    open(sys.argv[1] + '/vg_probe', 'w')\n";
+    let mut command = sandbox.program("unshare");
+    command
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && exec \"$2\" -c \"$3\" \"$1\"",
+            "sh",
+        ])
+        .arg(&packages)
+        .arg(venv.join("bin/python"))
+        .arg(children);
+    let finished = finish(command);
+    if finished.stderr.contains("unshare failed") || finished.stderr.contains("mount:") {
+        support::skip(
+            "a_read_only_environment_says_it_once_per_process_tree",
+            &format!(
+                "no private read-only mount here: {}",
+                finished.stderr.trim()
+            ),
+        );
+        return;
+    }
+    // The parent said it once, its three children (which inherit the process tree's record) not
+    // again, and the mount was read-only indeed.
+    assert!(
+        finished.stderr.contains("Read-only file system"),
+        "site-packages was writable: {finished:?}"
+    );
+    assert_eq!(
+        finished.stderr.matches("is missing").count(),
+        1,
+        "{}",
+        finished.stderr
+    );
+    assert!(!fs::read_dir(&packages).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".notice")
+    }));
+}

@@ -2,8 +2,9 @@
 //! loaded into it, and if not, why not.
 //!
 //! The interpreter is `$VRAMGUARD_PYTHON` (which `python -m vramguard` sets to itself), else the
-//! active virtualenv's (`$VIRTUAL_ENV/bin/python`), else that of the virtualenv the `vramguard`
-//! executable is installed in, else `python3` on `PATH`. It is started the way a user starts it
+//! active virtualenv's (`$VIRTUAL_ENV/bin/python`), else the active conda environment's
+//! (`$CONDA_PREFIX/bin/python`), else that of the virtualenv the `vramguard` executable is
+//! installed in, else `python3` on `PATH`. It is started the way a user starts it
 //! (same environment, so a virtualenv's start-up hook runs) and reports from inside whether
 //! `libvramguard.so` is mapped and what hook it has.
 
@@ -35,6 +36,7 @@ except OSError:
     loaded = None
 print(json.dumps({"executable": sys.executable, "version": list(sys.version_info[:2]),
                   "prefix": sys.prefix, "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix),
+                  "conda": os.path.isdir(os.path.join(sys.prefix, "conda-meta")),
                   "loaded": loaded, "hooks": hooks, "library": library}))
 "#;
 
@@ -42,9 +44,10 @@ print(json.dumps({"executable": sys.executable, "version": list(sys.version_info
 #[derive(Debug, Deserialize)]
 struct Report {
     executable: String,
-    version: (u32, u32),
     prefix: String,
     venv: bool,
+    #[serde(default)]
+    conda: bool,
     loaded: Option<bool>,
     hooks: Vec<String>,
     library: Option<String>,
@@ -66,6 +69,12 @@ fn choose() -> Option<(PathBuf, &'static str)> {
     }
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
         return Some((Path::new(&venv).join("bin/python"), "the active virtualenv"));
+    }
+    if let Some(prefix) = std::env::var_os("CONDA_PREFIX").filter(|v| !v.is_empty()) {
+        return Some((
+            Path::new(&prefix).join("bin/python"),
+            "the active conda environment",
+        ));
     }
     let own_venv = std::env::current_exe()
         .ok()
@@ -132,13 +141,6 @@ fn judge(report: &Report, config: &Config, from_environment: bool) -> Finding {
                     "install the guard again (vramguard env --venv {prefix}), or remove it (--remove)"
                 ),
             ),
-            _ if report.version < (3, 10) => (
-                format!(
-                    "Python {}.{} cannot be restarted with its exact arguments (3.10 or later can)",
-                    report.version.0, report.version.1
-                ),
-                "start its programs with `vramguard run -- python ...`".to_string(),
-            ),
             _ => (
                 format!("{prefix} has the start-up hook, but it did not put the guard in place"),
                 format!("run `VRAMGUARD_LOG=info {exe} -c pass` to see why"),
@@ -146,15 +148,21 @@ fn judge(report: &Report, config: &Config, from_environment: bool) -> Finding {
         };
         return Finding::warn(format!("python: {exe} is not guarded: {what}"), fix);
     }
-    if report.venv {
+    if report.venv || report.conda {
+        let what = if report.venv {
+            "virtualenv"
+        } else {
+            "conda environment"
+        };
         return Finding::warn(
-            format!("python: {exe} is not guarded: the virtualenv {prefix} has no vramguard hook"),
+            format!("python: {exe} is not guarded: the {what} {prefix} has no vramguard hook"),
             format!("vramguard env --venv {prefix}"),
         );
     }
     Finding::ok(format!(
-        "python: {exe} is not guarded (not a virtualenv): `vramguard run -- python ...` guards one \
-         program, `vramguard env --venv PATH` every interpreter of a virtualenv"
+        "python: {exe} is not guarded (not a virtualenv nor a conda environment): `vramguard run -- \
+         python ...` guards one program, `vramguard env --venv PATH` every interpreter of an \
+         environment"
     ))
 }
 

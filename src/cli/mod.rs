@@ -5,6 +5,7 @@
 
 mod atomic_file;
 mod cdi;
+mod conda;
 mod demo;
 mod demo_load;
 mod doctor;
@@ -14,6 +15,7 @@ mod format;
 mod glibc;
 mod interpreter;
 mod library;
+mod manuals;
 mod nvml_reader;
 mod origin;
 mod outside;
@@ -27,7 +29,7 @@ mod venv;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// The exit codes, as `--help` prints them.
 pub const EXIT_CODES: &str = "\
@@ -44,6 +46,7 @@ Exit codes:
   cdi     0 printed or written, 1 the library is not found or --output cannot be written
   doctor  0 every check passed, 1 a check warned or failed
   demo    0 every act showed what it should, 1 otherwise
+  man     0 printed or written, 1 --output cannot be written (completions: 0 printed)
   any     2 the command line itself is wrong";
 
 #[derive(Parser, Debug)]
@@ -218,11 +221,12 @@ enum Command {
         /// The shell the lines are for
         #[arg(long, value_enum, default_value_t = ShellArg::Sh)]
         shell: ShellArg,
-        /// Guard every interpreter of this virtualenv, however it is started (a start-up hook in
-        /// its site-packages), and its activated shell; set other VRAMGUARD_* variables in your
-        /// environment as usual
+        /// Guard every interpreter of this virtualenv or conda environment (`--conda` is the
+        /// same), however it is started (a start-up hook in its site-packages), and its activated
+        /// shell; set other VRAMGUARD_* variables in your environment as usual
         #[arg(
             long,
+            visible_alias = "conda",
             value_name = "PATH",
             conflicts_with_all = ["list", "markdown", "policy", "timeout", "expect", "limit", "reserve"]
         )]
@@ -281,6 +285,21 @@ enum Command {
     Doctor,
     /// Tell the three-scripts-on-one-card story on a simulated 4 GiB card (no GPU needed)
     Demo,
+    /// Print the shell completion script for SHELL (generated from this command line)
+    #[command(
+        after_help = "Example:\n  vramguard completions bash > ~/.local/share/bash-completion/completions/vramguard"
+    )]
+    Completions {
+        /// The shell to complete in
+        #[arg(value_enum)]
+        shell: manuals::CompletionShell,
+    },
+    /// Print the man page vramguard(1), or write it and one page per subcommand into DIR
+    Man {
+        /// Write vramguard.1 and vramguard-SUBCOMMAND.1 into DIR (created if missing)
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
     /// One "model load" of the demo: allocates CHUNKS x CHUNK through libcuda.so.1
     #[command(name = "__demo-load", hide = true)]
     DemoLoad(demo_load::LoadArgs),
@@ -361,6 +380,8 @@ pub fn main() -> i32 {
         }
         Command::Doctor => doctor::doctor(),
         Command::Demo => demo::demo(),
+        Command::Completions { shell } => manuals::print_completions(shell, Cli::command()),
+        Command::Man { output } => manuals::man(Cli::command(), output.as_deref()),
         Command::DemoLoad(args) => demo_load::load(&args),
         Command::ProbeDriver { driver } => doctor::probe_driver(&driver),
         Command::ProbeLibrary { library } => doctor::probe_library(&library),

@@ -6,7 +6,7 @@
 //! Processes found dead are shown once as `reclaimed`: when the ledger is writable, their memory
 //! is given back by this call (the next decision of any guarded process would do it too).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -298,6 +298,11 @@ pub fn status(format: Format, watch: Option<f64>, output: Option<&Path>) -> i32 
     let mut nvml = NvmlReader::new(&config.nvml);
     // What the last round said on stderr, so a watch says each trouble once, not every round.
     let mut said: Option<String> = None;
+    // Redraws clear a terminal; into a pipe or a file the reports follow one another with no
+    // control codes for a reader to trip over: tables with a blank line between them, JSON
+    // objects one after another (a stream JSON readers take as it comes).
+    let terminal = std::io::stdout().is_terminal();
+    let mut first = true;
     loop {
         let text = match report_text(format, &config.dir, &mut nvml) {
             Ok(text) => {
@@ -341,9 +346,11 @@ pub fn status(format: Format, watch: Option<f64>, output: Option<&Path>) -> i32 
         let mut stdout = std::io::stdout().lock();
         let shown = match interval {
             // Clear the screen and move home before each redraw.
-            Some(_) => write!(stdout, "\x1b[H\x1b[2J{text}"),
-            None => write!(stdout, "{text}"),
+            Some(_) if terminal => write!(stdout, "\x1b[H\x1b[2J{text}"),
+            Some(_) if !first && format == Format::Human => write!(stdout, "\n{text}"),
+            _ => write!(stdout, "{text}"),
         };
+        first = false;
         if shown.and_then(|()| stdout.flush()).is_err() {
             return 0; // the reader went away (a closed pipe)
         }

@@ -11,6 +11,9 @@
 //!   the activated shell, so that the programs it starts that are not Python are guarded too;
 //!   `deactivate` restores `LD_PRELOAD`.
 //!
+//! A conda environment (a prefix with `conda-meta/` and no `pyvenv.cfg`) gets the same hook, and
+//! conda's activation hooks instead of the activate blocks (`conda.rs`).
+//!
 //! The hook is compiled to bytecode at install with the virtualenv's interpreter. Removal deletes
 //! the hook, its bytecode, and the blocks with the blank line installed before them, so every
 //! file is as it was before the first install.
@@ -20,6 +23,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::ShellArg;
+use super::conda;
 use super::env::quote;
 use super::library;
 
@@ -121,13 +125,14 @@ fn activate_scripts(venv: &Path) -> [(PathBuf, &'static str, ShellArg); 2] {
     ]
 }
 
-/// The virtualenv at `venv`, or the message saying why it is not one.
+/// The virtualenv or conda environment at `venv`, or the message saying why it is neither.
 fn check_venv(venv: &Path) -> Result<Vec<PathBuf>, String> {
     let packages = site_packages(venv);
-    if !venv.join("pyvenv.cfg").is_file() || packages.is_empty() {
+    let environment = venv.join("pyvenv.cfg").is_file() || conda::is_conda(venv);
+    if !environment || packages.is_empty() {
         return Err(format!(
-            "{} is not a virtualenv (no pyvenv.cfg and lib/python*/site-packages); create one with \
-             `python3 -m venv {}`",
+            "{} is neither a virtualenv nor a conda environment (no pyvenv.cfg or conda-meta/, \
+             and lib/python*/site-packages); create one with `python3 -m venv {}`",
             venv.display(),
             venv.display()
         ));
@@ -147,6 +152,8 @@ fn install_hook(packages: &Path, module: &str) -> io::Result<bool> {
     // The module first: a .pth whose module is missing would make every start print an error.
     fs::write(&module_path, module)?;
     remove_bytecode(packages)?;
+    // A new hook says anew why it stands aside, if it does.
+    remove_notices(packages)?;
     compile_hook(venv_python(packages), &module_path);
     fs::write(&pth_path, HOOK_PTH_LINE)?;
     Ok(true)
@@ -209,6 +216,23 @@ fn remove_bytecode(packages: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes the notices the hook left to say only once why it stands aside
+/// (`_vramguard_hook.*.notice`, written by `scripts/venv_hook.py`).
+fn remove_notices(packages: &Path) -> io::Result<()> {
+    let Ok(entries) = fs::read_dir(packages) else {
+        return Ok(());
+    };
+    let prefix = format!("{HOOK_MODULE}.");
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".notice") {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes the hook from one `site-packages`; whether anything was there.
 fn remove_hook(packages: &Path) -> io::Result<bool> {
     let mut removed = false;
@@ -220,6 +244,7 @@ fn remove_hook(packages: &Path) -> io::Result<bool> {
         }
     }
     remove_bytecode(packages)?;
+    remove_notices(packages)?;
     Ok(removed)
 }
 
@@ -263,7 +288,14 @@ pub fn install(venv: &Path) -> i32 {
             }
         }
     }
-    for (script, template, shell) in activate_scripts(venv) {
+    // A conda environment's bin/activate (in its base environment) is conda's own script:
+    // conda's activation hooks take the block's place there.
+    let activate = if conda::is_conda(venv) {
+        Vec::new()
+    } else {
+        activate_scripts(venv).to_vec()
+    };
+    for (script, template, shell) in activate {
         if !script.is_file() {
             continue;
         }
@@ -273,6 +305,19 @@ pub fn install(venv: &Path) -> i32 {
             Ok(false) => println!("vramguard: {} already has the guard", script.display()),
             Err(e) => {
                 eprintln!("vramguard env: cannot update {}: {e}", script.display());
+                return 1;
+            }
+        }
+    }
+    if conda::is_conda(venv) {
+        match conda::install(venv, &library, snippet) {
+            Ok(changed) => {
+                for path in changed {
+                    println!("vramguard: installed the guard into {}", path.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("vramguard env: cannot write conda's activation hooks: {e}");
                 return 1;
             }
         }
@@ -329,6 +374,20 @@ pub fn remove(venv: &Path) -> i32 {
             Ok(false) => {}
             Err(e) => {
                 eprintln!("vramguard env: cannot update {}: {e}", script.display());
+                return 1;
+            }
+        }
+    }
+    if conda::is_conda(venv) {
+        match conda::remove(venv) {
+            Ok(removed) => {
+                for path in &removed {
+                    println!("vramguard: removed the guard from {}", path.display());
+                }
+                removed_any |= !removed.is_empty();
+            }
+            Err(e) => {
+                eprintln!("vramguard env: cannot remove conda's activation hooks: {e}");
                 return 1;
             }
         }
