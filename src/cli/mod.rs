@@ -11,6 +11,7 @@ mod doctor;
 mod driver;
 mod env;
 mod format;
+mod host_setup;
 mod interpreter;
 mod library;
 mod nvml_reader;
@@ -37,6 +38,8 @@ Exit codes:
           found, or a file cannot be written
   cdi     0 printed or written, 1 the library is not found or --output cannot be written
   doctor  0 every check passed, 1 a check warned or failed
+  host-setup 0 set up (or already so) or printed, 1 not root, no such group, or the directory
+          cannot be set up
   demo    0 every act showed what it should, 1 otherwise
   any     2 the command line itself is wrong";
 
@@ -228,6 +231,13 @@ enum Command {
         after_help = "Example:\n  sudo vramguard cdi --output /etc/cdi/vramguard.yaml\n  docker run --device vramguard.dev/guard=all --gpus all IMAGE python train.py"
     )]
     Cdi(cdi::CdiArgs),
+    /// Make the ledger directory root's, for one group only (shared machines), or print the
+    /// tmpfiles.d entry that makes it at every boot
+    #[command(
+        name = "host-setup",
+        after_help = "Example:\n  sudo vramguard host-setup --group video\n  sudo vramguard host-setup --tmpfiles --install"
+    )]
+    HostSetup(host_setup::HostSetupArgs),
     /// Check the library, the ledger directory, the driver and whether Python is guarded;
     /// explain "CUDA unknown error"
     Doctor,
@@ -304,6 +314,7 @@ pub fn main() -> i32 {
             }
         }
         Command::Cdi(args) => cdi::cdi(&args),
+        Command::HostSetup(args) => host_setup::host_setup(&args),
         Command::Doctor => doctor::doctor(),
         Command::Demo => demo::demo(),
         Command::DemoLoad(args) => demo_load::load(&args),

@@ -88,6 +88,14 @@ pub const SETTINGS: &[Setting] = &[
               containers, through a mounted directory) must use the same directory.",
     },
     Setting {
+        name: "VRAMGUARD_GROUP",
+        default: "video",
+        accepts: "group name or number",
+        doc: "The group `vramguard host-setup` makes the ledger directory for (root's, mode 3770): \
+              only its members can use the ledger, nobody else can read, write or put anything \
+              in it. Read by `host-setup` only, not by the guard.",
+    },
+    Setting {
         name: "VRAMGUARD_LOG",
         default: "warn",
         accepts: "off | error | warn | info | debug",

@@ -193,6 +193,29 @@ impl Directory {
     /// Opens the ledger directory `dir` (with `create`, first creating it, and nothing else,
     /// when it is missing) and checks it.
     pub fn open(dir: &Path, create: bool) -> Result<Directory, LedgerError> {
+        let mode = if effective_uid() == 0 {
+            OPEN_DIR_MODE
+        } else {
+            PRIVATE_DIR_MODE
+        };
+        Self::open_with(dir, create.then_some(mode), true)
+    }
+
+    /// Creates the ledger directory `dir` of `vramguard host-setup` (mode 3770, the caller's; the
+    /// caller then gives it root and the group), or opens it if it exists meanwhile, unchecked.
+    pub fn create_for_group(dir: &Path) -> Result<Directory, LedgerError> {
+        Self::open_with(dir, Some(GROUP_DIR_MODE), false)
+    }
+
+    /// Opens `dir` without checking who owns it or who may write it (never through a link),
+    /// for `vramguard host-setup` to take it over.
+    pub fn open_to_take_over(dir: &Path) -> Result<Directory, LedgerError> {
+        Self::open_with(dir, None, false)
+    }
+
+    /// Opens `dir`; with `create`, a missing one is first made with that mode; with `check`,
+    /// refuses a directory others could change (see the module's documentation).
+    fn open_with(dir: &Path, create: Option<u32>, check: bool) -> Result<Directory, LedgerError> {
         let (parent_path, name) = split(dir)?;
         let ledger_file = dir.join(super::layout::FILE_NAME);
         let system = |op: &'static str| {
@@ -234,8 +257,11 @@ impl Directory {
                 Err(error) if exhausted(&error) => {
                     return Err(system("open the directory")(error));
                 }
-                Err(error) if error.raw_os_error() == Some(libc::ENOENT) && create && !created => {
-                    Self::make(&parent, parent_path, dir, name)?;
+                Err(error) if error.raw_os_error() == Some(libc::ENOENT) && !created => {
+                    let Some(mode) = create else {
+                        return Err(Self::classify(&parent, dir, name, error));
+                    };
+                    Self::make(&parent, parent_path, dir, name, mode)?;
                     created = true;
                 }
                 Err(error) => return Err(Self::classify(&parent, dir, name, error)),
@@ -245,12 +271,7 @@ impl Directory {
         let mut owner = Owner::of(&stat);
         // Only a directory this call made gets its mode set (the umask trimmed it), and only
         // through the descriptor: whatever the path names by now is not touched.
-        if created && owner.uid == effective_uid() {
-            let mode = if owner.uid == 0 {
-                OPEN_DIR_MODE
-            } else {
-                PRIVATE_DIR_MODE
-            };
+        if let Some(mode) = create.filter(|_| created && owner.uid == effective_uid()) {
             if owner.mode != mode {
                 fchmod(fd.as_raw_fd(), mode).map_err(|source| LedgerError::Directory {
                     dir: dir.to_owned(),
@@ -259,7 +280,9 @@ impl Directory {
                 owner.mode = mode;
             }
         }
-        check_directory(dir, owner)?;
+        if check {
+            check_directory(dir, owner)?;
+        }
         let group_enters = owner.mode & 0o010 != 0;
         let others_enter = owner.mode & 0o001 != 0;
         let file_mode =
@@ -278,6 +301,7 @@ impl Directory {
         parent_path: &Path,
         dir: &Path,
         name: &OsStr,
+        mode: u32,
     ) -> Result<(), LedgerError> {
         let stat = fstat(parent.as_raw_fd()).map_err(|source| LedgerError::Directory {
             dir: dir.to_owned(),
@@ -296,11 +320,6 @@ impl Directory {
                 },
             });
         }
-        let mode = if effective_uid() == 0 {
-            OPEN_DIR_MODE
-        } else {
-            PRIVATE_DIR_MODE
-        };
         let c = c_name(name).map_err(|source| LedgerError::Directory {
             dir: dir.to_owned(),
             source,
@@ -478,12 +497,25 @@ pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
 /// The name of user `uid` from `/etc/passwd` (no name service modules are loaded: this runs
 /// inside other people's programs), else the number.
 pub fn user_name(uid: u32) -> String {
-    name_from("/etc/passwd", uid).unwrap_or_else(|| format!("uid {uid}"))
+    name_from("/etc/passwd", uid).unwrap_or_else(|| uid.to_string())
+}
+
+/// The group named `name` in `/etc/group`, or the number `name` is.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
 }
 
 /// The name of group `gid` from `/etc/group`, else the number.
 pub fn group_name(gid: u32) -> String {
-    name_from("/etc/group", gid).unwrap_or_else(|| format!("gid {gid}"))
+    name_from("/etc/group", gid).unwrap_or_else(|| gid.to_string())
 }
 
 /// The first field of the line of a colon-separated database whose third field is `id`.

@@ -621,16 +621,14 @@ fn write_unsafe_directory(
     problem: &DirectoryProblem,
 ) -> fmt::Result {
     let shown = dir.display();
-    let setup = format!(
-        "`sudo vramguard host-setup --dir {shown}` makes it root's, for one group (mode 3770)"
-    );
+    let setup = format!("`sudo vramguard host-setup --dir {shown}` (root's, for one group)");
     match problem {
         DirectoryProblem::Symlink { uid, target } => write!(
             f,
             "ledger directory {shown} is a symbolic link (made by {}{}), which is never followed: \
              whoever made it could point every guarded program at a directory of their choosing; \
-             remove it (`sudo rm {shown}`, then {setup}), or set VRAMGUARD_DIR to the real \
-             directory",
+             remove it (`sudo rm {shown}`) and make the directory with {setup}, or set \
+             VRAMGUARD_DIR to the real directory",
             directory::user_name(*uid),
             target
                 .as_ref()
@@ -647,7 +645,7 @@ fn write_unsafe_directory(
             f,
             "ledger directory {shown} has mode {mode:04o}: writable by {} without the sticky bit, \
              so anyone who may write it could remove or replace the ledger; its owner can run \
-             `chmod +t {shown}` (or `chmod 0700` for a private one), or {setup}",
+             `chmod +t {shown}` (or `chmod 0700` for a private one), or root can run {setup}",
             if mode & 0o002 != 0 {
                 "every user"
             } else {

@@ -6,6 +6,7 @@
 //! - [`layout`]: `#[repr(C)]` records of fixed-width atomics, offsets pinned at compile time.
 //! - [`directory`]: the ledger directory, opened, created and checked through descriptors
 //!   (never by path), and the files in it opened, created, linked and removed relative to it.
+//! - [`host_setup`]: the hardened directory of a shared machine (root's, one group, 3770).
 //! - `file`: opening, creating (atomically published) and validating the file; reopening it
 //!   after removal; repairing it after truncation (see `Ledger::check_file`).
 //! - [`backing`]: every page of the file given storage before it is mapped, so that a full file
@@ -30,6 +31,7 @@ mod driver_figure;
 mod error;
 mod file;
 mod futex;
+pub mod host_setup;
 pub mod layout;
 mod liveness;
 mod lock;
