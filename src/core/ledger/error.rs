@@ -602,14 +602,31 @@ impl fmt::Display for LedgerError {
                 gid,
                 mode,
             } => write_outsider(f, dir, *uid, *gid, *mode),
-            Self::Foreign { uid, problem } => write!(
-                f,
-                "{problem}. But the file belongs to {}, not to you or root, so you cannot remove \
-                 it: ask an administrator to remove it (`sudo rm` it) and to run `sudo vramguard \
-                 host-setup`, which makes a ledger directory for one group where nobody else can \
-                 put files",
-                directory::user_name(*uid)
-            ),
+            Self::Foreign { uid, problem } => {
+                let (path, what) = match &**problem {
+                    Self::Symlink { path } => (path, "a symbolic link".to_string()),
+                    Self::NotRegularFile { path, kind } => (path, format!("a {kind}")),
+                    Self::WrongSize { path, actual, .. } => {
+                        (path, format!("a file of {actual} bytes, not a ledger"))
+                    }
+                    Self::BadMagic { path } => (path, "not a vramguard ledger".to_string()),
+                    Self::BadHeader { path, .. } => {
+                        (path, "a ledger with a damaged header".to_string())
+                    }
+                    other => return write!(f, "{other}"),
+                };
+                write!(
+                    f,
+                    "ledger {} is {what}, and it belongs to {}, not to you or root, so you cannot \
+                     remove it: never used, and the guard cannot work in this directory until an \
+                     administrator removes it (`sudo rm {}`); `sudo vramguard host-setup` does \
+                     that and makes a ledger directory for one group, where nobody else can put \
+                     files",
+                    path.display(),
+                    directory::user_name(*uid),
+                    path.display()
+                )
+            }
         }
     }
 }
