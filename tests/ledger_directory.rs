@@ -156,7 +156,7 @@ fn a_symlinked_directory_is_refused_and_never_written_through() {
         "something was created through the link"
     );
     // host-setup refuses it too: the link is never followed, whoever runs it.
-    let error = host_setup::set_up(&link, GROUP).err().expect("refused");
+    let error = host_setup::set_up(&link, GROUP).expect_err("refused");
     assert!(error.to_string().contains("symbolic link"), "{error}");
     assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o7777, 0o755);
 }

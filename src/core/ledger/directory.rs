@@ -271,14 +271,14 @@ impl Directory {
         let mut owner = Owner::of(&stat);
         // Only a directory this call made gets its mode set (the umask trimmed it), and only
         // through the descriptor: whatever the path names by now is not touched.
-        if let Some(mode) = create.filter(|_| created && owner.uid == effective_uid()) {
-            if owner.mode != mode {
-                fchmod(fd.as_raw_fd(), mode).map_err(|source| LedgerError::Directory {
-                    dir: dir.to_owned(),
-                    source,
-                })?;
-                owner.mode = mode;
-            }
+        if let Some(mode) = create.filter(|_| created && owner.uid == effective_uid())
+            && owner.mode != mode
+        {
+            fchmod(fd.as_raw_fd(), mode).map_err(|source| LedgerError::Directory {
+                dir: dir.to_owned(),
+                source,
+            })?;
+            owner.mode = mode;
         }
         if check {
             check_directory(dir, owner)?;
