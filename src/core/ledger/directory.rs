@@ -232,6 +232,10 @@ impl Directory {
         ) {
             Ok(parent) => parent,
             Err(error) if exhausted(&error) => return Err(system("open the directory")(error)),
+            // Nothing to open and nothing to be made: no ledger yet.
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) && create.is_none() => {
+                return Err(LedgerError::Missing { path: ledger_file });
+            }
             Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
                 return Err(LedgerError::NoParent {
                     dir: dir.to_owned(),
@@ -351,9 +355,8 @@ impl Directory {
     fn classify(parent: &OwnedFd, dir: &Path, name: &OsStr, error: io::Error) -> LedgerError {
         let entry = lstat_at(parent.as_raw_fd(), name).map(|stat| Owner::of(&stat));
         match (error.raw_os_error(), entry) {
-            (Some(libc::ENOENT), _) => LedgerError::Directory {
-                dir: dir.to_owned(),
-                source: error,
+            (Some(libc::ENOENT), _) => LedgerError::Missing {
+                path: dir.join(super::layout::FILE_NAME),
             },
             (_, Ok(entry)) if entry.kind == libc::S_IFLNK => LedgerError::UnsafeDirectory {
                 dir: dir.to_owned(),

@@ -27,7 +27,7 @@ pub fn set_up(dir: &Path, gid: u32) -> Result<Vec<String>, LedgerError> {
     let mut created = false;
     let directory = match Directory::open(dir, false) {
         Ok(directory) => directory,
-        Err(LedgerError::Directory { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+        Err(LedgerError::Missing { .. }) => {
             created = true;
             Directory::create_for_group(dir)?
         }
