@@ -701,8 +701,9 @@ fn write_outsider(
         return write!(
             f,
             "ledger directory {shown} belongs to {} (group {group}, mode {mode:04o}) and you \
-             ({me}) may not enter it: this program runs unguarded by the machine's ledger; ask \
-             an administrator to let you in, or set VRAMGUARD_DIR to a directory of your own \
+             ({me}) may not enter it, so this program cannot use the machine's ledger; an \
+             administrator can make one that the GPU's users share (`sudo vramguard host-setup \
+             --dir {shown}`, for one group), or set VRAMGUARD_DIR to a directory of your own \
              (budgets are then not shared with others)",
             directory::user_name(uid)
         );
