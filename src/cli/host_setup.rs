@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use vramguard_core::ledger::{directory, host_setup};
-use vramguard_core::settings::setting;
+use vramguard_core::settings::Config;
 
 use super::atomic_file;
 
@@ -41,14 +41,6 @@ fn fail(message: impl std::fmt::Display) -> i32 {
     1
 }
 
-/// A setting's value from the environment, else its default in the settings table.
-fn from_env_or_default(name: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| setting(name).map_or("", |s| s.default).to_string())
-}
-
 /// The `tmpfiles.d` entry for `dir` and `group`.
 pub fn tmpfiles_entry(dir: &Path, group: &str) -> String {
     format!(
@@ -64,14 +56,15 @@ pub fn tmpfiles_entry(dir: &Path, group: &str) -> String {
 
 /// `vramguard host-setup [--group G] [--dir DIR] [--tmpfiles [--install [--root R]]]`.
 pub fn host_setup(args: &HostSetupArgs) -> i32 {
-    let group = args
-        .group
-        .clone()
-        .unwrap_or_else(|| from_env_or_default("VRAMGUARD_GROUP"));
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(from_env_or_default("VRAMGUARD_DIR")));
+    let (config, errors) = Config::from_env();
+    for error in errors
+        .iter()
+        .filter(|e| matches!(e.var, "VRAMGUARD_GROUP" | "VRAMGUARD_DIR"))
+    {
+        eprintln!("vramguard host-setup: {error}");
+    }
+    let group = args.group.clone().unwrap_or(config.group);
+    let dir = args.dir.clone().unwrap_or(config.dir);
     if !dir.is_absolute() {
         return fail(format!(
             "the ledger directory {:?} must be an absolute path",

@@ -193,6 +193,8 @@ pub struct Config {
     pub managed: ManagedPolicy,
     /// `VRAMGUARD_DIR`
     pub dir: PathBuf,
+    /// `VRAMGUARD_GROUP` (read by `vramguard host-setup` only)
+    pub group: String,
     /// `VRAMGUARD_LOG`
     pub log: LogLevel,
     /// `VRAMGUARD_ON_ERROR`
@@ -283,6 +285,21 @@ fn parse_path(value: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// A group: a name as `groupadd` accepts it, or a number.
+fn parse_group(value: &str) -> Result<String, String> {
+    let name = value.trim();
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+    if first_ok && rest_ok {
+        Ok(name.to_string())
+    } else {
+        Err("not a group name or number".to_string())
+    }
+}
+
 fn parse_optional_size(value: &str) -> Result<Option<u64>, String> {
     if value.trim().is_empty() {
         return Ok(None);
@@ -349,6 +366,7 @@ impl Config {
                 ]
             )),
             dir: field!("VRAMGUARD_DIR", parse_path),
+            group: field!("VRAMGUARD_GROUP", parse_group),
             log: field!("VRAMGUARD_LOG", |v| parse_keyword(
                 v,
                 &[
