@@ -589,9 +589,11 @@ impl fmt::Display for LedgerError {
             Self::NoParent { dir, parent } => write!(
                 f,
                 "ledger directory {}: its parent {} does not exist, and vramguard creates nothing \
-                 but the ledger directory itself; create it with `sudo vramguard host-setup --dir \
-                 {}` or set VRAMGUARD_DIR to a directory whose parent exists",
+                 but the ledger directory itself; create the parent (`sudo mkdir -p {}`), then the \
+                 directory (`sudo vramguard host-setup --dir {}`), or set VRAMGUARD_DIR to a \
+                 directory whose parent exists",
                 dir.display(),
+                parent.display(),
                 parent.display(),
                 dir.display()
             ),
