@@ -656,8 +656,9 @@ fn write_unsafe_directory(
         DirectoryProblem::ForeignOwner { uid, mode } => write!(
             f,
             "ledger directory {shown} belongs to {} (mode {mode:04o}), neither root nor you: its \
-             owner could remove or replace the ledger at any time; make it root's with {setup}, or set VRAMGUARD_DIR \
-             to a directory of your own (budgets are then not shared with others)",
+             owner could remove or replace the ledger at any time; make it root's with {setup}, \
+             or set VRAMGUARD_DIR to a directory of your own (budgets are then not shared with \
+             others)",
             directory::user_name(*uid)
         ),
         DirectoryProblem::WritableWithoutSticky { uid: _, mode } => write!(
