@@ -186,11 +186,8 @@ fn check_ledger_dir(dir: &Path) -> Vec<Finding> {
             }
         }
         Err(_) => {
-            let parent = dir
-                .ancestors()
-                .skip(1)
-                .find(|p| p.exists())
-                .map(Path::to_path_buf);
+            // Only the ledger directory itself is ever created: its parent must exist.
+            let parent = dir.parent().filter(|p| p.is_dir()).map(Path::to_path_buf);
             match parent {
                 Some(parent) if tempfile_probe(&parent).is_ok() => {
                     findings.push(Finding::ok(format!(
@@ -201,7 +198,8 @@ fn check_ledger_dir(dir: &Path) -> Vec<Finding> {
                 _ => {
                     findings.push(Finding::fail(
                         format!("ledger: {} does not exist and cannot be created", dir.display()),
-                        "create it (sudo mkdir -m 1777 DIR) or point VRAMGUARD_DIR at a writable directory",
+                        "create it (sudo vramguard host-setup --dir DIR for one group, or sudo mkdir -m \
+                         1777 DIR for every user) or point VRAMGUARD_DIR at a writable directory",
                     ));
                 }
             }

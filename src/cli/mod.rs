@@ -13,6 +13,7 @@ mod driver;
 mod env;
 mod format;
 mod glibc;
+mod host_setup;
 mod interpreter;
 mod library;
 mod manuals;
@@ -45,6 +46,8 @@ Exit codes:
           found, or a file cannot be written
   cdi     0 printed or written, 1 the library is not found or --output cannot be written
   doctor  0 every check passed, 1 a check warned or failed
+  host-setup 0 set up (or already so) or printed, 1 not root, no such group, or the directory
+          cannot be set up
   demo    0 every act showed what it should, 1 otherwise
   man     0 printed or written, 1 --output cannot be written (completions: 0 printed)
   any     2 the command line itself is wrong";
@@ -280,6 +283,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         env_file: Option<PathBuf>,
     },
+    /// Make the ledger directory root's, for one group only (shared machines), or print the
+    /// tmpfiles.d entry that makes it at every boot
+    #[command(
+        name = "host-setup",
+        after_help = "Example:\n  sudo vramguard host-setup --group video\n  sudo vramguard host-setup --tmpfiles --install"
+    )]
+    HostSetup(host_setup::HostSetupArgs),
     /// Check the library, the ledger directory, the driver and whether Python is guarded;
     /// explain "CUDA unknown error"
     Doctor,
@@ -378,6 +388,7 @@ pub fn main() -> i32 {
         Command::PreloadCheck { library, env_file } => {
             preload_check::preload_check_command(library, env_file.as_deref())
         }
+        Command::HostSetup(args) => host_setup::host_setup(&args),
         Command::Doctor => doctor::doctor(),
         Command::Demo => demo::demo(),
         Command::Completions { shell } => manuals::print_completions(shell, Cli::command()),

@@ -90,6 +90,14 @@ pub const SETTINGS: &[Setting] = &[
               containers, through a mounted directory) must use the same directory.",
     },
     Setting {
+        name: "VRAMGUARD_GROUP",
+        default: "video",
+        accepts: "group name or number",
+        doc: "The group `vramguard host-setup` makes the ledger directory for (root's, mode 3770): \
+              only its members can use the ledger, nobody else can read, write or put anything \
+              in it. Read by `host-setup` only, not by the guard.",
+    },
+    Setting {
         name: "VRAMGUARD_LOG",
         default: "warn",
         accepts: "off | error | warn | info | debug",
@@ -196,6 +204,8 @@ pub struct Config {
     pub managed: ManagedPolicy,
     /// `VRAMGUARD_DIR`
     pub dir: PathBuf,
+    /// `VRAMGUARD_GROUP` (read by `vramguard host-setup` only)
+    pub group: String,
     /// `VRAMGUARD_LOG`
     pub log: LogLevel,
     /// `VRAMGUARD_ON_ERROR`
@@ -394,6 +404,21 @@ fn parse_optional_amount(value: &str) -> Result<Option<Amount>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A group: a name as `groupadd` accepts it, or a number.
+fn parse_group(value: &str) -> Result<String, String> {
+    let name = value.trim();
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+    if first_ok && rest_ok {
+        Ok(name.to_string())
+    } else {
+        Err("not a group name or number".to_string())
+    }
+}
+
 fn parse_optional_size(value: &str) -> Result<Option<u64>, String> {
     if value.trim().is_empty() {
         return Ok(None);
@@ -472,6 +497,7 @@ impl Config {
                 ]
             )),
             dir: field!("VRAMGUARD_DIR", parse_path),
+            group: field!("VRAMGUARD_GROUP", parse_group),
             log: field!("VRAMGUARD_LOG", |v| parse_keyword(
                 v,
                 &[

@@ -35,7 +35,8 @@ pub const DIR_VAR: &str = "VRAMGUARD_LEDGER_TEST_DIR";
 
 /// A directory removed (with its content) on drop, in `/dev/shm` where there is one (the
 /// ledger's own file system), open to other users as far as the umask allows (children of some
-/// tests run as another user).
+/// tests run as another user), and sticky like `/dev/shm` itself (the ledger is created only
+/// in a parent that others cannot write without the sticky bit).
 pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
@@ -48,7 +49,7 @@ impl TempDir {
         };
         let dir = tempfile::Builder::new()
             .prefix(&format!("vramguard-ledger-test-{tag}-"))
-            .permissions(std::fs::Permissions::from_mode(0o777))
+            .permissions(std::fs::Permissions::from_mode(0o1777))
             .tempdir_in(base)
             .expect("create test directory");
         TempDir(dir)

@@ -59,7 +59,8 @@ pub fn library() -> PathBuf {
 }
 
 /// A private temporary directory, removed when dropped; open to other users as far as the umask
-/// allows, like a directory made with `mkdir`.
+/// allows, like a directory made with `mkdir`, and sticky (the ledger directory is created only
+/// in a parent others cannot write without the sticky bit).
 pub struct TempDir {
     dir: tempfile::TempDir,
 }
@@ -69,7 +70,7 @@ impl TempDir {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix(&format!("vramguard-cli-test-{label}-"))
-            .permissions(fs::Permissions::from_mode(0o777))
+            .permissions(fs::Permissions::from_mode(0o1777))
             .tempdir()
             .unwrap();
         TempDir { dir }

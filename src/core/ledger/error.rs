@@ -14,6 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::directory;
 use crate::units::format_size;
 
 /// What the user can do when the ledger file itself is unusable.
@@ -184,6 +185,87 @@ pub enum LedgerError {
         /// the ledger file
         path: PathBuf,
     },
+    /// `VRAMGUARD_DIR` is a relative path (it would name another directory in every working
+    /// directory).
+    RelativeDirectory {
+        /// the directory as given
+        dir: PathBuf,
+    },
+    /// The ledger directory's parent does not exist (only the ledger directory itself is ever
+    /// created).
+    NoParent {
+        /// the ledger directory
+        dir: PathBuf,
+        /// its missing parent
+        parent: PathBuf,
+    },
+    /// The ledger directory is not one this user can trust (see [`DirectoryProblem`]).
+    UnsafeDirectory {
+        /// the ledger directory
+        dir: PathBuf,
+        /// what is wrong with it
+        problem: DirectoryProblem,
+    },
+    /// The ledger directory exists but this user may not enter it: it belongs to a group this
+    /// process is not in (the hardened directory of `vramguard host-setup`).
+    Outsider {
+        /// the ledger directory
+        dir: PathBuf,
+        /// its owner
+        uid: u32,
+        /// its group
+        gid: u32,
+        /// its mode
+        mode: u32,
+    },
+    /// The ledger file is unusable (`problem`) and belongs to another user, whom nobody but
+    /// root can make remove it: planted, or made by a broken program.
+    Foreign {
+        /// the file's owner
+        uid: u32,
+        /// why it is unusable
+        problem: Box<LedgerError>,
+    },
+}
+
+/// Why a ledger directory is refused.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum DirectoryProblem {
+    /// The path is a symbolic link (never followed).
+    Symlink {
+        /// the link's owner
+        uid: u32,
+        /// where it points, if readable
+        target: Option<PathBuf>,
+    },
+    /// It belongs to a user who is neither root nor the caller.
+    ForeignOwner {
+        /// its owner
+        uid: u32,
+        /// its mode
+        mode: u32,
+    },
+    /// Group or others may write it, and it lacks the sticky bit: they could remove or replace
+    /// the ledger.
+    WritableWithoutSticky {
+        /// its owner
+        uid: u32,
+        /// its mode
+        mode: u32,
+    },
+    /// It is missing, and its parent is not safe to create it in (owned by another user, or
+    /// writable by others without the sticky bit: the new directory could be swapped).
+    UnsafeParent {
+        /// the parent
+        parent: PathBuf,
+        /// the parent's owner
+        uid: u32,
+        /// the parent's mode
+        mode: u32,
+    },
+    /// The path has no last component (`/`, `..`).
+    NoName,
 }
 
 /// The kinds of trouble a [`LedgerError`] can be, each with its own remedy. A guarded process
@@ -263,7 +345,12 @@ impl LedgerError {
             Self::Directory { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
                 Cause::Permission
             }
+            Self::Outsider { .. } => Cause::Permission,
             Self::Directory { .. }
+            | Self::RelativeDirectory { .. }
+            | Self::NoParent { .. }
+            | Self::UnsafeDirectory { .. }
+            | Self::Foreign { .. }
             | Self::Missing { .. }
             | Self::Symlink { .. }
             | Self::NotRegularFile { .. } => Cause::Setup,
@@ -492,8 +579,152 @@ impl fmt::Display for LedgerError {
                 "ledger {}: a device or slot handle that does not belong to this ledger was used",
                 path.display()
             ),
+            Self::RelativeDirectory { dir } => write!(
+                f,
+                "ledger directory {:?} is a relative path, which would name another directory in \
+                 every working directory; set VRAMGUARD_DIR to an absolute path (the default is \
+                 /dev/shm/vramguard)",
+                dir.display().to_string()
+            ),
+            Self::NoParent { dir, parent } => write!(
+                f,
+                "ledger directory {}: its parent {} does not exist, and vramguard creates nothing \
+                 but the ledger directory itself; create the parent (`sudo mkdir -p {}`), then the \
+                 directory (`sudo vramguard host-setup --dir {}`), or set VRAMGUARD_DIR to a \
+                 directory whose parent exists",
+                dir.display(),
+                parent.display(),
+                parent.display(),
+                dir.display()
+            ),
+            Self::UnsafeDirectory { dir, problem } => write_unsafe_directory(f, dir, problem),
+            Self::Outsider {
+                dir,
+                uid,
+                gid,
+                mode,
+            } => write_outsider(f, dir, *uid, *gid, *mode),
+            Self::Foreign { uid, problem } => {
+                let (path, what) = match &**problem {
+                    Self::Symlink { path } => (path, "a symbolic link".to_string()),
+                    Self::NotRegularFile { path, kind } => (path, format!("a {kind}")),
+                    Self::WrongSize { path, actual, .. } => {
+                        (path, format!("a file of {actual} bytes, not a ledger"))
+                    }
+                    Self::BadMagic { path } => (path, "not a vramguard ledger".to_string()),
+                    Self::BadHeader { path, .. } => {
+                        (path, "a ledger with a damaged header".to_string())
+                    }
+                    other => return write!(f, "{other}"),
+                };
+                write!(
+                    f,
+                    "ledger {} is {what}, and it belongs to {}, not to you or root, so you cannot \
+                     remove it: never used, and the guard cannot work in this directory until an \
+                     administrator removes it (`sudo rm {}`); `sudo vramguard host-setup` does \
+                     that and makes a ledger directory for one group, where nobody else can put \
+                     files",
+                    path.display(),
+                    directory::user_name(*uid),
+                    path.display()
+                )
+            }
         }
     }
+}
+
+/// The message of [`LedgerError::UnsafeDirectory`]: what is wrong, and the fix that applies.
+fn write_unsafe_directory(
+    f: &mut fmt::Formatter<'_>,
+    dir: &Path,
+    problem: &DirectoryProblem,
+) -> fmt::Result {
+    let shown = dir.display();
+    let setup = format!("`sudo vramguard host-setup --dir {shown}` (root's, for one group)");
+    match problem {
+        DirectoryProblem::Symlink { uid, target } => write!(
+            f,
+            "ledger directory {shown} is a symbolic link (made by {}{}), which is never followed: \
+             whoever made it could point every guarded program at a directory of their choosing; \
+             remove it (`sudo rm {shown}`) and make the directory with {setup}, or set \
+             VRAMGUARD_DIR to the real directory",
+            directory::user_name(*uid),
+            target
+                .as_ref()
+                .map_or_else(String::new, |t| format!(", to {}", t.display()))
+        ),
+        DirectoryProblem::ForeignOwner { uid, mode } => write!(
+            f,
+            "ledger directory {shown} belongs to {} (mode {mode:04o}), neither root nor you: its \
+             owner could remove or replace the ledger at any time; make it root's with {setup}, \
+             or set VRAMGUARD_DIR to a directory of your own (budgets are then not shared with \
+             others)",
+            directory::user_name(*uid)
+        ),
+        DirectoryProblem::WritableWithoutSticky { uid: _, mode } => write!(
+            f,
+            "ledger directory {shown} has mode {mode:04o}: writable by {} without the sticky bit, \
+             so anyone who may write it could remove or replace the ledger; its owner can run \
+             `chmod +t {shown}` (or `chmod 0700` for a private one), or root can run {setup}",
+            if mode & 0o002 != 0 {
+                "every user"
+            } else {
+                "its group"
+            }
+        ),
+        DirectoryProblem::UnsafeParent { parent, uid, mode } => write!(
+            f,
+            "ledger directory {shown} does not exist, and vramguard does not create it in {} \
+             (owned by {}, mode {mode:04o}): another user could swap it before it is used; \
+             create it beforehand ({setup}) or set VRAMGUARD_DIR to a directory in a safe place \
+             such as /dev/shm",
+            parent.display(),
+            directory::user_name(*uid)
+        ),
+        DirectoryProblem::NoName => write!(
+            f,
+            "ledger directory {shown} has no name of its own; set VRAMGUARD_DIR to a directory \
+             such as /dev/shm/vramguard"
+        ),
+    }
+}
+
+/// The message of [`LedgerError::Outsider`]: whose directory it is and how to be let in.
+fn write_outsider(
+    f: &mut fmt::Formatter<'_>,
+    dir: &Path,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+) -> fmt::Result {
+    let me = directory::user_name(directory::effective_uid());
+    let group = directory::group_name(gid);
+    let shown = dir.display();
+    if mode & 0o070 == 0 || directory::in_group(gid) {
+        return write!(
+            f,
+            "ledger directory {shown} belongs to {} (group {group}, mode {mode:04o}) and you \
+             ({me}) may not enter it, so this program cannot use the machine's ledger; an \
+             administrator can make one that the GPU's users share (`sudo vramguard host-setup \
+             --dir {shown}`, for one group), or set VRAMGUARD_DIR to a directory of your own \
+             (budgets are then not shared with others)",
+            directory::user_name(uid)
+        );
+    }
+    if directory::listed_in_group(gid) {
+        return write!(
+            f,
+            "ledger directory {shown} is for the members of group {group} (mode {mode:04o}); you \
+             ({me}) were added to {group} after this session started: log in again (or run \
+             `newgrp {group}`)"
+        );
+    }
+    write!(
+        f,
+        "ledger directory {shown} is for the members of group {group} only (mode {mode:04o}), \
+         and you ({me}) are not in it, so this program cannot use the machine's ledger; ask an \
+         administrator to add you (`sudo usermod -aG {group} {me}`, then log in again)"
+    )
 }
 
 impl std::error::Error for LedgerError {

@@ -1,5 +1,8 @@
 //! Finding, creating, checking and mapping the ledger file.
 //!
+//! The directory is opened and checked by `directory`, and every file in it is opened, created,
+//! linked and removed relative to the directory's descriptor.
+//!
 //! The file is opened without following symbolic links and accepted only if it is a regular file
 //! of exactly the layout's size whose header carries the magic number, this layout version and
 //! this layout's sizes and offsets. A new file is built under a temporary name, initialised, and
@@ -13,26 +16,22 @@
 //! work after the file was removed), and noticing and repairing a file truncated while mapped.
 #![allow(unsafe_code)]
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::backing::{self, Unbacked};
+use super::directory::Directory;
 use super::error::LedgerError;
 use super::layout::{self, FILE_NAME, FILE_SIZE, LAYOUT_VERSION, LedgerLayout, MAGIC};
 use super::liveness;
 
 /// How long a creator that found no room waits for another creator's ledger to appear.
 const PUBLISHER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Mode of the ledger directory: everybody may create files in it, only owners may remove them.
-const DIR_MODE: u32 = 0o1777;
-/// Mode of the ledger file: every user who may use the GPU must be able to join.
-const FILE_MODE: u32 = 0o666;
 
 /// A shared mapping of a validated ledger file.
 pub struct Mapping {
@@ -121,30 +120,35 @@ pub fn ledger_path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
-/// Opens (and with `create`, first creates) the ledger in `dir`.
+/// Opens (and with `create`, first creates) the ledger in `dir`. The directory is opened and
+/// checked first (`directory`: never through a link, refused when others could change it under
+/// us), and the file is opened relative to it.
 pub fn open(dir: &Path, create: bool) -> Result<OpenLedger, LedgerError> {
     let path = ledger_path(dir);
-    if create {
-        ensure_directory(dir)?;
-    }
+    let directory = Directory::open(dir, create)?;
     // Creation races resolve themselves within a round or two: link() lets exactly one publisher
     // win, and everybody else opens the winner's file.
     for _ in 0..8 {
-        match open_file(&path, true) {
-            Err(LedgerError::Missing { .. }) if create => match create_and_publish(dir, &path) {
-                // Racing creators each reserve a whole file: on a nearly full file system one
-                // may find no room while another's file is on its way.
-                Err(no_space @ LedgerError::NoSpace { .. }) => {
-                    if !room_after_other_creators(dir, &path) {
-                        return Err(no_space);
+        let opened = match open_file(&directory, &path, true) {
+            Err(LedgerError::Missing { .. }) if create => {
+                match create_and_publish(&directory, &path) {
+                    // Racing creators each reserve a whole file: on a nearly full file system
+                    // one may find no room while another's file is on its way.
+                    Err(no_space @ LedgerError::NoSpace { .. }) => {
+                        if !room_after_other_creators(&directory) {
+                            return Err(no_space);
+                        }
                     }
+                    other => other?,
                 }
-                other => other?,
-            },
-            Err(LedgerError::PermissionDenied { .. }) if !create => return open_file(&path, false),
-            Err(LedgerError::ReadOnly { .. }) if !create => return open_file(&path, false),
-            other => return other,
-        }
+                continue;
+            }
+            Err(LedgerError::PermissionDenied { .. } | LedgerError::ReadOnly { .. }) if !create => {
+                open_file(&directory, &path, false)
+            }
+            other => other,
+        };
+        return opened.map_err(|error| disowned(&directory, error));
     }
     Err(LedgerError::Io {
         path,
@@ -153,13 +157,34 @@ pub fn open(dir: &Path, create: bool) -> Result<OpenLedger, LedgerError> {
     })
 }
 
+/// `error` about the ledger file, as [`LedgerError::Foreign`] when the file cannot be used and
+/// belongs to someone who is neither root nor the caller (who then cannot remove it).
+fn disowned(directory: &Directory, error: LedgerError) -> LedgerError {
+    let unusable = matches!(
+        error,
+        LedgerError::Symlink { .. }
+            | LedgerError::NotRegularFile { .. }
+            | LedgerError::WrongSize { .. }
+            | LedgerError::BadMagic { .. }
+            | LedgerError::BadHeader { .. }
+    );
+    match directory.entry(FILE_NAME) {
+        Ok(owner) if unusable && !owner.trusted() => LedgerError::Foreign {
+            uid: owner.uid,
+            problem: Box::new(error),
+        },
+        _ => error,
+    }
+}
+
 /// After a creation that found no room: whether to try again. Racing creators each reserve a
 /// whole file, so on a nearly full file system one may find no room while another's file is on
 /// its way, or all may fail together. Waits (up to [`PUBLISHER_WAIT`]) while others are at work;
 /// then true if the ledger appeared, or if the file system has room for it now (after a pause
 /// that differs from creator to creator, so that those who failed together do not meet again).
 /// False when there is no room, or the wait ran out (a temporary file of a creator that died).
-fn room_after_other_creators(dir: &Path, path: &Path) -> bool {
+fn room_after_other_creators(directory: &Directory) -> bool {
+    let dir = directory.path();
     let deadline = std::time::Instant::now() + PUBLISHER_WAIT;
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -167,7 +192,7 @@ fn room_after_other_creators(dir: &Path, path: &Path) -> bool {
     let pause = std::time::Duration::from_micros(200 + u64::from(clock % 2000));
     let mut paused = false;
     loop {
-        if fs::symlink_metadata(path).is_ok() {
+        if directory.entry(FILE_NAME).is_ok() {
             return true;
         }
         let others = another_creator_at_work(dir);
@@ -195,49 +220,15 @@ fn another_creator_at_work(dir: &Path) -> bool {
     })
 }
 
-fn ensure_directory(dir: &Path) -> Result<(), LedgerError> {
-    let directory_error = |source: io::Error| match source.raw_os_error() {
-        Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
-            LedgerError::from_io(&ledger_path(dir), "create the directory", 0, source)
-        }
-        _ => LedgerError::Directory {
-            dir: dir.to_owned(),
-            source,
-        },
-    };
-    match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(_) => {
-            return Err(directory_error(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                "not a directory",
-            )));
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(directory_error(error)),
-    }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(directory_error)?;
-    }
-    match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
-        // The umask trimmed the mode: set it explicitly (only on a directory we created).
-        Ok(()) => {
-            fs::set_permissions(dir, Permissions::from_mode(DIR_MODE)).map_err(directory_error)
-        }
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(error) => Err(directory_error(error)),
-    }
-}
-
 fn io_error<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> LedgerError + 'a {
     move |source| LedgerError::from_io(path, op, 0, source)
 }
 
-fn create_and_publish(dir: &Path, path: &Path) -> Result<(), LedgerError> {
+fn create_and_publish(directory: &Directory, path: &Path) -> Result<(), LedgerError> {
     // Unique per process (pid), per call (counter) and per pid namespace sharing the directory
     // (clock): O_EXCL below refuses a name that exists anyway.
     static CALLS: AtomicU32 = AtomicU32::new(0);
-    let temporary = dir.join(format!(
+    let temporary = format!(
         ".{FILE_NAME}.{}.{}.{}.tmp",
         liveness::current_pid(),
         CALLS.fetch_add(1, Ordering::Relaxed),
@@ -245,31 +236,24 @@ fn create_and_publish(dir: &Path, path: &Path) -> Result<(), LedgerError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0)
-    ));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&temporary)
+    );
+    let file = directory
+        .create_new(&temporary)
         .map_err(|source| match source.kind() {
             io::ErrorKind::PermissionDenied => LedgerError::Directory {
-                dir: dir.to_owned(),
+                dir: directory.path().to_owned(),
                 source,
             },
             _ => LedgerError::from_io(path, "create", FILE_SIZE as u64, source),
         })?;
     let result = (|| {
-        file.set_permissions(Permissions::from_mode(FILE_MODE))
-            .map_err(io_error(path, "chmod"))?;
         backing::reserve_new(&file, FILE_SIZE as u64).map_err(|source| {
             LedgerError::from_io(path, "reserve (fallocate)", FILE_SIZE as u64, source)
         })?;
         let mapping = Mapping::new(file.as_fd(), true, path)?;
         layout::initialise_header(&mapping.layout().header, liveness::unix_ms());
         drop(mapping);
-        match fs::hard_link(&temporary, path) {
+        match directory.link(&temporary, FILE_NAME) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(error) => Err(LedgerError::Io {
@@ -279,7 +263,7 @@ fn create_and_publish(dir: &Path, path: &Path) -> Result<(), LedgerError> {
             }),
         }
     })();
-    let _ = fs::remove_file(&temporary);
+    let _ = directory.remove(&temporary);
     result
 }
 
@@ -301,10 +285,16 @@ fn file_kind(file_type: fs::FileType) -> &'static str {
     }
 }
 
-/// Opens the file at `path` without following links, checks that it is a regular file of the
-/// right size, maps it and validates its header.
-pub fn open_file(path: &Path, writable: bool) -> Result<OpenLedger, LedgerError> {
-    let file = open_descriptor(path, writable)?;
+/// Opens the ledger file of `directory` (`path`, for messages) without following links, checks
+/// that it is a regular file of the right size, maps it and validates its header.
+fn open_file(
+    directory: &Directory,
+    path: &Path,
+    writable: bool,
+) -> Result<OpenLedger, LedgerError> {
+    let file = directory
+        .open_file(FILE_NAME, writable)
+        .map_err(|source| classify_open_error(path, source))?;
     let meta = file.metadata().map_err(io_error(path, "stat"))?;
     if !meta.file_type().is_file() {
         return Err(LedgerError::NotRegularFile {

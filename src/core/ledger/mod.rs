@@ -4,6 +4,9 @@
 //! The file layout, the protocols and the crash-safety argument are specified in
 //! `docs/ledger.md`. In short:
 //! - [`layout`]: `#[repr(C)]` records of fixed-width atomics, offsets pinned at compile time.
+//! - [`directory`]: the ledger directory, opened, created and checked through descriptors
+//!   (never by path), and the files in it opened, created, linked and removed relative to it.
+//! - [`host_setup`]: the hardened directory of a shared machine (root's, one group, 3770).
 //! - `file`: opening, creating (atomically published) and validating the file; reopening it
 //!   after removal; repairing it after truncation (see `Ledger::check_file`).
 //! - [`backing`]: every page of the file given storage before it is mapped, so that a full file
@@ -23,10 +26,12 @@
 mod admission;
 pub mod backing;
 mod contexts;
+pub mod directory;
 mod driver_figure;
 mod error;
 mod file;
 mod futex;
+pub mod host_setup;
 pub mod layout;
 mod liveness;
 mod lock;
@@ -40,7 +45,7 @@ use std::time::{Duration, Instant};
 
 pub use contexts::ContextCreation;
 pub use driver_figure::DriverFigure;
-pub use error::{Cause, LedgerError, Refusal, SPACE_FIX};
+pub use error::{Cause, DirectoryProblem, LedgerError, Refusal, SPACE_FIX};
 pub use layout::{MAX_DEVICES, MAX_PROCESSES};
 pub use snapshot::{
     DeviceSnapshot, LockHolder, ProcessDevice, ProcessSnapshot, ProcessState, Snapshot,
@@ -149,8 +154,8 @@ pub struct WaitReport {
 }
 
 impl Ledger {
-    /// Opens the ledger in `dir`, creating the directory (mode 1777) and the file (mode 0666) if
-    /// missing, and validates it.
+    /// Opens the ledger in `dir`, creating the directory (root: mode 1777, others: 0700; never
+    /// its parents) and the file (as open as the directory) if missing, and validates both.
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
         Self::from_open(file::open(dir, true)?)
     }
