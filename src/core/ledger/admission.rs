@@ -255,7 +255,7 @@ impl Ledger {
     /// Admits `bytes` more for `slot` on `dev` if they fit under the budget (and `req.limit`),
     /// recording them as in flight; otherwise refuses or, with `req.wait_until`, waits in line.
     #[inline]
-    pub fn reserve(
+    pub(super) fn reserve_here(
         &self,
         slot: SlotId,
         dev: DeviceId,
@@ -272,7 +272,7 @@ impl Ledger {
     }
 
     /// Moves a reservation from in flight to held (the driver granted the memory).
-    pub fn commit(&self, r: Reservation) {
+    pub(super) fn commit_here(&self, r: Reservation) {
         self.adjust(r.slot, r.device, false, |device, share| {
             let now = Counters::read(share);
             let bytes = r.bytes.min(now.in_flight);
@@ -288,7 +288,7 @@ impl Ledger {
     }
 
     /// Drops a reservation (the driver refused, or the caller gave up); wakes waiters.
-    pub fn rollback(&self, r: Reservation) {
+    pub(super) fn rollback_here(&self, r: Reservation) {
         self.adjust(r.slot, r.device, true, |device, share| {
             let now = Counters::read(share);
             let bytes = r.bytes.min(now.in_flight);
@@ -303,7 +303,7 @@ impl Ledger {
     }
 
     /// Returns `bytes` held by `slot` on `dev` (saturating at what it holds); wakes waiters.
-    pub fn release(&self, slot: SlotId, dev: DeviceId, bytes: u64) {
+    pub(super) fn release_here(&self, slot: SlotId, dev: DeviceId, bytes: u64) {
         self.adjust(slot, dev, true, |device, share| {
             let now = Counters::read(share);
             let bytes = bytes.min(now.held);
@@ -320,7 +320,7 @@ impl Ledger {
     /// Sets the member's up-front claim on `dev` (`VRAMGUARD_EXPECT`): its charge becomes
     /// `max(held + in flight, claim)`. Growing the claim is admitted like a reservation (and may
     /// wait); shrinking it (`0` drops it) always succeeds and wakes waiters.
-    pub fn set_claim(
+    pub(super) fn set_claim_here(
         &self,
         slot: SlotId,
         dev: DeviceId,
@@ -333,6 +333,7 @@ impl Ledger {
     /// Bytes admitted to other members but not yet taken from the driver: their reservations in
     /// flight plus the unused parts of their claims.
     pub fn unbacked_by_others(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        let (slot, dev) = (self.own.slot(slot), self.own.device(dev));
         if self.intact().is_err() {
             return 0;
         }
@@ -350,6 +351,7 @@ impl Ledger {
 
     /// What this member could still reserve on `dev` now (ignoring the queue), within `limit`.
     pub fn available(&self, slot: SlotId, dev: DeviceId, limit: Option<u64>) -> u64 {
+        let (slot, dev) = (self.own.slot(slot), self.own.device(dev));
         if self.intact().is_err() {
             return 0;
         }
@@ -369,6 +371,7 @@ impl Ledger {
     /// This member's reservations in flight on `dev`: admitted, and not yet committed or rolled
     /// back (0 when the ledger cannot tell).
     pub fn in_flight(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        let (slot, dev) = (self.own.slot(slot), self.own.device(dev));
         if self.intact().is_err() {
             return 0;
         }
@@ -378,6 +381,7 @@ impl Ledger {
 
     /// This member's charge on `dev`.
     pub fn charge(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        let (slot, dev) = (self.own.slot(slot), self.own.device(dev));
         if self.intact().is_err() {
             return 0;
         }

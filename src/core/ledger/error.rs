@@ -184,6 +184,12 @@ pub enum LedgerError {
         /// the ledger file
         path: PathBuf,
     },
+    /// This handle is moving its members to a rebuilt ledger; the operation is made again there
+    /// (callers of the public operations never see this).
+    Rebuilding {
+        /// the ledger file
+        path: PathBuf,
+    },
 }
 
 /// The kinds of trouble a [`LedgerError`] can be, each with its own remedy. A guarded process
@@ -275,7 +281,9 @@ impl LedgerError {
             Self::LayoutVersion { .. } => Cause::Layout,
             Self::LockTimeout { .. } => Cause::Busy,
             Self::SlotsFull { .. } | Self::DevicesFull { .. } => Cause::Full,
-            Self::SlotLost { .. } | Self::UnknownHandle { .. } => Cause::Membership,
+            Self::SlotLost { .. } | Self::UnknownHandle { .. } | Self::Rebuilding { .. } => {
+                Cause::Membership
+            }
             Self::Io { .. } => Cause::System,
         }
     }
@@ -490,6 +498,11 @@ impl fmt::Display for LedgerError {
             Self::UnknownHandle { path } => write!(
                 f,
                 "ledger {}: a device or slot handle that does not belong to this ledger was used",
+                path.display()
+            ),
+            Self::Rebuilding { path } => write!(
+                f,
+                "ledger {}: this process is moving to a rebuilt ledger; try again",
                 path.display()
             ),
         }

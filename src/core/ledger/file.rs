@@ -81,6 +81,46 @@ impl Mapping {
         Ok(Mapping { base })
     }
 
+    /// Maps `fd` (a validated ledger file) in place of the file mapped now, at the same
+    /// address, in one step: every reference into the mapping stays valid and from now on reads
+    /// the new file. The caller makes sure no operation of this process writes meanwhile.
+    pub fn remap(
+        &self,
+        fd: BorrowedFd<'_>,
+        writable: bool,
+        path: &Path,
+    ) -> Result<(), LedgerError> {
+        use std::os::fd::AsRawFd;
+        let protection = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: replaces exactly the region this `Mapping` owns (`FILE_SIZE` bytes at `base`,
+        // mapped in `new`) with a shared mapping of the same size of another file of exactly
+        // that size (checked by the caller); MAP_FIXED swaps the pages atomically, so the region
+        // is always mapped and the references into it stay valid.
+        let base = unsafe {
+            libc::mmap(
+                self.base.as_ptr().cast(),
+                FILE_SIZE,
+                protection,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(LedgerError::from_io(
+                path,
+                "mmap",
+                0,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The ledger's records.
     pub fn layout(&self) -> &LedgerLayout {
         // SAFETY: `base` points to a live, page-aligned mapping of exactly
@@ -141,6 +181,12 @@ pub fn open(dir: &Path, create: bool) -> Result<OpenLedger, LedgerError> {
                 }
                 other => other?,
             },
+            Err(damage) if create && is_damage(&damage) => match open_descriptor(&path, true) {
+                Ok(damaged) if damaged.metadata().is_ok_and(|meta| meta.is_file()) => {
+                    replace_damaged(dir, &path, &damaged)?;
+                }
+                _ => return Err(damage),
+            },
             Err(LedgerError::PermissionDenied { .. }) if !create => return open_file(&path, false),
             Err(LedgerError::ReadOnly { .. }) if !create => return open_file(&path, false),
             other => return other,
@@ -151,6 +197,19 @@ pub fn open(dir: &Path, create: bool) -> Result<OpenLedger, LedgerError> {
         op: "create",
         source: io::Error::other("the file kept disappearing while it was being opened"),
     })
+}
+
+/// Whether `error` says the file at the path is a damaged ledger (not a ledger of another
+/// layout, nor one this process may not use), which a member or a newcomer replaces with a
+/// fresh one.
+pub fn is_damage(error: &LedgerError) -> bool {
+    matches!(
+        error,
+        LedgerError::BadMagic { .. }
+            | LedgerError::BadHeader { .. }
+            | LedgerError::WrongSize { .. }
+            | LedgerError::Truncated { .. }
+    )
 }
 
 /// After a creation that found no room: whether to try again. Racing creators each reserve a
@@ -233,7 +292,47 @@ fn io_error<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> L
     move |source| LedgerError::from_io(path, op, 0, source)
 }
 
+/// How a fresh ledger is put in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// `link()`: only if no file is at the path (the loser opens the winner's).
+    IfMissing,
+    /// `rename()`: over the damaged file at the path (under that file's rebuild lock).
+    Replace,
+}
+
 fn create_and_publish(dir: &Path, path: &Path) -> Result<(), LedgerError> {
+    build_and_publish(dir, path, Publish::IfMissing)
+}
+
+/// Replaces the damaged file `damaged` at `path` with a fresh ledger, unless someone did so
+/// already: under `damaged`'s rebuild lock (members that found it damaged take turns), and only
+/// if `damaged` is still the file at the path. Whoever comes next finds the fresh file and
+/// follows it, so concurrent rebuilders end in one ledger.
+pub fn replace_damaged(dir: &Path, path: &Path, damaged: &File) -> Result<(), LedgerError> {
+    let identity_of = |meta: &fs::Metadata| (meta.dev(), meta.ino());
+    let damaged_identity = damaged
+        .metadata()
+        .map(|meta| identity_of(&meta))
+        .map_err(io_error(path, "stat"))?;
+    let locker = reopen(damaged, path, damaged_identity)?;
+    let deadline = std::time::Instant::now() + PUBLISHER_WAIT;
+    let _turn = super::lock::acquire_byte_lock(locker, layout::REBUILD_LOCK_BYTE, deadline)
+        .map_err(|busy| LedgerError::LockTimeout {
+            path: path.to_owned(),
+            what: "rebuild",
+            waited: busy.waited,
+        })?;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if identity_of(&meta) == damaged_identity => {
+            build_and_publish(dir, path, Publish::Replace)
+        }
+        // Replaced by someone else already (or removed: the caller creates it anew).
+        _ => Ok(()),
+    }
+}
+
+fn build_and_publish(dir: &Path, path: &Path, publish: Publish) -> Result<(), LedgerError> {
     // Unique per process (pid), per call (counter) and per pid namespace sharing the directory
     // (clock): O_EXCL below refuses a name that exists anyway.
     static CALLS: AtomicU32 = AtomicU32::new(0);
@@ -269,7 +368,11 @@ fn create_and_publish(dir: &Path, path: &Path) -> Result<(), LedgerError> {
         let mapping = Mapping::new(file.as_fd(), true, path)?;
         layout::initialise_header(&mapping.layout().header, liveness::unix_ms());
         drop(mapping);
-        match fs::hard_link(&temporary, path) {
+        let published = match publish {
+            Publish::IfMissing => fs::hard_link(&temporary, path),
+            Publish::Replace => fs::rename(&temporary, path),
+        };
+        match published {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(error) => Err(LedgerError::Io {
@@ -471,4 +574,35 @@ pub fn restore_size_and_mark(file: &File) {
     }
     let _ = backing::ensure_whole(file, FILE_SIZE as u64, true);
     let _ = file.write_at(&layout::TRUNCATED_MAGIC.to_le_bytes(), 0);
+}
+
+/// Makes the descriptor of `onto` refer to the file of `from` (`dup2`): the same descriptor
+/// number, and so the same `File`, now stands for the other file.
+pub fn take_over_descriptor(onto: &File, from: &File, path: &Path) -> Result<(), LedgerError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: both descriptors are open and owned by the `File`s borrowed here; dup2 closes the
+    // old file of `onto` and makes its number refer to `from`'s open file description, so `onto`
+    // still owns exactly one open descriptor.
+    let done = unsafe { libc::dup2(from.as_raw_fd(), onto.as_raw_fd()) };
+    if done < 0 {
+        return Err(LedgerError::from_io(
+            path,
+            "dup2",
+            0,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Device and inode of the file at `path` (not following a link), if there is one.
+pub fn identity_at(path: &Path) -> Option<(u64, u64)> {
+    fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// Checks the header of an open mapping (what a newcomer checks when it opens the file).
+pub fn check_header(mapping: &Mapping, path: &Path) -> Result<(), LedgerError> {
+    validate(mapping, path)
 }

@@ -108,6 +108,7 @@ impl Ledger {
     /// The owner token in `dev`'s lock word at this instant: 0 while the lock is free (and
     /// always 0 once the file was found truncated). One atomic load, cheap enough to poll.
     pub fn device_lock_token(&self, dev: DeviceId) -> u64 {
+        let dev = self.own.device(dev);
         if self.intact().is_err() {
             return 0;
         }
