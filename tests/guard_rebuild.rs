@@ -268,3 +268,63 @@ fn a_reserve_that_leaves_no_budget_is_said_once_and_never_stored_for_later_proce
         "{snapshot:?}"
     );
 }
+
+#[test]
+fn status_and_doctor_say_what_they_found_and_repaired_and_never_call_bad_totals_valid() {
+    let sandbox = Sandbox::new("4GiB");
+    let (finished, _) = sandbox.run_client(
+        ClientPath::Direct,
+        true,
+        &["--chunk", "100MiB", "--count", "1"],
+    );
+    assert!(finished.status.success(), "{finished:?}");
+    // No member is left; a forged `charged` of device record 0 (offset 40 of the record).
+    let forge = || {
+        write_at(
+            &sandbox,
+            layout::DEVICES_OFFSET as u64 + 40,
+            &(5874u64 << 50).to_le_bytes(),
+        )
+    };
+    let cli = |args: &[&str]| {
+        let mut command = sandbox.program(support::artifacts().cli);
+        command.args(args);
+        guard_support::run(command)
+    };
+    forge();
+    let doctor = cli(&["doctor"]);
+    assert!(
+        doctor.stdout.contains("disagreed with its slots")
+            && doctor.stdout.contains("recomputed them from the slots"),
+        "{doctor:?}"
+    );
+    let again = cli(&["doctor"]);
+    assert!(!again.stdout.contains("disagreed"), "{again:?}");
+    assert!(again.stdout.contains("is valid"), "{again:?}");
+    forge();
+    let status = cli(&["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&status.stdout).expect("JSON");
+    let repairs = report["repairs"].as_array().expect("repairs");
+    assert_eq!(repairs.len(), 1, "{report}");
+    assert_eq!(repairs[0]["repaired"], serde_json::Value::Bool(true));
+    assert!(
+        repairs[0]["found"]
+            .as_str()
+            .is_some_and(|f| f.contains("disagreed with its slots")),
+        "{report}"
+    );
+    let ledger = Ledger::open_existing(&sandbox.ledger_dir).unwrap();
+    let snapshot = ledger.snapshot();
+    assert!(
+        totals_agree(&snapshot, sim_uuid(&sandbox.sim_report(), 0)),
+        "{snapshot:?}"
+    );
+    assert_eq!(snapshot.devices[0].used, 0, "{snapshot:?}");
+    forge();
+    let human = cli(&["status"]);
+    assert!(
+        human.stdout.contains("ledger: the totals of")
+            && human.stdout.contains("recomputed them from the slots"),
+        "{human:?}"
+    );
+}

@@ -446,6 +446,63 @@ impl Ledger {
         }
     }
 
+    /// For `vramguard status` and `doctor`: recomputes every device's totals that disagree with
+    /// its slots, as a member briefly (the device lock needs a member's token), and says what it
+    /// found and did. A handle that cannot write (or cannot join) changes nothing and reports
+    /// what [`Ledger::examine`] finds, as not repaired.
+    pub fn repair_totals(&self) -> Vec<Finding> {
+        let unrepaired = |why: &str| {
+            self.examine()
+                .into_iter()
+                .map(|found| Finding {
+                    found,
+                    done: format!("not repaired: {why}"),
+                    repaired: false,
+                })
+                .collect()
+        };
+        if self.read_only {
+            return unrepaired("this user cannot write the ledger");
+        }
+        if self.examine().is_empty() {
+            return Vec::new();
+        }
+        let Ok(me) = self.join_here("vramguard repair") else {
+            return unrepaired("no slot could be taken to repair it");
+        };
+        let token = lock::token(me.index, me.generation.into());
+        let layout = self.layout();
+        let mut findings = Vec::new();
+        for index in 0..self.device_count() {
+            let record = &layout.devices[index];
+            if record.state.load(Ordering::Acquire) != DEVICE_READY {
+                continue;
+            }
+            let dev = DeviceId {
+                index: index as u32,
+            };
+            let Ok(guard) = self.lock_device(dev, token) else {
+                continue;
+            };
+            if let Some(disagreement) = totals_disagreement(layout, index) {
+                admission::recompute_totals(layout, index);
+                record.repairs.fetch_add(1, Ordering::Relaxed);
+                findings.push(Finding {
+                    found: format!(
+                        "the totals of {} disagreed with its slots: {disagreement}",
+                        layout::load_text(&record.name)
+                    ),
+                    done: "recomputed them from the slots".into(),
+                    repaired: true,
+                });
+            }
+            drop(guard);
+            admission::wake_waiters(record);
+        }
+        self.leave_here(me);
+        findings
+    }
+
     /// What is wrong with the ledger as a reader sees it, without changing anything (for
     /// `vramguard status` and `doctor`): totals that disagree with the slots.
     pub fn examine(&self) -> Vec<String> {
