@@ -31,6 +31,8 @@ pub mod layout;
 mod liveness;
 mod lock;
 mod membership;
+mod pending;
+mod queue;
 mod snapshot;
 
 use std::fs::File;
@@ -64,6 +66,9 @@ pub struct Ledger {
     member_files: Box<[AtomicI32]>,
     /// The file was found truncated: the mapping is never touched again through this handle.
     detached: AtomicBool,
+    /// Commits, rollbacks, releases and withdrawals that could not take their device lock in
+    /// time, applied at this process's next decision on the device.
+    pending: pending::Pending,
 }
 
 /// A process's membership: its slot and the slot's generation when it joined.
@@ -170,6 +175,7 @@ impl Ledger {
             identity: opened.identity,
             member_files: (0..MAX_PROCESSES).map(|_| AtomicI32::new(-1)).collect(),
             detached: AtomicBool::new(false),
+            pending: pending::Pending::new(),
         })
     }
 
@@ -376,6 +382,9 @@ impl Ledger {
                 if guard.taken_from_dead {
                     self.repair_after_dead_owner(dev);
                 }
+                if self.pending.any() {
+                    self.apply_pending(dev);
+                }
                 Ok(guard)
             }
             Err(busy) => Err(self.lock_busy_error(busy)),
@@ -401,7 +410,8 @@ impl Ledger {
         let record = self.device(dev);
         admission::recompute_totals(self.layout(), dev.index as usize);
         record.repairs.fetch_add(1, Ordering::Relaxed);
-        admission::wake_waiters(record);
+        queue::hand_over(self.layout(), dev.index as usize, self.slot_count());
+        admission::wake_all(record);
     }
 
     /// The error for a device lock that could not be taken.
