@@ -1,0 +1,86 @@
+//! Turns are handed over, never left lying: on a simulated 4 GiB card, a waiter that is stopped
+//! (`kill -STOP`, as Ctrl-Z, `docker pause` or a debugger do) once its turn came holds what it
+//! was granted and nothing more; everyone else goes on with the rest, and the stopped one, once
+//! continued, finds its memory granted and finishes.
+
+#[path = "support/guard.rs"]
+mod guard_support;
+mod support;
+
+use guard_support::{CLIENT_DEADLINE, GIB, MIB, assert_card_safe, snapshot};
+use support::{ClientPath, Sandbox};
+use vramguard_core::ledger::ProcessState;
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a child this test started and has not reaped; no memory is involved.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// The waiter's standing as the ledger shows it.
+fn waiter_state(sandbox: &Sandbox, pid: u32) -> Option<ProcessState> {
+    guard_support::process(&snapshot(sandbox), pid).map(|p| p.state.clone())
+}
+
+#[test]
+fn a_stopped_waiter_holds_only_its_grant_and_blocks_nobody() {
+    let sandbox = Sandbox::new("4GiB");
+    sandbox.init();
+    let release = sandbox.go_file("holder");
+    // The holder: 3 GiB (and its context) until the go file.
+    let holder = sandbox.start_holder(ClientPath::Direct, true, "3GiB", &release);
+
+    // The waiter: 1 GiB under `wait`, which does not fit beside the holder.
+    let mut waiter = sandbox.command(ClientPath::Direct, true);
+    waiter
+        .args(["--chunk", "1GiB", "--count", "1"])
+        .env("VRAMGUARD_POLICY", "wait")
+        .env("VRAMGUARD_WAIT_TIMEOUT", guard_support::hang_wait_timeout());
+    let mut waiter = support::spawn(waiter);
+    waiter.wait_for_stderr_line("vramguard: waiting for 1.00 GiB", CLIENT_DEADLINE);
+    let waiter_pid = waiter.pid();
+    assert!(
+        matches!(
+            waiter_state(&sandbox, waiter_pid),
+            Some(ProcessState::Waiting { bytes, .. }) if bytes == GIB
+        ),
+        "{:?}",
+        snapshot(&sandbox)
+    );
+
+    // Stopped, then the holder leaves: its release hands the waiter's turn over in the ledger.
+    signal(waiter_pid, libc::SIGSTOP);
+    release.go();
+    let holder = holder.finish(CLIENT_DEADLINE);
+    assert_eq!(holder.status.code(), Some(0), "{holder:?}");
+    let ledger = snapshot(&sandbox);
+    let stopped = guard_support::process(&ledger, waiter_pid).expect("the waiter is a member");
+    assert_eq!(stopped.state, ProcessState::Running, "{ledger:?}");
+    assert!(
+        stopped.devices.iter().any(|d| d.reserved == GIB),
+        "the stopped waiter was granted its 1 GiB: {ledger:?}"
+    );
+    assert_eq!(ledger.devices[0].waiting, 0, "{ledger:?}");
+
+    // A newcomer under `deny` fits beside it: admitted, although the waiter has not run.
+    let mut newcomer = sandbox.command(ClientPath::Direct, true);
+    newcomer
+        .args(["--chunk", "500MiB", "--count", "1"])
+        .env("VRAMGUARD_POLICY", "deny");
+    let newcomer = support::spawn(newcomer).finish(CLIENT_DEADLINE);
+    assert_eq!(newcomer.status.code(), Some(0), "{newcomer:?}");
+    assert_eq!(newcomer.summary().ok, 1, "{newcomer:?}");
+
+    // Continued, the waiter finds its 1 GiB granted, takes it from the driver and finishes.
+    signal(waiter_pid, libc::SIGCONT);
+    let waiter = waiter.finish(CLIENT_DEADLINE);
+    assert_eq!(waiter.status.code(), Some(0), "{waiter:?}");
+    assert_eq!(waiter.summary().ok, 1, "{waiter:?}");
+    let ledger = snapshot(&sandbox);
+    assert!(
+        ledger.devices.iter().all(|d| d.used == 0 && d.waiting == 0),
+        "nothing stays charged: {ledger:?}"
+    );
+    let report = sandbox.sim_report();
+    assert_card_safe(&report, 0);
+    assert!(report["devices"][0]["peak_bytes"].as_u64().unwrap() <= 4 * GIB - 256 * MIB);
+}
