@@ -16,6 +16,27 @@ fn signal(pid: u32, signal: i32) {
     unsafe { libc::kill(pid as libc::pid_t, signal) };
 }
 
+/// Waits (until the hang guard) for `pid` to be stopped: `kill` returns before the signal is
+/// taken.
+fn wait_until_stopped(pid: u32) {
+    let deadline = std::time::Instant::now() + CLIENT_DEADLINE;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name in parentheses.
+        if stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hang guard: {pid} did not stop"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// The waiter's standing as the ledger shows it.
 fn waiter_state(sandbox: &Sandbox, pid: u32) -> Option<ProcessState> {
     guard_support::process(&snapshot(sandbox), pid).map(|p| p.state.clone())
@@ -49,6 +70,15 @@ fn a_stopped_waiter_holds_only_its_grant_and_blocks_nobody() {
 
     // Stopped, then the holder leaves: its release hands the waiter's turn over in the ledger.
     signal(waiter_pid, libc::SIGSTOP);
+    wait_until_stopped(waiter_pid);
+    assert!(
+        matches!(
+            waiter_state(&sandbox, waiter_pid),
+            Some(ProcessState::Waiting { bytes, .. }) if bytes == GIB
+        ),
+        "stopped while it waits: {:?}",
+        snapshot(&sandbox)
+    );
     release.go();
     let holder = holder.finish(CLIENT_DEADLINE);
     assert_eq!(holder.status.code(), Some(0), "{holder:?}");
