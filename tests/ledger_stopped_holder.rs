@@ -219,7 +219,11 @@ fn updates_that_meet_a_stuck_lock_are_applied_once_it_frees() {
         })
     });
     assert!(start.elapsed() >= LOCK_DEADLINE, "{:?}", start.elapsed());
-    assert_eq!(ledger.device_lock_token(dev), token, "the lock is still stuck");
+    assert_eq!(
+        ledger.device_lock_token(dev),
+        token,
+        "the lock is still stuck"
+    );
 
     // The lock frees; the cycler finishes and leaves.
     signal(&child, libc::SIGCONT);

@@ -24,8 +24,8 @@ use super::layout::{self, DeviceRecord, LedgerLayout, SLOT_FREE, SlotDevice};
 use super::pending::{Updates, Withdrawal};
 use super::queue::{self, decrement_waiters};
 use super::{
-    DeviceId, Ledger, LedgerError, Refusal, Request, Reservation, SlotId,
-    WaitReport, futex, liveness, lock,
+    DeviceId, Ledger, LedgerError, Refusal, Request, Reservation, SlotId, WaitReport, futex,
+    liveness, lock,
 };
 
 /// Longest single sleep of a waiter: it then re-checks for dead members even if nobody woke it.
@@ -693,7 +693,9 @@ impl Ledger {
                 // for it to be served first).
                 ticket = queue::take_ticket(device);
                 old_claim = now.claim;
-                share.wait_bytes.store(queue::encode(ask), Ordering::Relaxed);
+                share
+                    .wait_bytes
+                    .store(queue::encode(ask), Ordering::Relaxed);
                 share
                     .wait_since_unix_ms
                     .store(liveness::unix_ms(), Ordering::Relaxed);

@@ -117,7 +117,10 @@ impl Pending {
 
     /// Records `updates` for `slot` on device `device`; `false` when the table is full.
     pub fn record(&self, slot: SlotId, device: u32, updates: Updates) -> bool {
-        let mut table = self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut table = self
+            .table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(entry) = table
             .iter_mut()
             .flatten()
@@ -142,7 +145,10 @@ impl Pending {
     /// `(slot, updates)` pairs (the caller holds the device lock and applies them).
     pub fn take(&self, device: u32) -> [Option<(SlotId, Updates)>; CAPACITY] {
         let mut out = [None; CAPACITY];
-        let mut table = self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut table = self
+            .table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut n = 0;
         for entry in table.iter_mut() {
             if let Some(e) = entry
@@ -156,5 +162,59 @@ impl Pending {
         self.any
             .store(table.iter().any(Option::is_some), Ordering::Release);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(index: u32) -> SlotId {
+        SlotId {
+            index,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn updates_are_merged_per_member_and_device_and_taken_once() {
+        let pending = Pending::new();
+        assert!(!pending.any());
+        assert!(pending.record(slot(0), 3, Updates::commit(10)));
+        assert!(pending.record(slot(0), 3, Updates::release(4)));
+        assert!(pending.record(slot(0), 3, Updates::commit(5)));
+        assert!(pending.record(slot(0), 4, Updates::rollback(7)));
+        assert!(pending.any());
+        let taken: Vec<_> = pending.take(3).into_iter().flatten().collect();
+        assert_eq!(
+            taken,
+            vec![(
+                slot(0),
+                Updates {
+                    commit: 15,
+                    release: 4,
+                    ..Updates::default()
+                }
+            )]
+        );
+        assert!(pending.take(3).into_iter().flatten().next().is_none());
+        assert!(pending.any(), "device 4 still has its rollback");
+        let taken: Vec<_> = pending.take(4).into_iter().flatten().collect();
+        assert_eq!(taken, vec![(slot(0), Updates::rollback(7))]);
+        assert!(!pending.any());
+    }
+
+    #[test]
+    fn a_full_table_refuses_instead_of_dropping() {
+        let pending = Pending::new();
+        for device in 0..CAPACITY as u32 {
+            assert!(pending.record(slot(1), device, Updates::release(1)));
+        }
+        assert!(!pending.record(slot(2), 0, Updates::release(1)));
+        // An update for a pair already pending still merges.
+        assert!(pending.record(slot(1), 0, Updates::release(1)));
+        let taken: Vec<_> = pending.take(0).into_iter().flatten().collect();
+        assert_eq!(taken, vec![(slot(1), Updates::release(2))]);
+        assert!(pending.record(slot(2), 0, Updates::release(1)));
     }
 }
