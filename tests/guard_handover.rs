@@ -114,3 +114,62 @@ fn a_stopped_waiter_holds_only_its_grant_and_blocks_nobody() {
     assert_card_safe(&report, 0);
     assert!(report["devices"][0]["peak_bytes"].as_u64().unwrap() <= 4 * GIB - 256 * MIB);
 }
+
+/// A waiter that waits only for the driver is no party to a deadlock: its request fits the
+/// ledger, but the card is short because of memory the ledger does not hold (here an unguarded
+/// program's; a dead process's memory that the driver has not freed yet looks the same). Behind
+/// another waiter whose need does not fit, every holder of the card is queued; the line is stuck
+/// for good, and the request that fits goes first instead of being refused as the latest waiter
+/// of a deadlock. Once the card has the memory, it finishes, and the other one after it.
+#[test]
+fn a_waiter_that_waits_only_for_the_driver_is_not_taken_for_a_deadlock_party() {
+    let sandbox = Sandbox::new("4GiB");
+    sandbox.init();
+    // 1 GiB (and a context) on the card that the ledger does not know of.
+    let outside = sandbox.go_file("outside");
+    let unguarded = sandbox.start_holder(ClientPath::Direct, false, "1GiB", &outside);
+
+    // The first waiter holds 1 GiB and pauses before its second 1 GiB.
+    let resume = sandbox.go_file("resume");
+    let mut first = sandbox.command(ClientPath::Direct, true);
+    first
+        .args([
+            "--chunk",
+            "1GiB",
+            "--count",
+            "2",
+            "--pause-before-chunk",
+            "2",
+        ])
+        .args(["--resume-file", resume.arg()])
+        .env("VRAMGUARD_POLICY", "wait")
+        .env("VRAMGUARD_WAIT_TIMEOUT", guard_support::hang_wait_timeout());
+    let mut first = support::spawn(first);
+    first.wait_for_line("paused", CLIENT_DEADLINE);
+
+    // The second waits in the ledger for 2.5 GiB: it does not fit beside the first.
+    let mut second = sandbox.command(ClientPath::Direct, true);
+    second
+        .args(["--chunk", "2.5GiB", "--count", "1"])
+        .env("VRAMGUARD_POLICY", "wait")
+        .env("VRAMGUARD_WAIT_TIMEOUT", guard_support::hang_wait_timeout());
+    let mut second = support::spawn(second);
+    second.wait_for_stderr_line("vramguard: waiting for 2.50 GiB", CLIENT_DEADLINE);
+
+    // The first asks its second 1 GiB: the ledger has it (2.15 GiB free under the budget), the
+    // card does not (0.85 GiB beyond the reserve): it waits for the driver.
+    resume.go();
+    first.wait_for_stderr_line("the driver reports only", CLIENT_DEADLINE);
+    outside.go();
+    let unguarded = unguarded.finish(CLIENT_DEADLINE);
+    assert_eq!(unguarded.status.code(), Some(0), "{unguarded:?}");
+
+    let first = first.finish(CLIENT_DEADLINE);
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    assert_eq!(first.summary().ok, 2, "{first:?}");
+    assert!(!first.stderr.contains("refused"), "{first:?}");
+    let second = second.finish(CLIENT_DEADLINE);
+    assert_eq!(second.status.code(), Some(0), "{second:?}");
+    assert_eq!(second.summary().ok, 1, "{second:?}");
+    assert_card_safe(&sandbox.sim_report(), 0);
+}

@@ -665,22 +665,7 @@ impl Ledger {
                     return Err(Refusal::Ledger(error));
                 }
             };
-            let granted = self.hand_over(dev);
-            if ticket != 0 {
-                let word = share.wait_ticket.load(Ordering::Relaxed);
-                if word == ticket | queue::GRANTED {
-                    // Our turn was handed over: collect it.
-                    share.wait_ticket.store(0, Ordering::Relaxed);
-                    let available_after =
-                        room(device).saturating_add(Counters::read(share).unused_claim());
-                    drop(guard);
-                    self.after_room(device, granted, false);
-                    return Ok(available_after);
-                }
-                if word != ticket {
-                    ticket = 0; // our entry is gone (a damaged file): queue again
-                }
-            }
+            let mut granted = self.hand_over(dev);
             if ticket == 0 && share.wait_ticket.load(Ordering::Relaxed) == 0 {
                 let now = Counters::read(share);
                 if self.fits_beside_queue(dev, now.growth(ask)) {
@@ -704,6 +689,23 @@ impl Ledger {
                     device.waiters.load(Ordering::Relaxed).saturating_add(1),
                     Ordering::Relaxed,
                 );
+                // Queued, it may be what unsticks a line in which every holder waits.
+                granted |= self.hand_over(dev);
+            }
+            if ticket != 0 {
+                let word = share.wait_ticket.load(Ordering::Relaxed);
+                if word == ticket | queue::GRANTED {
+                    // Our turn was handed over: collect it.
+                    share.wait_ticket.store(0, Ordering::Relaxed);
+                    let available_after =
+                        room(device).saturating_add(Counters::read(share).unused_claim());
+                    drop(guard);
+                    self.after_room(device, granted, false);
+                    return Ok(available_after);
+                }
+                if word != ticket {
+                    ticket = 0; // our entry is gone (a damaged file): queue again next time
+                }
             }
             let view = queue::view(self.layout(), dev.index as usize, self.slot_count());
             let now = Instant::now();

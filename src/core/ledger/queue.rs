@@ -109,37 +109,69 @@ pub(super) fn fits_beside_queue(
 /// Under the device lock: grants the queued requests of `device` in ticket order as far as they
 /// fit, each in its member's share, and marks their tickets granted. Returns whether anything
 /// was granted (the caller then wakes the sleepers, so that a running waiter collects at once).
+///
+/// The line is strict (nobody passes a head that does not fit), except when it is stuck for
+/// good: every member with a charge on the device has a request queued, so nobody will free
+/// anything. Then the earliest request that fits is granted out of order, as the only way
+/// forward; typically a member that needs only little more, or one that waits only for the
+/// driver (its request fits the ledger, the card's free figure does not have it yet). Only when
+/// no queued request fits is the line deadlocked, and the latest waiter refused (see
+/// `admission::wait_in_line`).
 pub(super) fn hand_over(layout: &LedgerLayout, device_index: usize, scan: usize) -> bool {
     let Some(device) = layout.devices.get(device_index) else {
         return false;
     };
-    let mut granted = false;
-    while device.waiters.load(Ordering::Relaxed) != 0 {
-        // The head of the line: the queued request with the smallest ticket.
-        let head = layout
+    let queued = |slot: &&SlotDevice| is_queued(slot.wait_ticket.load(Ordering::Relaxed));
+    let shares = || {
+        layout
             .slots
             .iter()
             .take(scan)
-            .map(|slot| &slot.devices[device_index])
-            .filter(|share| is_queued(share.wait_ticket.load(Ordering::Relaxed)))
-            .min_by_key(|share| share.wait_ticket.load(Ordering::Relaxed));
-        let Some(share) = head else {
+            .map(move |slot| &slot.devices[device_index])
+    };
+    let fits_now = |share: &SlotDevice| {
+        let ask = decode(share.wait_bytes.load(Ordering::Relaxed));
+        fits(device, Counters::read(share).growth(ask))
+    };
+    let mut granted = false;
+    while device.waiters.load(Ordering::Relaxed) != 0 {
+        // The head of the line: the queued request with the smallest ticket.
+        let Some(head) = shares()
+            .filter(queued)
+            .min_by_key(|share| share.wait_ticket.load(Ordering::Relaxed))
+        else {
             // The count disagrees with the shares (a damaged file): trust the shares.
             device.waiters.store(0, Ordering::Relaxed);
             break;
         };
-        let ask = decode(share.wait_bytes.load(Ordering::Relaxed));
-        let now = Counters::read(share);
-        if !fits(device, now.growth(ask)) {
+        let next = if fits_now(head) {
+            head
+        } else if view(layout, device_index, scan).all_holders_wait {
+            // Stuck for good: the earliest request that fits goes first.
+            let Some(share) = shares()
+                .filter(queued)
+                .filter(|share| fits_now(share))
+                .min_by_key(|share| share.wait_ticket.load(Ordering::Relaxed))
+            else {
+                break; // deadlocked: nothing queued fits
+            };
+            share
+        } else {
             break; // strictly in order: nobody passes the head
-        }
-        apply(device, share, now, ask);
-        let ticket = share.wait_ticket.load(Ordering::Relaxed);
-        share.wait_ticket.store(ticket | GRANTED, Ordering::Relaxed);
-        decrement_waiters(device);
+        };
+        grant(device, next);
         granted = true;
     }
     granted
+}
+
+/// Under the device lock: grants the request queued in `share` (it fits) and marks it granted.
+fn grant(device: &DeviceRecord, share: &SlotDevice) {
+    let ask = decode(share.wait_bytes.load(Ordering::Relaxed));
+    apply(device, share, Counters::read(share), ask);
+    let ticket = share.wait_ticket.load(Ordering::Relaxed);
+    share.wait_ticket.store(ticket | GRANTED, Ordering::Relaxed);
+    decrement_waiters(device);
 }
 
 /// Under the device lock: one queued request fewer.
