@@ -18,6 +18,7 @@ use ledger_support::{
 use vramguard_core::ledger::{DeviceId, LOCK_DEADLINE, Ledger, LedgerError, Refusal, Request};
 
 const TEST: &str = "a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks";
+const TEST_KEPT: &str = "updates_that_meet_a_stuck_lock_are_applied_once_it_frees";
 const MIB: u64 = 1 << 20;
 const BUDGET: u64 = 1 << 30;
 
@@ -186,4 +187,77 @@ fn a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks() {
     assert_eq!(device_totals(&ledger), (0, 0, 0));
     assert_eq!(ledger.device_lock_token(dev), 0, "device lock left held");
     println!("stopped holder: {done}");
+}
+
+/// A commit and a release made while a stopped member holds the device lock past its deadline
+/// are not lost: kept in the process, they are applied (each exactly once) by its next decision
+/// on the device once the lock frees, and the ledger's totals are then what the member holds.
+#[test]
+fn updates_that_meet_a_stuck_lock_are_applied_once_it_frees() {
+    if role().as_deref() == Some("cycler") {
+        return cycler();
+    }
+    let tmp = TempDir::new("stuck-updates");
+    let ledger = tmp.open_ledger();
+    let dev = device(&ledger, BUDGET);
+    let me = ledger.join("member").unwrap();
+    ledger_support::hold(&ledger, me, dev, 10 * MIB);
+    let reservation = ledger
+        .reserve(me, dev, 20 * MIB, &Request::default())
+        .unwrap();
+
+    let stop = tmp.path().join("stop");
+    let mut child = ledger_support::spawn(
+        TEST_KEPT,
+        "cycler",
+        &tmp.ledger_dir(),
+        &[("CYCLER_STOP", stop.display().to_string())],
+    );
+    let reports = ledger_support::Reports::new(&mut child);
+    assert_eq!(reports.next(HANG_GUARD, "cycler start"), "ready");
+    let mut rng = Rng::new(ledger_support::seed());
+    let token = stop_inside_lock(&ledger, dev, &child, &mut rng);
+
+    // The driver took the 20 MiB and freed the 10 MiB: the ledger is told while its lock is
+    // stuck. Each call returns (after the lock deadline) instead of hanging.
+    let start = Instant::now();
+    ledger_support::hang_guarded(HANG_GUARD, "updates at a stuck lock", || {
+        std::thread::scope(|scope| {
+            scope.spawn(|| ledger.commit(reservation));
+            scope.spawn(|| ledger.release(me, dev, 10 * MIB));
+        })
+    });
+    assert!(start.elapsed() >= LOCK_DEADLINE, "{:?}", start.elapsed());
+    assert_eq!(
+        ledger.device_lock_token(dev),
+        token,
+        "the lock is still stuck"
+    );
+
+    // The lock frees; the cycler finishes and leaves.
+    signal(&child, libc::SIGCONT);
+    std::fs::write(&stop, b"").unwrap();
+    let done = reports.next(HANG_GUARD, "cycler end");
+    assert!(done.starts_with("done "), "{done}");
+    let status = ledger_support::wait_until(&mut child, Instant::now() + HANG_GUARD, "cycler");
+    assert!(status.success());
+
+    // The member's next decision applies what was kept: it holds 20 MiB, nothing in flight,
+    // and the device's totals say exactly that (applied once: not 0, not 40).
+    let probe = ledger
+        .reserve(me, dev, MIB, &Request::default())
+        .expect("room for 1 MiB");
+    ledger.rollback(probe);
+    assert_eq!(ledger.in_flight(me, dev), 0);
+    assert_eq!(ledger.charge(me, dev), 20 * MIB);
+    assert_eq!(device_totals(&ledger), (20 * MIB, 0, 20 * MIB));
+    // A later decision applies nothing twice.
+    let probe = ledger
+        .reserve(me, dev, MIB, &Request::default())
+        .expect("room for 1 MiB");
+    ledger.rollback(probe);
+    assert_eq!(device_totals(&ledger), (20 * MIB, 0, 20 * MIB));
+    ledger.release(me, dev, 20 * MIB);
+    ledger.leave(me);
+    assert_eq!(device_totals(&ledger), (0, 0, 0));
 }

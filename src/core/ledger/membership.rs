@@ -245,8 +245,10 @@ impl Ledger {
         };
         let guard = self.lock_device(dev, token)?;
         let returned = admission::remove_share(self.device(dev), share);
+        // What it held goes to the queued requests that fit, in this very step.
+        super::queue::hand_over(self.layout(), device, self.slot_count());
         drop(guard);
-        admission::wake_waiters(self.device(dev));
+        admission::wake_all(self.device(dev));
         Ok(returned)
     }
 

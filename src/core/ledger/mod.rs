@@ -34,6 +34,8 @@ mod membership;
 mod operations;
 mod own;
 mod rebuild;
+mod pending;
+mod queue;
 mod snapshot;
 
 use std::fs::File;
@@ -75,6 +77,9 @@ pub struct Ledger {
     own: own::Own,
     /// What the periodic checks remember between two looks (see `rebuild`).
     watch: Mutex<rebuild::WatchState>,
+    /// Commits, rollbacks, releases and withdrawals that could not take their device lock in
+    /// time, applied at this process's next decision on the device.
+    pending: pending::Pending,
 }
 
 /// A process's membership: its slot and the slot's generation when it joined. It stays valid
@@ -189,6 +194,7 @@ impl Ledger {
             detached: AtomicBool::new(false),
             own: own::Own::new(),
             watch: Mutex::new(rebuild::WatchState::default()),
+            pending: pending::Pending::new(),
         })
     }
 
@@ -412,6 +418,9 @@ impl Ledger {
                 if guard.taken_from_dead {
                     self.repair_after_dead_owner(dev);
                 }
+                if self.pending.any() {
+                    self.apply_pending(dev);
+                }
                 Ok(guard)
             }
             Err(busy) => Err(self.lock_busy_error(busy)),
@@ -437,7 +446,8 @@ impl Ledger {
         let record = self.device(dev);
         admission::recompute_totals(self.layout(), dev.index as usize);
         record.repairs.fetch_add(1, Ordering::Relaxed);
-        admission::wake_waiters(record);
+        queue::hand_over(self.layout(), dev.index as usize, self.slot_count());
+        admission::wake_all(record);
     }
 
     /// The error for a device lock that could not be taken.

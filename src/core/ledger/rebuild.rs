@@ -279,6 +279,9 @@ impl Ledger {
         if let Ok(mut watch) = self.watch.lock() {
             watch.locks.clear();
         }
+        // Updates that missed the old file's locks are in the members' own counters, which are
+        // written into the new file below: applying them there too would count them twice.
+        self.pending.clear();
         // The liveness locks held the old file's slots: its members see this one as gone.
         for fd in self.member_files.iter() {
             super::membership::close_member_file(fd);
@@ -356,6 +359,11 @@ impl Ledger {
                 }) else {
                     continue;
                 };
+                // Updates of this process that missed the lock earlier are in its own copy
+                // already: applied now, they bring the file to agree with it.
+                if self.pending.any() {
+                    self.apply_pending(dev);
+                }
                 // Still standing still, and still different: this process's word is the truth.
                 if self.own.quiet() == Some(quiet) && own.read() == mine && in_file() != mine {
                     share.held.store(mine.0, Ordering::Relaxed);

@@ -225,11 +225,12 @@ impl Ledger {
                 let held = share.held.load(Ordering::Relaxed);
                 let reserved = share.in_flight.load(Ordering::Relaxed);
                 let claim = share.claim.load(Ordering::Relaxed);
-                if share.wait_ticket.load(Ordering::Relaxed) != 0 && state == ProcessState::Running
+                if let Some(bytes) = super::queue::waiting_bytes(share)
+                    && state == ProcessState::Running
                 {
                     state = ProcessState::Waiting {
                         device_uuid: uuid,
-                        bytes: share.wait_bytes.load(Ordering::Relaxed),
+                        bytes,
                         since_unix_ms: share.wait_since_unix_ms.load(Ordering::Relaxed),
                     };
                 }
