@@ -388,6 +388,11 @@ fn lock_bytes_are_the_layouts_own() {
             layout::CONTEXT_LOCK_BASE - layout::LOCK_BASE,
             true,
         ),
+        (
+            "REBUILD_LOCK_BYTE",
+            layout::REBUILD_LOCK_BYTE - layout::LOCK_BASE,
+            false,
+        ),
     ];
     let doc = markdown::read_doc("ledger.md");
     let table = markdown::table(&doc, LOCK_SECTION);

@@ -264,13 +264,17 @@ fn lock_of_a_dead_owner_is_taken_over_and_torn_totals_repaired() {
 }
 
 #[test]
-fn a_stuck_live_lock_owner_makes_requests_fail_at_the_deadline() {
+fn a_stuck_live_lock_owner_has_the_ledger_rebuilt_at_the_deadline() {
     let tmp = TempDir::new("stuck");
     let ledger = tmp.open_ledger();
     let dev = device(&ledger, BUDGET);
     let stuck = tmp.open_ledger();
     let stuck_slot = stuck.join("stuck").unwrap();
     let me = ledger.join("me").unwrap();
+    let held = ledger
+        .reserve(me, dev, 3 * MIB, &Request::default())
+        .unwrap();
+    ledger.commit(held);
     // The stuck member "holds" the device lock: its token is its slot and generation.
     let slot_at = layout::SLOTS_OFFSET + stuck_slot.index() as usize * layout::SLOT_RECORD_SIZE;
     let bytes = std::fs::read(ledger.path()).unwrap();
@@ -280,17 +284,27 @@ fn a_stuck_live_lock_owner_makes_requests_fail_at_the_deadline() {
         layout::DEVICES_OFFSET + 64,
         ((generation & 0xffff_ffff) << 32) | (u64::from(stuck_slot.index()) + 1),
     );
-    let refusal = ledger_support::refused_at_lock_deadline(&ledger, me, dev, MIB);
-    assert!(
-        refusal
-            .to_string()
-            .contains(&ledger.path().display().to_string())
-    );
-    // Once the stuck member dies, the lock is taken over at the next request.
-    drop(stuck);
-    let r = ledger
-        .reserve(me, dev, MIB, &Request::default())
-        .expect("dead owner's lock taken over");
+    // Past the deadline the member rebuilds the ledger, re-registers what it holds (3 MiB held)
+    // and is admitted there; the next request does not wait again.
+    let r = ledger_support::admitted_after_a_rebuild_at_lock_deadline(&ledger, me, dev, MIB);
     ledger.rollback(r);
+    assert_eq!(device_totals(&ledger), (3 * MIB, 0, 3 * MIB));
+    let rebuilt = std::fs::read(ledger.path()).map(|b| b.len()).unwrap();
+    assert_eq!(rebuilt, layout::FILE_SIZE);
+    let inode = |ledger: &Ledger| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(ledger.path()).unwrap().ino()
+    };
+    let after_rebuild = inode(&ledger);
+    let r = ledger.reserve(me, dev, MIB, &Request::default()).unwrap();
+    ledger.rollback(r);
+    assert_eq!(inode(&ledger), after_rebuild, "rebuilt again");
+    // The stuck member, once it checks, follows into the rebuilt ledger.
+    assert!(stuck.check().moved());
+    let members = ledger.snapshot().processes.len();
+    assert_eq!(members, 2, "{:?}", ledger.snapshot());
+    ledger.release(me, dev, 3 * MIB);
     ledger.leave(me);
+    stuck.leave(stuck_slot);
+    assert_eq!(device_totals(&ledger), (0, 0, 0));
 }

@@ -1,7 +1,8 @@
 //! A real process stopped (SIGSTOP) while it holds a device lock: a contender waits for it and
-//! proceeds once it runs again; stopped past the lock deadline, the contender gives up at the
-//! deadline with `LockTimeout` instead of hanging; resumed, the holder finishes its work and
-//! nothing stays charged or locked. The holder is caught inside the lock the way the soak suite
+//! proceeds once it runs again; stopped past the lock deadline, the contender rebuilds the ledger
+//! at the deadline and is admitted there instead of hanging or being refused; resumed, the holder
+//! follows into the rebuilt ledger at its next check, finishes its work, and nothing stays
+//! charged or locked. The holder is caught inside the lock the way the soak suite
 //! does it: the lock word's owner token, through `Ledger::lock_holder`, names the stopped
 //! process's live membership.
 
@@ -17,11 +18,13 @@ use ledger_support::{
 use vramguard_core::ledger::{DeviceId, LOCK_DEADLINE, Ledger, LedgerError, Refusal, Request};
 
 const TEST: &str = "a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks";
+const TEST_KEPT: &str = "updates_that_meet_a_stuck_lock_are_applied_once_it_frees";
 const MIB: u64 = 1 << 20;
 const BUDGET: u64 = 1 << 30;
 
 /// The child: takes the device lock as often as it can (reserve, commit, release of 1 MiB in a
-/// tight loop) until the stop file appears, then leaves in order.
+/// tight loop, checking the ledger now and then as the guard's watcher does) until the stop file
+/// appears, then leaves in order.
 fn cycler() {
     let ledger = Ledger::open(&child_dir()).expect("open");
     let dev = device(&ledger, BUDGET);
@@ -31,6 +34,9 @@ fn cycler() {
     let mut rounds = 0u64;
     while !rounds.is_multiple_of(256) || !stop.exists() {
         rounds += 1;
+        if rounds.is_multiple_of(4096) {
+            let _ = ledger.check();
+        }
         let r = ledger
             .reserve(me, dev, MIB, &Request::default())
             .expect("the cycler's 1 MiB always fits");
@@ -147,21 +153,25 @@ fn a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks() {
         }
     }
 
-    // Stopped past the lock deadline: the contender gives up at the deadline instead of hanging.
-    let token = stop_inside_lock(&ledger, dev, &child, &mut rng);
-    ledger_support::refused_at_lock_deadline(&ledger, me, dev, 10 * MIB);
-    assert_eq!(ledger.device_lock_token(dev), token);
-    assert!(
-        ledger
-            .snapshot()
-            .processes
-            .iter()
-            .any(|p| p.alive && p.pid == child.id() as i32)
-    );
+    // Stopped past the lock deadline: the contender rebuilds the ledger at the deadline and is
+    // admitted there, instead of hanging or being refused.
+    stop_inside_lock(&ledger, dev, &child, &mut rng);
+    let r = ledger_support::admitted_after_a_rebuild_at_lock_deadline(&ledger, me, dev, 10 * MIB);
+    ledger.rollback(r);
 
-    // Resumed, the holder releases the lock and the next request goes through (instead of
-    // being refused at the lock deadline).
+    // Resumed, the holder finishes its section in the old file and follows into the rebuilt
+    // ledger at its next check; requests go through meanwhile.
     signal(&child, libc::SIGCONT);
+    let deadline = Instant::now() + HANG_GUARD;
+    while !ledger
+        .snapshot()
+        .processes
+        .iter()
+        .any(|p| p.alive && p.pid == child.id() as i32)
+    {
+        assert!(Instant::now() < deadline, "the resumed holder never came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let r = ledger
         .reserve(me, dev, 10 * MIB, &Request::default())
         .expect("admitted after the holder resumed");
@@ -177,4 +187,77 @@ fn a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks() {
     assert_eq!(device_totals(&ledger), (0, 0, 0));
     assert_eq!(ledger.device_lock_token(dev), 0, "device lock left held");
     println!("stopped holder: {done}");
+}
+
+/// A commit and a release made while a stopped member holds the device lock past its deadline
+/// are not lost: kept in the process, they are applied (each exactly once) by its next decision
+/// on the device once the lock frees, and the ledger's totals are then what the member holds.
+#[test]
+fn updates_that_meet_a_stuck_lock_are_applied_once_it_frees() {
+    if role().as_deref() == Some("cycler") {
+        return cycler();
+    }
+    let tmp = TempDir::new("stuck-updates");
+    let ledger = tmp.open_ledger();
+    let dev = device(&ledger, BUDGET);
+    let me = ledger.join("member").unwrap();
+    ledger_support::hold(&ledger, me, dev, 10 * MIB);
+    let reservation = ledger
+        .reserve(me, dev, 20 * MIB, &Request::default())
+        .unwrap();
+
+    let stop = tmp.path().join("stop");
+    let mut child = ledger_support::spawn(
+        TEST_KEPT,
+        "cycler",
+        &tmp.ledger_dir(),
+        &[("CYCLER_STOP", stop.display().to_string())],
+    );
+    let reports = ledger_support::Reports::new(&mut child);
+    assert_eq!(reports.next(HANG_GUARD, "cycler start"), "ready");
+    let mut rng = Rng::new(ledger_support::seed());
+    let token = stop_inside_lock(&ledger, dev, &child, &mut rng);
+
+    // The driver took the 20 MiB and freed the 10 MiB: the ledger is told while its lock is
+    // stuck. Each call returns (after the lock deadline) instead of hanging.
+    let start = Instant::now();
+    ledger_support::hang_guarded(HANG_GUARD, "updates at a stuck lock", || {
+        std::thread::scope(|scope| {
+            scope.spawn(|| ledger.commit(reservation));
+            scope.spawn(|| ledger.release(me, dev, 10 * MIB));
+        })
+    });
+    assert!(start.elapsed() >= LOCK_DEADLINE, "{:?}", start.elapsed());
+    assert_eq!(
+        ledger.device_lock_token(dev),
+        token,
+        "the lock is still stuck"
+    );
+
+    // The lock frees; the cycler finishes and leaves.
+    signal(&child, libc::SIGCONT);
+    std::fs::write(&stop, b"").unwrap();
+    let done = reports.next(HANG_GUARD, "cycler end");
+    assert!(done.starts_with("done "), "{done}");
+    let status = ledger_support::wait_until(&mut child, Instant::now() + HANG_GUARD, "cycler");
+    assert!(status.success());
+
+    // The member's next decision applies what was kept: it holds 20 MiB, nothing in flight,
+    // and the device's totals say exactly that (applied once: not 0, not 40).
+    let probe = ledger
+        .reserve(me, dev, MIB, &Request::default())
+        .expect("room for 1 MiB");
+    ledger.rollback(probe);
+    assert_eq!(ledger.in_flight(me, dev), 0);
+    assert_eq!(ledger.charge(me, dev), 20 * MIB);
+    assert_eq!(device_totals(&ledger), (20 * MIB, 0, 20 * MIB));
+    // A later decision applies nothing twice.
+    let probe = ledger
+        .reserve(me, dev, MIB, &Request::default())
+        .expect("room for 1 MiB");
+    ledger.rollback(probe);
+    assert_eq!(device_totals(&ledger), (20 * MIB, 0, 20 * MIB));
+    ledger.release(me, dev, 20 * MIB);
+    ledger.leave(me);
+    assert_eq!(device_totals(&ledger), (0, 0, 0));
 }

@@ -208,13 +208,29 @@ fn check_ledger_dir(dir: &Path) -> Vec<Finding> {
     }
     match Ledger::open_existing(dir) {
         Ok(ledger) => {
+            // Totals that disagree with the slots: recomputed (and said), or a failure.
+            let repairs = ledger.repair_totals();
+            for repair in &repairs {
+                let what = format!("ledger: {}; {}", repair.found, repair.done);
+                findings.push(if repair.repaired {
+                    Finding::warn(what, "nothing more: the ledger agrees with its members now")
+                } else {
+                    Finding::fail(
+                        what,
+                        "run vramguard doctor as a user who may write the ledger, or start any \
+                         guarded program: it repairs the totals",
+                    )
+                });
+            }
             let snapshot = ledger.snapshot();
             let live = snapshot.processes.iter().filter(|p| p.alive).count();
-            findings.push(Finding::ok(format!(
-                "ledger: {} is valid ({} card(s), {live} guarded process(es))",
-                ledger.path().display(),
-                snapshot.devices.len()
-            )));
+            if repairs.iter().all(|r| r.repaired) {
+                findings.push(Finding::ok(format!(
+                    "ledger: {} is valid ({} card(s), {live} guarded process(es))",
+                    ledger.path().display(),
+                    snapshot.devices.len()
+                )));
+            }
         }
         Err(LedgerError::Missing { .. }) => findings.push(Finding::ok(
             "ledger: no ledger file yet (no guarded program has run)",

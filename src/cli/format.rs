@@ -25,6 +25,20 @@ pub struct StatusReport {
     pub reclaimed_bytes: u64,
     /// The management library, when it was asked about the cards (`None`: no card to ask about).
     pub nvml: Option<NvmlView>,
+    /// What was found wrong with the ledger (totals that disagree with its slots) and what was
+    /// done about it, in words.
+    pub repairs: Vec<RepairView>,
+}
+
+/// One thing `status` found wrong with the ledger.
+#[derive(Serialize, Debug)]
+pub struct RepairView {
+    /// What was wrong.
+    pub found: String,
+    /// What was done: the repair, or why it could not be made.
+    pub done: String,
+    /// Whether it was put right.
+    pub repaired: bool,
 }
 
 /// The management library as `status` found it.
@@ -321,6 +335,9 @@ pub fn human(report: &StatusReport) -> String {
             "\nreclaimed {} from processes that died without freeing it",
             format_size(report.reclaimed_bytes)
         );
+    }
+    for repair in &report.repairs {
+        let _ = writeln!(out, "\nledger: {}; {}", repair.found, repair.done);
     }
     out
 }

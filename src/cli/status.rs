@@ -20,7 +20,7 @@ use vramguard_core::settings::Config;
 use vramguard_core::units::format_size;
 
 use super::format::{
-    self, DeviceView, NvmlView, ProcessDeviceView, ProcessView, StatusReport, WaitView,
+    self, DeviceView, NvmlView, ProcessDeviceView, ProcessView, RepairView, StatusReport, WaitView,
 };
 use super::nvml_reader::{NvmlReader, NvmlState};
 use super::origin;
@@ -178,6 +178,7 @@ fn report_from(
         processes,
         reclaimed_bytes: reclaimed,
         nvml,
+        repairs: Vec::new(),
     }
 }
 
@@ -202,6 +203,16 @@ pub fn collect(dir: &Path, nvml: Option<&mut NvmlReader>) -> Result<StatusReport
         }
         Err(e) => return Err(e),
     };
+    // Totals that disagree with the slots are recomputed (and said) before anything is shown.
+    let repairs: Vec<RepairView> = ledger
+        .repair_totals()
+        .into_iter()
+        .map(|f| RepairView {
+            found: f.found,
+            done: f.done,
+            repaired: f.repaired,
+        })
+        .collect();
     let before = ledger.snapshot();
     // Dead entries are shown once, as reclaimed: given back here when the ledger is writable,
     // otherwise by the next decision of any guarded process.
@@ -217,7 +228,9 @@ pub fn collect(dir: &Path, nvml: Option<&mut NvmlReader>) -> Result<StatusReport
     } else {
         (0, before)
     };
-    Ok(report_from(ledger.path(), &after, dead, reclaimed, nvml))
+    let mut report = report_from(ledger.path(), &after, dead, reclaimed, nvml);
+    report.repairs = repairs;
+    Ok(report)
 }
 
 fn render(format: Format, report: &StatusReport) -> String {

@@ -9,9 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use vramguard_core::ledger::{
-    DeviceId, LOCK_DEADLINE, Ledger, LedgerError, Refusal, Request, SlotId,
-};
+use vramguard_core::ledger::{DeviceId, LOCK_DEADLINE, Ledger, Request, Reservation, SlotId};
 
 #[path = "../support/hang_guard.rs"]
 mod hang_guard;
@@ -364,30 +362,37 @@ pub fn seed() -> u64 {
         .unwrap_or_else(|| fastrand::u64(..))
 }
 
-/// Asks for `bytes` on `dev` while another member holds the device lock and cannot progress:
-/// the request must be refused with `LockTimeout` at the lock deadline, not before, and not
-/// never (a request that never returns is a hang, ended by [`hang_guarded`]). How long after the
-/// deadline it returns is the scheduler's business, not asserted. Returns the refusal.
+/// Asks for `bytes` on `dev` while another member holds the device lock and cannot progress
+/// (stopped inside it, or a forged word naming it): the request waits out the lock deadline, not
+/// less, and is then admitted in a rebuilt ledger (a file other than the one at the path before),
+/// not refused and not never (a request that never returns is a hang, ended by
+/// [`hang_guarded`]). How long after the deadline it returns is the scheduler's business, not
+/// asserted. Returns the reservation.
 #[allow(dead_code)] // not every test binary that includes this module uses it
-pub fn refused_at_lock_deadline(
+pub fn admitted_after_a_rebuild_at_lock_deadline(
     ledger: &Ledger,
     slot: SlotId,
     dev: DeviceId,
     bytes: u64,
-) -> Refusal {
+) -> Reservation {
+    use std::os::unix::fs::MetadataExt;
+    let inode = || {
+        std::fs::symlink_metadata(ledger.path())
+            .map(|m| m.ino())
+            .ok()
+    };
+    let before = inode();
     let start = Instant::now();
-    let refusal = hang_guarded(HANG_GUARD, "a request at a held device lock", || {
+    let reservation = hang_guarded(HANG_GUARD, "a request at a held device lock", || {
         ledger.reserve(slot, dev, bytes, &Request::default())
     })
-    .expect_err("the lock of a holder that cannot progress cannot be taken");
+    .expect("admitted in the rebuilt ledger");
     let waited = start.elapsed();
     assert!(
-        matches!(refusal, Refusal::Ledger(LedgerError::LockTimeout { .. })),
-        "{refusal:?}"
-    );
-    assert!(
         waited >= LOCK_DEADLINE,
-        "refused before the lock deadline: {waited:?}"
+        "admitted before the lock deadline: {waited:?}"
     );
-    refusal
+    assert_ne!(inode(), before, "the ledger was not rebuilt");
+    assert_eq!(ledger.device_lock_token(dev), 0, "the rebuilt lock is held");
+    reservation
 }

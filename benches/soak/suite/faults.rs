@@ -14,13 +14,17 @@
 //! - `damage`: the ledger file overwritten with garbage while in use (its header, or random words
 //!   anywhere); newcomers then find a damaged ledger and must follow `VRAMGUARD_ON_ERROR`. A moment
 //!   later the damaged file is deleted, as an administrator would, so that newcomers build a fresh one;
+//! - `damage_kept`: the same garbage, but the file is left in place: the members must find the
+//!   damage within a second and rebuild one ledger in which each re-registers what it holds;
+//! - `remove_file`: the ledger file alone removed while in use (`rm /dev/shm/vramguard/*`, the
+//!   usual advice when `/dev/shm` is full): survivors and newcomers must end in one ledger;
 //! - `truncate`: the ledger file truncated while in use (to 0 bytes, or to a random smaller size);
 //!   the members must notice, give it its size back, mark it and follow `VRAMGUARD_ON_ERROR`, and a
 //!   member touching a lost page first dies of SIGBUS (a documented limitation: such deaths are
 //!   counted apart, see [`FaultInjector::exposed_to_truncation`]). Deleted a moment later like a
 //!   damaged file.
 //!
-//! The last three change the ledger itself: they take turns, one every 3 to 4.5 seconds.
+//! The last five change the ledger itself: they take turns, one every 3 to 4.5 seconds.
 //! Workers forking children that exit is part of the workers' own behaviour, not a fault here.
 
 use std::collections::{BTreeMap, HashSet};
@@ -58,12 +62,16 @@ const STOP_CONFIRM: Duration = Duration::from_millis(200);
 enum LedgerFault {
     RemoveDir,
     Damage,
+    DamageKept,
+    RemoveFile,
     Truncate,
 }
 
-const LEDGER_FAULTS: [LedgerFault; 3] = [
+const LEDGER_FAULTS: [LedgerFault; 5] = [
     LedgerFault::RemoveDir,
     LedgerFault::Damage,
+    LedgerFault::DamageKept,
+    LedgerFault::RemoveFile,
     LedgerFault::Truncate,
 ];
 
@@ -161,7 +169,9 @@ impl FaultInjector {
             let kind = LEDGER_FAULTS[self.next_ledger_fault % LEDGER_FAULTS.len()];
             let done = match kind {
                 LedgerFault::RemoveDir => self.remove_dir(),
-                LedgerFault::Damage => self.damage(observer),
+                LedgerFault::Damage => self.damage(observer, false),
+                LedgerFault::DamageKept => self.damage(observer, true),
+                LedgerFault::RemoveFile => self.remove_file(),
                 LedgerFault::Truncate => self.truncate(workers, observer),
             };
             if done {
@@ -288,6 +298,15 @@ impl FaultInjector {
         true
     }
 
+    fn remove_file(&mut self) -> bool {
+        let path = self.ledger_dir.join(FILE_NAME);
+        if std::fs::remove_file(&path).is_err() {
+            return false;
+        }
+        self.count("remove_file", || format!("rm {}", path.display()));
+        true
+    }
+
     /// Deletes the written-off file at `path` (if it is still inode `inode`) 0.3 to 1 s from now.
     fn remove_later(&mut self, path: PathBuf, inode: u64) {
         let at = Instant::now() + Duration::from_millis(300 + self.rng.u64(..700));
@@ -336,7 +355,9 @@ impl FaultInjector {
         true
     }
 
-    fn damage(&mut self, observer: &mut Observer) -> bool {
+    /// Garbage over the header or random words anywhere; the file is deleted a moment later
+    /// unless `keep`.
+    fn damage(&mut self, observer: &mut Observer, keep: bool) -> bool {
         let path = self.ledger_dir.join(FILE_NAME);
         let Ok(file) = OpenOptions::new().write(true).open(&path) else {
             return false;
@@ -358,8 +379,11 @@ impl FaultInjector {
                 let _ = file.write_all_at(&self.rng.u64(..).to_ne_bytes(), offset);
             }
         }
-        self.remove_later(path.clone(), meta.ino());
-        self.count("damage", || {
+        if !keep {
+            self.remove_later(path.clone(), meta.ino());
+        }
+        let kind = if keep { "damage_kept" } else { "damage" };
+        self.count(kind, || {
             if header {
                 format!("garbage over the header of {}", path.display())
             } else {

@@ -9,15 +9,20 @@
 //! over from a dead owner triggers [`recompute_totals`], which rebuilds the totals from the
 //! counters, so a half-done update is never trusted.
 //!
-//! Waiting: a request that does not fit (or finds others queued) takes a ticket and sleeps on the
-//! device's futex word. Only the live waiter with the smallest ticket may be admitted; every
-//! change that frees room bumps the word and wakes all sleepers, who re-check. When every member
-//! with a charge on the device waits on it, the waiter with the largest ticket is refused.
+//! Waiting: a request that does not fit beside the queued ones takes a ticket and sleeps on the
+//! device's futex word. Its turn is handed over in the ledger by whoever makes room or next
+//! decides (`queue`): the waiter wakes to find its grant made and collects it. When every member
+//! with a charge on the device has a request queued and not granted, the latest is refused.
+//!
+//! An update that cannot take the lock in time is kept in the process and applied at its next
+//! decision on the device (`pending`), never dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::layout::{self, DeviceRecord, LedgerLayout, SLOT_FREE, SlotDevice};
+use super::pending::{Updates, Withdrawal};
+use super::queue::{self, decrement_waiters};
 use super::{
     DeviceId, Ledger, LedgerError, Refusal, Request, Reservation, SlotId, WaitReport, futex,
     liveness, lock,
@@ -43,7 +48,7 @@ pub(super) fn has_stake(share: &SlotDevice) -> bool {
         || share.wait_ticket.load(Ordering::Relaxed) != 0
 }
 
-fn subtract(counter: &AtomicU64, amount: u64) {
+pub(super) fn subtract(counter: &AtomicU64, amount: u64) {
     counter.store(
         counter.load(Ordering::Relaxed).saturating_sub(amount),
         Ordering::Relaxed,
@@ -63,9 +68,12 @@ pub(super) fn remove_share(device: &DeviceRecord, share: &SlotDevice) -> u64 {
     let held = share.held.load(Ordering::Relaxed);
     let in_flight = share.in_flight.load(Ordering::Relaxed);
     let charge = share_charge(share);
-    if share.wait_ticket.load(Ordering::Relaxed) != 0 {
+    let ticket = share.wait_ticket.load(Ordering::Relaxed);
+    if ticket != 0 {
         share.wait_ticket.store(0, Ordering::Relaxed);
-        decrement_waiters(device);
+        if queue::is_queued(ticket) {
+            decrement_waiters(device);
+        }
     }
     for counter in [
         &share.held,
@@ -81,13 +89,6 @@ pub(super) fn remove_share(device: &DeviceRecord, share: &SlotDevice) -> u64 {
     charge
 }
 
-fn decrement_waiters(device: &DeviceRecord) {
-    let waiters = device.waiters.load(Ordering::Relaxed);
-    device
-        .waiters
-        .store(waiters.saturating_sub(1), Ordering::Relaxed);
-}
-
 /// Under the device lock: rebuilds the device's totals (and waiter count) from the members'
 /// counters. Used after taking the lock over from a dead owner.
 pub(super) fn recompute_totals(layout: &LedgerLayout, device: usize) {
@@ -100,7 +101,7 @@ pub(super) fn recompute_totals(layout: &LedgerLayout, device: usize) {
         held = held.saturating_add(share.held.load(Ordering::Relaxed));
         in_flight = in_flight.saturating_add(share.in_flight.load(Ordering::Relaxed));
         charged = charged.saturating_add(share_charge(share));
-        if share.wait_ticket.load(Ordering::Relaxed) != 0 {
+        if queue::is_queued(share.wait_ticket.load(Ordering::Relaxed)) {
             waiters = waiters.saturating_add(1);
         }
     }
@@ -118,9 +119,16 @@ pub(super) fn wake_waiters(device: &DeviceRecord) {
     }
 }
 
+/// Tells every sleeper to look again (after a hand-over: the granted may be anywhere in line,
+/// and the count of waiters no longer includes them).
+pub(super) fn wake_all(device: &DeviceRecord) {
+    device.wake_seq.fetch_add(1, Ordering::AcqRel);
+    futex::wake_all(&device.wake_seq);
+}
+
 /// What a request asks for.
 #[derive(Clone, Copy)]
-enum Ask {
+pub(super) enum Ask {
     /// `bytes` more in flight.
     Reserve(u64),
     /// The claim becomes this.
@@ -128,7 +136,7 @@ enum Ask {
 }
 
 impl Ask {
-    fn requested(self) -> u64 {
+    pub(super) fn requested(self) -> u64 {
         match self {
             Ask::Reserve(bytes) | Ask::Claim(bytes) => bytes,
         }
@@ -139,14 +147,14 @@ impl Ask {
 /// them, so a decision and the update it leads to work on one consistent reading (and each word
 /// is loaded once, not once per helper).
 #[derive(Clone, Copy)]
-struct Counters {
-    held: u64,
-    in_flight: u64,
-    claim: u64,
+pub(super) struct Counters {
+    pub(super) held: u64,
+    pub(super) in_flight: u64,
+    pub(super) claim: u64,
 }
 
 impl Counters {
-    fn read(share: &SlotDevice) -> Counters {
+    pub(super) fn read(share: &SlotDevice) -> Counters {
         Counters {
             held: share.held.load(Ordering::Relaxed),
             in_flight: share.in_flight.load(Ordering::Relaxed),
@@ -155,7 +163,7 @@ impl Counters {
     }
 
     /// The member's charge: `max(held + in_flight, claim)`.
-    fn charge(self) -> u64 {
+    pub(super) fn charge(self) -> u64 {
         charge_of(self.held, self.in_flight, self.claim)
     }
 
@@ -185,14 +193,14 @@ impl Counters {
 
     /// How much granting `ask` raises the member's charge (0: it needs no new room, for
     /// example inside the member's claim; such a request never queues).
-    fn growth(self, ask: Ask) -> u64 {
+    pub(super) fn growth(self, ask: Ask) -> u64 {
         self.granting(ask).charge().saturating_sub(self.charge())
     }
 }
 
 /// Under the device lock: whether a growth of the member's charge by `growth` keeps the device
 /// within its budget.
-fn fits(device: &DeviceRecord, growth: u64) -> bool {
+pub(super) fn fits(device: &DeviceRecord, growth: u64) -> bool {
     growth == 0
         || device
             .charged
@@ -204,7 +212,7 @@ fn fits(device: &DeviceRecord, growth: u64) -> bool {
 /// Under the device lock: records a granted `ask` for the member whose counters are `now`
 /// (member counters first, then totals), and returns what [`Ledger::available`] (without a
 /// limit) answers right after it.
-fn apply(device: &DeviceRecord, share: &SlotDevice, now: Counters, ask: Ask) -> u64 {
+pub(super) fn apply(device: &DeviceRecord, share: &SlotDevice, now: Counters, ask: Ask) -> u64 {
     let after = now.granting(ask);
     match ask {
         Ask::Reserve(bytes) => {
@@ -213,18 +221,65 @@ fn apply(device: &DeviceRecord, share: &SlotDevice, now: Counters, ask: Ask) -> 
         }
         Ask::Claim(bytes) => share.claim.store(bytes, Ordering::Relaxed),
     }
-    let (before, after_charge) = (now.charge(), after.charge());
-    let charged = device
-        .charged
-        .load(Ordering::Relaxed)
-        .saturating_sub(before.saturating_sub(after_charge))
-        .saturating_add(after_charge.saturating_sub(before));
-    device.charged.store(charged, Ordering::Relaxed);
+    let charged = recharge(device, now, after);
     device
         .budget
         .load(Ordering::Relaxed)
         .saturating_sub(charged)
         .saturating_add(after.unused_claim())
+}
+
+/// Under the device lock: moves the device's `charged` by the change of a member's charge from
+/// `before` to `after` (one store); returns the new total.
+pub(super) fn recharge(device: &DeviceRecord, before: Counters, after: Counters) -> u64 {
+    let (before, after) = (before.charge(), after.charge());
+    let charged = device
+        .charged
+        .load(Ordering::Relaxed)
+        .saturating_sub(before.saturating_sub(after))
+        .saturating_add(after.saturating_sub(before));
+    device.charged.store(charged, Ordering::Relaxed);
+    charged
+}
+
+/// Under the device lock: `bytes` of the member's reservations in flight become held.
+fn apply_commit(device: &DeviceRecord, share: &SlotDevice, bytes: u64) {
+    let now = Counters::read(share);
+    let bytes = bytes.min(now.in_flight);
+    share
+        .in_flight
+        .store(now.in_flight - bytes, Ordering::Relaxed);
+    share
+        .held
+        .store(now.held.saturating_add(bytes), Ordering::Relaxed);
+    subtract(&device.in_flight, bytes);
+    add(&device.held, bytes);
+}
+
+/// Under the device lock: `bytes` of the member's reservations in flight are dropped.
+fn apply_rollback(device: &DeviceRecord, share: &SlotDevice, bytes: u64) {
+    let now = Counters::read(share);
+    let bytes = bytes.min(now.in_flight);
+    let after = Counters {
+        in_flight: now.in_flight - bytes,
+        ..now
+    };
+    share.in_flight.store(after.in_flight, Ordering::Relaxed);
+    subtract(&device.in_flight, bytes);
+    recharge(device, now, after);
+}
+
+/// Under the device lock: `bytes` the member holds are returned (saturating at what it holds).
+fn apply_release(device: &DeviceRecord, share: &SlotDevice, bytes: u64) {
+    let now = Counters::read(share);
+    let bytes = bytes.min(now.held);
+    let after = Counters {
+        held: now.held - bytes,
+        ..now
+    };
+    share.held.store(after.held, Ordering::Relaxed);
+    subtract(&device.held, bytes);
+    recharge(device, now, after);
 }
 
 /// Under the device lock: whether `ask` may be granted right now without queueing.
@@ -241,21 +296,11 @@ fn room(device: &DeviceRecord) -> u64 {
         .saturating_sub(device.charged.load(Ordering::Relaxed))
 }
 
-/// What a waiter found when it looked at the queue.
-struct QueueView {
-    /// The smallest ticket of a live waiter.
-    head: u64,
-    /// The largest ticket of a live waiter.
-    latest: u64,
-    /// Some member has a charge on the device, and every such member waits on it.
-    all_holders_wait: bool,
-}
-
 impl Ledger {
     /// Admits `bytes` more for `slot` on `dev` if they fit under the budget (and `req.limit`),
     /// recording them as in flight; otherwise refuses or, with `req.wait_until`, waits in line.
     #[inline]
-    pub fn reserve(
+    pub(super) fn reserve_here(
         &self,
         slot: SlotId,
         dev: DeviceId,
@@ -272,55 +317,26 @@ impl Ledger {
     }
 
     /// Moves a reservation from in flight to held (the driver granted the memory).
-    pub fn commit(&self, r: Reservation) {
-        self.adjust(r.slot, r.device, false, |device, share| {
-            let now = Counters::read(share);
-            let bytes = r.bytes.min(now.in_flight);
-            share
-                .in_flight
-                .store(now.in_flight - bytes, Ordering::Relaxed);
-            share
-                .held
-                .store(now.held.saturating_add(bytes), Ordering::Relaxed);
-            subtract(&device.in_flight, bytes);
-            add(&device.held, bytes);
-        });
+    pub(super) fn commit_here(&self, r: Reservation) {
+        self.adjust(r.slot, r.device, Updates::commit(r.bytes));
     }
 
-    /// Drops a reservation (the driver refused, or the caller gave up); wakes waiters.
-    pub fn rollback(&self, r: Reservation) {
-        self.adjust(r.slot, r.device, true, |device, share| {
-            let now = Counters::read(share);
-            let bytes = r.bytes.min(now.in_flight);
-            let after = Counters {
-                in_flight: now.in_flight - bytes,
-                ..now
-            };
-            share.in_flight.store(after.in_flight, Ordering::Relaxed);
-            subtract(&device.in_flight, bytes);
-            subtract(&device.charged, now.charge().saturating_sub(after.charge()));
-        });
+    /// Drops a reservation (the driver refused, or the caller gave up); hands the room over to
+    /// the waiters it lets in.
+    pub(super) fn rollback_here(&self, r: Reservation) {
+        self.adjust(r.slot, r.device, Updates::rollback(r.bytes));
     }
 
-    /// Returns `bytes` held by `slot` on `dev` (saturating at what it holds); wakes waiters.
-    pub fn release(&self, slot: SlotId, dev: DeviceId, bytes: u64) {
-        self.adjust(slot, dev, true, |device, share| {
-            let now = Counters::read(share);
-            let bytes = bytes.min(now.held);
-            let after = Counters {
-                held: now.held - bytes,
-                ..now
-            };
-            share.held.store(after.held, Ordering::Relaxed);
-            subtract(&device.held, bytes);
-            subtract(&device.charged, now.charge().saturating_sub(after.charge()));
-        });
+    /// Returns `bytes` held by `slot` on `dev` (saturating at what it holds); hands the room
+    /// over to the waiters it lets in.
+    pub(super) fn release_here(&self, slot: SlotId, dev: DeviceId, bytes: u64) {
+        self.adjust(slot, dev, Updates::release(bytes));
     }
 
     /// Sets the member's up-front claim on `dev` (`VRAMGUARD_EXPECT`): its charge becomes
     /// `max(held + in flight, claim)`. Growing the claim is admitted like a reservation (and may
     /// wait); shrinking it (`0` drops it) always succeeds and wakes waiters.
-    pub fn set_claim(
+    pub(super) fn set_claim_here(
         &self,
         slot: SlotId,
         dev: DeviceId,
@@ -333,6 +349,7 @@ impl Ledger {
     /// Bytes admitted to other members but not yet taken from the driver: their reservations in
     /// flight plus the unused parts of their claims.
     pub fn unbacked_by_others(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        let (slot, dev) = (self.own.slot(slot), self.own.device(dev));
         if self.intact().is_err() {
             return 0;
         }
@@ -350,6 +367,7 @@ impl Ledger {
 
     /// What this member could still reserve on `dev` now (ignoring the queue), within `limit`.
     pub fn available(&self, slot: SlotId, dev: DeviceId, limit: Option<u64>) -> u64 {
+        let (slot, dev) = (self.own.slot(slot), self.own.device(dev));
         if self.intact().is_err() {
             return 0;
         }
@@ -369,6 +387,7 @@ impl Ledger {
     /// This member's reservations in flight on `dev`: admitted, and not yet committed or rolled
     /// back (0 when the ledger cannot tell).
     pub fn in_flight(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        let (slot, dev) = (self.own.slot(slot), self.own.device(dev));
         if self.intact().is_err() {
             return 0;
         }
@@ -378,6 +397,7 @@ impl Ledger {
 
     /// This member's charge on `dev`.
     pub fn charge(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        let (slot, dev) = (self.own.slot(slot), self.own.device(dev));
         if self.intact().is_err() {
             return 0;
         }
@@ -404,30 +424,96 @@ impl Ledger {
             .then(|| &self.slot(index).devices[(dev.index as usize).min(layout::MAX_DEVICES - 1)])
     }
 
-    /// Runs `change` under `dev`'s lock for a valid member, then (if it frees room) wakes
-    /// waiters. A change that cannot get the lock before its deadline is dropped (the holder is
-    /// stuck; see docs/ledger.md).
-    fn adjust(
-        &self,
-        slot: SlotId,
-        dev: DeviceId,
-        frees_room: bool,
-        change: impl FnOnce(&DeviceRecord, &SlotDevice),
-    ) {
+    /// Applies `updates` under `dev`'s lock for a valid member, then hands the room it makes
+    /// over to the waiters. An update that cannot get the lock before its deadline is kept in the
+    /// process and applied by its next decision on the device (`pending`); only when that record
+    /// is full does it wait for the lock again. It is never dropped.
+    fn adjust(&self, slot: SlotId, dev: DeviceId, updates: Updates) {
         if self.check_slot(slot).is_err() {
             return;
         }
         let Ok((device, share, token)) = self.member_share(slot, dev) else {
             return;
         };
-        let Ok(guard) = self.lock_device(dev, token) else {
-            return;
-        };
-        change(device, share);
-        drop(guard);
-        if frees_room {
+        loop {
+            match self.lock_device(dev, token) {
+                Ok(guard) => {
+                    let granted = self.apply_updates(dev, device, share, updates);
+                    drop(guard);
+                    self.after_room(device, granted, updates.frees_room());
+                    return;
+                }
+                Err(_) => {
+                    if self.pending.record(slot, dev.index, updates)
+                        || self.check_slot(slot).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Under `dev`'s lock: applies `updates` to `share` (commit, rollback, release, then the
+    /// withdrawal of a queued request), then hands over. Returns whether a waiter was granted.
+    fn apply_updates(
+        &self,
+        dev: DeviceId,
+        device: &DeviceRecord,
+        share: &SlotDevice,
+        updates: Updates,
+    ) -> bool {
+        if updates.commit != 0 {
+            apply_commit(device, share, updates.commit);
+        }
+        if updates.rollback != 0 {
+            apply_rollback(device, share, updates.rollback);
+        }
+        if updates.release != 0 {
+            apply_release(device, share, updates.release);
+        }
+        if let Some(Withdrawal { ticket, old_claim }) = updates.withdraw {
+            queue::withdraw(device, share, ticket, old_claim);
+        }
+        updates.frees_room() && self.hand_over(dev)
+    }
+
+    /// Under `dev`'s lock: grants the queued requests that fit, in order (`queue::hand_over`).
+    #[inline]
+    fn hand_over(&self, dev: DeviceId) -> bool {
+        self.device(dev).waiters.load(Ordering::Relaxed) != 0
+            && queue::hand_over(self.layout(), dev.index as usize, self.slot_count())
+    }
+
+    /// After the lock is dropped: wakes the sleepers when a waiter was granted (it collects at
+    /// once if it runs), or when room may have appeared.
+    fn after_room(&self, device: &DeviceRecord, granted: bool, freed: bool) {
+        if granted {
+            wake_all(device);
+        } else if freed {
             wake_waiters(device);
         }
+    }
+
+    /// Under `dev`'s lock, just taken: applies what this process could not apply earlier because
+    /// the lock was not to be had (`pending`), each update exactly once. Called by
+    /// [`Ledger::lock_device`] whenever something is pending.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn apply_pending(&self, dev: DeviceId) {
+        let device = self.device(dev);
+        let mut granted = false;
+        for (slot, updates) in self.pending.take(dev.index).into_iter().flatten() {
+            // A membership that ended meanwhile had its share returned whole: nothing to apply.
+            if self.check_slot(slot).is_err() {
+                continue;
+            }
+            if let Some(share) = self.own_share(slot, dev) {
+                granted |= self.apply_updates(dev, device, share, updates);
+            }
+        }
+        // Under the lock (rare): the sleepers re-check once it is dropped.
+        self.after_room(device, granted, true);
     }
 
     /// [`Ledger::admit`] of a reservation of `bytes`: its own copy of the admission, in which
@@ -483,9 +569,11 @@ impl Ledger {
         }
         if admissible_now(device, now, ask) {
             let available_after = apply(device, share, now, ask);
-            drop(guard);
             if matches!(ask, Ask::Claim(_)) {
-                wake_waiters(device); // a shrunk claim frees room
+                // A shrunk claim frees room: hand it over.
+                let granted = self.hand_over(dev);
+                drop(guard);
+                self.after_room(device, granted, true);
             }
             return Ok(available_after);
         }
@@ -494,8 +582,9 @@ impl Ledger {
     }
 
     /// [`Ledger::admit`] when `ask` could not be granted at first sight: before refusing or
-    /// waiting, makes sure the file is whole, gives back what dead members hold, then decides
-    /// again.
+    /// waiting, makes sure the file is whole, gives back what dead members hold, hands room over
+    /// to the queued requests, then decides again: granted when it fits beside every queued
+    /// request's outstanding need.
     #[cold]
     #[inline(never)]
     fn admit_after_reclaim(
@@ -510,22 +599,53 @@ impl Ledger {
         self.check_file()?;
         self.reclaim_dead_on(dev);
         let guard = self.lock_device(dev, token)?;
+        let granted = self.hand_over(dev);
         let now = Counters::read(share);
-        if admissible_now(device, now, ask) {
-            return Ok(apply(device, share, now, ask));
+        if self.fits_beside_queue(dev, now.growth(ask)) {
+            let available_after = apply(device, share, now, ask);
+            drop(guard);
+            self.after_room(device, granted, matches!(ask, Ask::Claim(_)));
+            return Ok(available_after);
         }
+        let available = self.room_beside_queue(dev);
         let Some(deadline) = req.wait_until else {
+            drop(guard);
+            self.after_room(device, granted, false);
             return Err(Refusal::NoRoom {
                 requested,
-                available: room(device),
+                available,
             });
         };
         drop(guard);
+        self.after_room(device, granted, false);
         self.wait_in_line(slot, dev, ask, deadline, req)
     }
 
-    /// Queues the request and sleeps until it is first in line and fits, the deadline passes, or
-    /// it is the latest waiter of a deadlock.
+    /// Under `dev`'s lock: whether a growth of `growth` fits beside the queued requests.
+    fn fits_beside_queue(&self, dev: DeviceId, growth: u64) -> bool {
+        queue::fits_beside_queue(
+            self.layout(),
+            self.device(dev),
+            dev.index as usize,
+            self.slot_count(),
+            growth,
+        )
+    }
+
+    /// Under `dev`'s lock: the room under the budget beside the queued requests' needs.
+    fn room_beside_queue(&self, dev: DeviceId) -> u64 {
+        let device = self.device(dev);
+        let needs = if device.waiters.load(Ordering::Relaxed) == 0 {
+            0
+        } else {
+            queue::outstanding(self.layout(), dev.index as usize, self.slot_count()).0
+        };
+        room(device).saturating_sub(needs)
+    }
+
+    /// Queues the request and sleeps until its turn is handed over (it then collects the grant),
+    /// the deadline passes, or it is the latest waiter of a deadlock. Every pass under the lock
+    /// first hands over what fits, so a turn never depends on who happens to run.
     fn wait_in_line(
         &self,
         slot: SlotId,
@@ -538,21 +658,33 @@ impl Ledger {
         let requested = ask.requested();
         let started = Instant::now();
         let mut ticket = 0u64;
+        let mut old_claim = 0u64;
         let mut reported = false;
         loop {
             let seen = device.wake_seq.load(Ordering::Acquire);
-            let guard = self.lock_device(dev, token).map_err(|error| {
-                self.leave_queue(dev, share, ticket, token);
-                Refusal::Ledger(error)
-            })?;
+            let guard = match self.lock_device(dev, token) {
+                Ok(guard) => guard,
+                Err(error) => {
+                    self.withdraw_later(slot, dev, ticket, old_claim);
+                    return Err(Refusal::Ledger(error));
+                }
+            };
+            let mut granted = self.hand_over(dev);
             if ticket == 0 && share.wait_ticket.load(Ordering::Relaxed) == 0 {
-                // Join the queue (if another thread of this process is queued here already, wait
+                let now = Counters::read(share);
+                if self.fits_beside_queue(dev, now.growth(ask)) {
+                    let available_after = apply(device, share, now, ask);
+                    drop(guard);
+                    self.after_room(device, granted, false);
+                    return Ok(available_after);
+                }
+                // Join the line (if another thread of this process is queued here already, wait
                 // for it to be served first).
-                ticket = device.next_ticket.load(Ordering::Relaxed).max(1);
-                device
-                    .next_ticket
-                    .store(ticket.saturating_add(1), Ordering::Relaxed);
-                share.wait_bytes.store(requested, Ordering::Relaxed);
+                ticket = queue::take_ticket(device);
+                old_claim = now.claim;
+                share
+                    .wait_bytes
+                    .store(queue::encode(ask), Ordering::Relaxed);
                 share
                     .wait_since_unix_ms
                     .store(liveness::unix_ms(), Ordering::Relaxed);
@@ -561,19 +693,27 @@ impl Ledger {
                     device.waiters.load(Ordering::Relaxed).saturating_add(1),
                     Ordering::Relaxed,
                 );
+                // Queued, it may be what unsticks a line in which every holder waits.
+                granted |= self.hand_over(dev);
             }
-            let view = self.queue_view(dev);
-            let now = Instant::now();
             if ticket != 0 {
-                let counters = Counters::read(share);
-                if view.head == ticket && fits(device, counters.growth(ask)) {
-                    let available_after = apply(device, share, counters, ask);
+                let word = share.wait_ticket.load(Ordering::Relaxed);
+                if word == ticket | queue::GRANTED {
+                    // Our turn was handed over: collect it.
                     share.wait_ticket.store(0, Ordering::Relaxed);
-                    decrement_waiters(device);
+                    let available_after =
+                        room(device).saturating_add(Counters::read(share).unused_claim());
                     drop(guard);
-                    wake_waiters(device); // the next in line may fit too
+                    self.after_room(device, granted, false);
                     return Ok(available_after);
                 }
+                if word != ticket {
+                    ticket = 0; // our entry is gone (a damaged file): queue again next time
+                }
+            }
+            let view = queue::view(self.layout(), dev.index as usize, self.slot_count());
+            let now = Instant::now();
+            if ticket != 0 {
                 let outcome = if view.all_holders_wait && view.latest == ticket {
                     Some(Refusal::Deadlock { requested })
                 } else if now >= deadline {
@@ -585,15 +725,17 @@ impl Ledger {
                     None
                 };
                 if let Some(refusal) = outcome {
-                    share.wait_ticket.store(0, Ordering::Relaxed);
-                    decrement_waiters(device);
+                    queue::withdraw(device, share, ticket, old_claim);
+                    // Our leaving may let the next in line in.
+                    self.hand_over(dev);
                     drop(guard);
-                    // Our leaving may make someone else head, or the latest of a deadlock.
-                    device.wake_seq.fetch_add(1, Ordering::AcqRel);
-                    futex::wake_all(&device.wake_seq);
+                    // ... or make someone else the latest of a deadlock.
+                    wake_all(device);
                     return Err(refusal);
                 }
             } else if now >= deadline {
+                drop(guard);
+                self.after_room(device, granted, false);
                 return Err(Refusal::TimedOut {
                     requested,
                     waited: now.saturating_duration_since(started),
@@ -601,10 +743,9 @@ impl Ledger {
             }
             let available = room(device);
             drop(guard);
-            if view.all_holders_wait && view.latest != ticket {
-                // Make sure the latest waiter notices the deadlock now.
-                device.wake_seq.fetch_add(1, Ordering::AcqRel);
-                futex::wake_all(&device.wake_seq);
+            if granted || (view.all_holders_wait && view.latest != ticket) {
+                // The granted collect now; the latest waiter of a deadlock notices it now.
+                wake_all(device);
             }
             if !reported && ticket != 0 {
                 reported = true;
@@ -620,44 +761,18 @@ impl Ledger {
         }
     }
 
-    fn leave_queue(&self, dev: DeviceId, share: &SlotDevice, ticket: u64, token: u64) {
+    /// A waiter that cannot take the lock to leave the line: its withdrawal (which also undoes a
+    /// grant made meanwhile) is kept for this process's next decision on the device, or, when
+    /// that record is full, made as soon as the lock can be had.
+    #[cold]
+    fn withdraw_later(&self, slot: SlotId, dev: DeviceId, ticket: u64, old_claim: u64) {
         if ticket == 0 {
             return;
         }
-        if let Ok(_guard) = self.lock_device(dev, token)
-            && share.wait_ticket.load(Ordering::Relaxed) == ticket
-        {
-            share.wait_ticket.store(0, Ordering::Relaxed);
-            decrement_waiters(self.device(dev));
+        let updates = Updates::withdraw(Withdrawal { ticket, old_claim });
+        if !self.pending.record(slot, dev.index, updates) {
+            self.adjust(slot, dev, updates);
         }
-    }
-
-    /// Under the device lock: the queue's head and tail and whether all holders wait.
-    fn queue_view(&self, dev: DeviceId) -> QueueView {
-        let device = dev.index as usize;
-        let mut view = QueueView {
-            head: u64::MAX,
-            latest: 0,
-            all_holders_wait: true,
-        };
-        let mut holders = 0usize;
-        for index in 0..self.slot_count() {
-            let slot = self.slot(index);
-            let share = &slot.devices[device];
-            let ticket = share.wait_ticket.load(Ordering::Relaxed);
-            if ticket != 0 {
-                view.head = view.head.min(ticket);
-                view.latest = view.latest.max(ticket);
-            }
-            if share_charge(share) != 0 {
-                holders += 1;
-                if ticket == 0 {
-                    view.all_holders_wait = false;
-                }
-            }
-        }
-        view.all_holders_wait &= holders > 0;
-        view
     }
 
     fn wait_report(&self, dev: DeviceId, requested: u64, available: u64) -> WaitReport {

@@ -29,6 +29,7 @@ impl Ledger {
         dev: DeviceId,
         deadline: Instant,
     ) -> Result<ContextCreation, LedgerError> {
+        let dev = self.own.device(dev);
         self.check_file()?;
         let fresh = self.reopen()?;
         let byte = layout::CONTEXT_LOCK_BASE + u64::from(dev.index);
@@ -44,6 +45,7 @@ impl Ledger {
     /// What the last context measured on `dev` took (never more than the device's capacity), or
     /// `None` when no member measured one yet.
     pub fn context_cost(&self, dev: DeviceId) -> Option<u64> {
+        let dev = self.own.device(dev);
         self.intact().ok()?;
         let record = self.device(dev);
         if record.context_measured_unix_ms.load(Ordering::Acquire) == 0 {
@@ -55,6 +57,7 @@ impl Ledger {
 
     /// Records that a context on `dev` took `bytes` (measured at `now_unix_ms`, not 0).
     pub fn note_context_cost(&self, dev: DeviceId, bytes: u64, now_unix_ms: u64) {
+        let dev = self.own.device(dev);
         if self.read_only || self.intact().is_err() {
             return;
         }
@@ -68,6 +71,7 @@ impl Ledger {
     /// Bytes all members have reserved on `dev` and not yet committed or rolled back: allocations
     /// between their admission and the driver's answer, which the card may or may not hold yet.
     pub fn in_flight_on_device(&self, dev: DeviceId) -> u64 {
+        let dev = self.own.device(dev);
         if self.intact().is_err() {
             return 0;
         }
@@ -76,6 +80,7 @@ impl Ledger {
 
     /// Bytes all members hold on `dev`, as the ledger last recorded them.
     pub fn held_on_device(&self, dev: DeviceId) -> u64 {
+        let dev = self.own.device(dev);
         if self.intact().is_err() {
             return 0;
         }
@@ -86,6 +91,7 @@ impl Ledger {
 impl Ledger {
     /// Bytes member `slot` holds on `dev`.
     pub fn held_by(&self, slot: SlotId, dev: DeviceId) -> u64 {
+        let (slot, dev) = (self.own.slot(slot), self.own.device(dev));
         if self.intact().is_err() {
             return 0;
         }

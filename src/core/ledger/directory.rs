@@ -442,6 +442,24 @@ impl Directory {
         Ok(())
     }
 
+    /// Renames the entry `from` to `to`, replacing what is at `to` (atomically: a reader sees
+    /// the old file or the new one, never none).
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (c_name(OsStr::new(from))?, c_name(OsStr::new(to))?);
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: both names NUL-terminated, relative to this directory's open descriptor;
+        // renameat never follows a link at either name.
+        if unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Device and inode of the entry `name` itself (a link is not followed).
+    pub fn identity(&self, name: &str) -> io::Result<(u64, u64)> {
+        lstat_at(self.fd.as_raw_fd(), OsStr::new(name)).map(|stat| (stat.st_dev, stat.st_ino))
+    }
+
     /// Removes the entry `name` (a file or a link, never what a link points to).
     pub fn remove(&self, name: &str) -> io::Result<()> {
         let name = c_name(OsStr::new(name))?;

@@ -28,6 +28,7 @@ impl Ledger {
     /// the card's used bytes, and of them what the ledger does not hold now. A read-only or
     /// detached handle records nothing.
     pub fn note_driver_memory(&self, dev: DeviceId, free: u64, total: u64) {
+        let dev = self.own.device(dev);
         if self.read_only || self.intact().is_err() {
             return;
         }
@@ -46,6 +47,7 @@ impl Ledger {
 
     /// What guarded processes last learned from the driver about `dev`, if any ever asked.
     pub fn driver_figure(&self, dev: DeviceId) -> Option<DriverFigure> {
+        let dev = self.own.device(dev);
         self.intact().ok()?;
         figure_of(self.device(dev))
     }

@@ -226,6 +226,12 @@ pub enum LedgerError {
         /// why it is unusable
         problem: Box<LedgerError>,
     },
+    /// This handle is moving its members to a rebuilt ledger; the operation is made again there
+    /// (callers of the public operations never see this).
+    Rebuilding {
+        /// the ledger file
+        path: PathBuf,
+    },
 }
 
 /// Why a ledger directory is refused.
@@ -362,7 +368,9 @@ impl LedgerError {
             Self::LayoutVersion { .. } => Cause::Layout,
             Self::LockTimeout { .. } => Cause::Busy,
             Self::SlotsFull { .. } | Self::DevicesFull { .. } => Cause::Full,
-            Self::SlotLost { .. } | Self::UnknownHandle { .. } => Cause::Membership,
+            Self::SlotLost { .. } | Self::UnknownHandle { .. } | Self::Rebuilding { .. } => {
+                Cause::Membership
+            }
             Self::Io { .. } => Cause::System,
         }
     }
@@ -629,6 +637,11 @@ impl fmt::Display for LedgerError {
                     path.display()
                 )
             }
+            Self::Rebuilding { path } => write!(
+                f,
+                "ledger {}: this process is moving to a rebuilt ledger; try again",
+                path.display()
+            ),
         }
     }
 }

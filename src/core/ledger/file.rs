@@ -80,6 +80,46 @@ impl Mapping {
         Ok(Mapping { base })
     }
 
+    /// Maps `fd` (a validated ledger file) in place of the file mapped now, at the same
+    /// address, in one step: every reference into the mapping stays valid and from now on reads
+    /// the new file. The caller makes sure no operation of this process writes meanwhile.
+    pub fn remap(
+        &self,
+        fd: BorrowedFd<'_>,
+        writable: bool,
+        path: &Path,
+    ) -> Result<(), LedgerError> {
+        use std::os::fd::AsRawFd;
+        let protection = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: replaces exactly the region this `Mapping` owns (`FILE_SIZE` bytes at `base`,
+        // mapped in `new`) with a shared mapping of the same size of another file of exactly
+        // that size (checked by the caller); MAP_FIXED swaps the pages atomically, so the region
+        // is always mapped and the references into it stay valid.
+        let base = unsafe {
+            libc::mmap(
+                self.base.as_ptr().cast(),
+                FILE_SIZE,
+                protection,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(LedgerError::from_io(
+                path,
+                "mmap",
+                0,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The ledger's records.
     pub fn layout(&self) -> &LedgerLayout {
         // SAFETY: `base` points to a live, page-aligned mapping of exactly
@@ -143,6 +183,22 @@ pub fn open(dir: &Path, create: bool) -> Result<OpenLedger, LedgerError> {
                 }
                 continue;
             }
+            Err(damage) if create && is_damage(&damage) => {
+                match directory.open_file(FILE_NAME, true) {
+                    Ok(damaged) if damaged.metadata().is_ok_and(|meta| meta.is_file()) => {
+                        if let Err(error) = replace_damaged(&directory, &path, &damaged) {
+                            // Another user's damaged file in a sticky directory cannot be
+                            // replaced by this one: say whose it is and who can remove it.
+                            return Err(match disowned(&directory, damage) {
+                                foreign @ LedgerError::Foreign { .. } => foreign,
+                                _ => error,
+                            });
+                        }
+                        continue;
+                    }
+                    _ => Err(damage),
+                }
+            }
             Err(LedgerError::PermissionDenied { .. } | LedgerError::ReadOnly { .. }) if !create => {
                 open_file(&directory, &path, false)
             }
@@ -175,6 +231,19 @@ fn disowned(directory: &Directory, error: LedgerError) -> LedgerError {
         },
         _ => error,
     }
+}
+
+/// Whether `error` says the file at the path is a damaged ledger (not a ledger of another
+/// layout, nor one this process may not use), which a member or a newcomer replaces with a
+/// fresh one.
+pub fn is_damage(error: &LedgerError) -> bool {
+    matches!(
+        error,
+        LedgerError::BadMagic { .. }
+            | LedgerError::BadHeader { .. }
+            | LedgerError::WrongSize { .. }
+            | LedgerError::Truncated { .. }
+    )
 }
 
 /// After a creation that found no room: whether to try again. Racing creators each reserve a
@@ -224,7 +293,54 @@ fn io_error<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> L
     move |source| LedgerError::from_io(path, op, 0, source)
 }
 
+/// How a fresh ledger is put in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// `linkat()`: only if no file is at the path (the loser opens the winner's).
+    IfMissing,
+    /// `renameat()`: over the damaged file at the path (under that file's rebuild lock).
+    Replace,
+}
+
 fn create_and_publish(directory: &Directory, path: &Path) -> Result<(), LedgerError> {
+    build_and_publish(directory, path, Publish::IfMissing)
+}
+
+/// Replaces the damaged file `damaged` at `path` (in `directory`) with a fresh ledger, unless
+/// someone did so already: under `damaged`'s rebuild lock (members that found it damaged take
+/// turns), and only if `damaged` is still the file at the path. Whoever comes next finds the
+/// fresh file and follows it, so concurrent rebuilders end in one ledger.
+pub fn replace_damaged(
+    directory: &Directory,
+    path: &Path,
+    damaged: &File,
+) -> Result<(), LedgerError> {
+    let damaged_identity = damaged
+        .metadata()
+        .map(|meta| (meta.dev(), meta.ino()))
+        .map_err(io_error(path, "stat"))?;
+    let locker = reopen(damaged, path, damaged_identity)?;
+    let deadline = std::time::Instant::now() + PUBLISHER_WAIT;
+    let _turn = super::lock::acquire_byte_lock(locker, layout::REBUILD_LOCK_BYTE, deadline)
+        .map_err(|busy| LedgerError::LockTimeout {
+            path: path.to_owned(),
+            what: "rebuild",
+            waited: busy.waited,
+        })?;
+    match directory.identity(FILE_NAME) {
+        Ok(identity) if identity == damaged_identity => {
+            build_and_publish(directory, path, Publish::Replace)
+        }
+        // Replaced by someone else already (or removed: the caller creates it anew).
+        _ => Ok(()),
+    }
+}
+
+fn build_and_publish(
+    directory: &Directory,
+    path: &Path,
+    publish: Publish,
+) -> Result<(), LedgerError> {
     // Unique per process (pid), per call (counter) and per pid namespace sharing the directory
     // (clock): O_EXCL below refuses a name that exists anyway.
     static CALLS: AtomicU32 = AtomicU32::new(0);
@@ -253,7 +369,11 @@ fn create_and_publish(directory: &Directory, path: &Path) -> Result<(), LedgerEr
         let mapping = Mapping::new(file.as_fd(), true, path)?;
         layout::initialise_header(&mapping.layout().header, liveness::unix_ms());
         drop(mapping);
-        match directory.link(&temporary, FILE_NAME) {
+        let published = match publish {
+            Publish::IfMissing => directory.link(&temporary, FILE_NAME),
+            Publish::Replace => directory.rename(&temporary, FILE_NAME),
+        };
+        match published {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(error) => Err(LedgerError::Io {
@@ -461,4 +581,35 @@ pub fn restore_size_and_mark(file: &File) {
     }
     let _ = backing::ensure_whole(file, FILE_SIZE as u64, true);
     let _ = file.write_at(&layout::TRUNCATED_MAGIC.to_le_bytes(), 0);
+}
+
+/// Makes the descriptor of `onto` refer to the file of `from` (`dup2`): the same descriptor
+/// number, and so the same `File`, now stands for the other file.
+pub fn take_over_descriptor(onto: &File, from: &File, path: &Path) -> Result<(), LedgerError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: both descriptors are open and owned by the `File`s borrowed here; dup2 closes the
+    // old file of `onto` and makes its number refer to `from`'s open file description, so `onto`
+    // still owns exactly one open descriptor.
+    let done = unsafe { libc::dup2(from.as_raw_fd(), onto.as_raw_fd()) };
+    if done < 0 {
+        return Err(LedgerError::from_io(
+            path,
+            "dup2",
+            0,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Device and inode of the file at `path` (not following a link), if there is one.
+pub fn identity_at(path: &Path) -> Option<(u64, u64)> {
+    fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// Checks the header of an open mapping (what a newcomer checks when it opens the file).
+pub fn check_header(mapping: &Mapping, path: &Path) -> Result<(), LedgerError> {
+    validate(mapping, path)
 }

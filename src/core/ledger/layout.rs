@@ -191,6 +191,9 @@ pub const REGISTRATION_LOCK_BYTE: u64 = LOCK_BASE + MAX_PROCESSES as u64;
 /// The first context-creation lock byte: device record `i` locks byte `CONTEXT_LOCK_BASE + i`
 /// while a member creates a context on it and measures what it took.
 pub const CONTEXT_LOCK_BASE: u64 = REGISTRATION_LOCK_BYTE + 1;
+/// The byte locked while a member replaces this file with a rebuilt ledger (see
+/// `docs/ledger.md`, "Rebuilding"): the members of one file rebuild one at a time.
+pub const REBUILD_LOCK_BYTE: u64 = CONTEXT_LOCK_BASE + MAX_DEVICES as u64;
 
 // The layout is a wire format shared by processes built from different builds: pin every offset.
 const _: () = {

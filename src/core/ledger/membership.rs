@@ -30,7 +30,7 @@ impl Ledger {
     /// needed), records pid, pid namespace, start time and `command`, and holds the slot's
     /// liveness lock on a new open file description until [`Ledger::leave`] or exit. A forked
     /// child calls this again to become a member of its own.
-    pub fn join(&self, command: &str) -> Result<SlotId, LedgerError> {
+    pub(super) fn join_here(&self, command: &str) -> Result<SlotId, LedgerError> {
         if self.read_only {
             return Err(LedgerError::ReadOnly {
                 path: self.path.clone(),
@@ -142,7 +142,7 @@ impl Ledger {
 
     /// Orderly exit of a member: returns all its bytes, drops its claims and wait tickets, wakes
     /// waiters, frees the slot and drops its liveness lock.
-    pub fn leave(&self, slot: SlotId) {
+    pub(super) fn leave_here(&self, slot: SlotId) {
         if self.check_file().is_err() {
             // The file lost its content: only the liveness lock is left to drop.
             close_member_file(&self.member_files[(slot.index as usize).min(MAX_PROCESSES - 1)]);
@@ -245,8 +245,10 @@ impl Ledger {
         };
         let guard = self.lock_device(dev, token)?;
         let returned = admission::remove_share(self.device(dev), share);
+        // What it held goes to the queued requests that fit, in this very step.
+        super::queue::hand_over(self.layout(), device, self.slot_count());
         drop(guard);
-        admission::wake_waiters(self.device(dev));
+        admission::wake_all(self.device(dev));
         Ok(returned)
     }
 

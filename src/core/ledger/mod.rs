@@ -36,17 +36,24 @@ pub mod layout;
 mod liveness;
 mod lock;
 mod membership;
+mod operations;
+mod own;
+mod pending;
+mod queue;
+mod rebuild;
 mod snapshot;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use contexts::ContextCreation;
 pub use driver_figure::DriverFigure;
 pub use error::{Cause, DirectoryProblem, LedgerError, Refusal, SPACE_FIX};
 pub use layout::{MAX_DEVICES, MAX_PROCESSES};
+pub use rebuild::{Checkup, Finding};
 pub use snapshot::{
     DeviceSnapshot, LockHolder, ProcessDevice, ProcessSnapshot, ProcessState, Snapshot,
 };
@@ -64,14 +71,24 @@ pub struct Ledger {
     file: File,
     mapping: file::Mapping,
     read_only: bool,
-    identity: (u64, u64),
+    /// Device and inode of the file mapped now (it changes when the handle moves to a rebuilt
+    /// ledger: the descriptor and the mapping then stand for the new file).
+    identity: [AtomicU64; 2],
     /// For each slot joined through this handle, the descriptor holding its liveness lock (-1: none).
     member_files: Box<[AtomicI32]>,
     /// The file was found truncated: the mapping is never touched again through this handle.
     detached: AtomicBool,
+    /// What the members joined through this handle hold, and the ids it handed out.
+    own: own::Own,
+    /// What the periodic checks remember between two looks (see `rebuild`).
+    watch: Mutex<rebuild::WatchState>,
+    /// Commits, rollbacks, releases and withdrawals that could not take their device lock in
+    /// time, applied at this process's next decision on the device.
+    pending: pending::Pending,
 }
 
-/// A process's membership: its slot and the slot's generation when it joined.
+/// A process's membership: its slot and the slot's generation when it joined. It stays valid
+/// when the handle moves its members to a rebuilt ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotId {
     index: u32,
@@ -79,7 +96,8 @@ pub struct SlotId {
 }
 
 impl SlotId {
-    /// The slot's index in the ledger (as shown by `vramguard status`).
+    /// The slot's index in the ledger when it joined (as shown by `vramguard status`; after a
+    /// rebuild the slot may have another index).
     pub fn index(&self) -> u32 {
         self.index
     }
@@ -92,7 +110,8 @@ pub struct DeviceId {
 }
 
 impl DeviceId {
-    /// The record's index in the ledger's device table.
+    /// The record's index in the ledger's device table when the device was registered (after a
+    /// rebuild the record may have another index).
     pub fn index(&self) -> u32 {
         self.index
     }
@@ -172,9 +191,15 @@ impl Ledger {
             file: opened.file,
             mapping: opened.mapping,
             read_only: opened.read_only,
-            identity: opened.identity,
+            identity: [
+                AtomicU64::new(opened.identity.0),
+                AtomicU64::new(opened.identity.1),
+            ],
             member_files: (0..MAX_PROCESSES).map(|_| AtomicI32::new(-1)).collect(),
             detached: AtomicBool::new(false),
+            own: own::Own::new(),
+            watch: Mutex::new(rebuild::WatchState::default()),
+            pending: pending::Pending::new(),
         })
     }
 
@@ -188,9 +213,8 @@ impl Ledger {
         self.read_only
     }
 
-    /// Finds the device with `uuid`, or adds it with the given name, capacity and budget. A
-    /// device already in the ledger keeps the budget it was registered with first.
-    pub fn register_device(
+    /// [`Ledger::register_device`] in the file mapped now: the record's own id.
+    pub(super) fn register_here(
         &self,
         uuid: [u8; 16],
         name: &str,
@@ -198,7 +222,8 @@ impl Ledger {
         budget: u64,
     ) -> Result<DeviceId, LedgerError> {
         self.check_file()?;
-        if let Some(device) = self.find_device(uuid) {
+        if let Some(device) = self.find_here(uuid) {
+            self.adopt_settings_if_unowned(device, capacity, budget);
             return Ok(device);
         }
         if self.read_only {
@@ -217,7 +242,8 @@ impl Ledger {
             what: "registration",
             waited: busy.waited,
         })?;
-        if let Some(device) = self.find_device(uuid) {
+        if let Some(device) = self.find_here(uuid) {
+            self.adopt_settings_if_unowned(device, capacity, budget);
             return Ok(device);
         }
         // Under the registration lock nobody else initialises a record, so a record left
@@ -264,8 +290,8 @@ impl Ledger {
         })
     }
 
-    /// The device registered with `uuid`, if any.
-    pub fn find_device(&self, uuid: [u8; 16]) -> Option<DeviceId> {
+    /// [`Ledger::find_device`] in the file mapped now: the record's own id.
+    pub(super) fn find_here(&self, uuid: [u8; 16]) -> Option<DeviceId> {
         self.intact().ok()?;
         // All 64 records, not just up to the high-water hint: a damaged hint must never lead to
         // a second record (and a second budget) for the same device.
@@ -283,6 +309,7 @@ impl Ledger {
 
     /// The budget of `dev`.
     pub fn budget(&self, dev: DeviceId) -> u64 {
+        let dev = self.own.device(dev);
         if self.intact().is_err() {
             return 0;
         }
@@ -311,6 +338,13 @@ impl Ledger {
     fn check_file(&self) -> Result<(), LedgerError> {
         if self.detached.load(Ordering::Relaxed) {
             return Err(self.truncated());
+        }
+        if self.own.moving() && !own::moving_here() {
+            // Another thread moves the members to a rebuilt ledger: whatever waits here gives
+            // up and is made again there (`operations`).
+            return Err(LedgerError::Rebuilding {
+                path: self.path.clone(),
+            });
         }
         if file::is_truncated(&self.file) {
             self.detached.store(true, Ordering::Relaxed);
@@ -348,7 +382,15 @@ impl Ledger {
     }
 
     fn reopen(&self) -> Result<File, LedgerError> {
-        file::reopen(&self.file, &self.path, self.identity)
+        file::reopen(&self.file, &self.path, self.identity())
+    }
+
+    /// Device and inode of the file mapped now.
+    fn identity(&self) -> (u64, u64) {
+        (
+            self.identity[0].load(Ordering::Acquire),
+            self.identity[1].load(Ordering::Acquire),
+        )
     }
 
     /// Whether the member in slot `index` is alive (its liveness lock is held by someone).
@@ -381,6 +423,9 @@ impl Ledger {
                 if guard.taken_from_dead {
                     self.repair_after_dead_owner(dev);
                 }
+                if self.pending.any() {
+                    self.apply_pending(dev);
+                }
                 Ok(guard)
             }
             Err(busy) => Err(self.lock_busy_error(busy)),
@@ -406,7 +451,8 @@ impl Ledger {
         let record = self.device(dev);
         admission::recompute_totals(self.layout(), dev.index as usize);
         record.repairs.fetch_add(1, Ordering::Relaxed);
-        admission::wake_waiters(record);
+        queue::hand_over(self.layout(), dev.index as usize, self.slot_count());
+        admission::wake_all(record);
     }
 
     /// The error for a device lock that could not be taken.

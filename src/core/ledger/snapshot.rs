@@ -18,6 +18,25 @@ pub struct Snapshot {
     pub processes: Vec<ProcessSnapshot>,
 }
 
+impl Snapshot {
+    /// Whether every device's totals (charged, held, reserved) are the sums of its members'.
+    pub fn is_consistent(&self) -> bool {
+        self.devices.iter().all(|device| {
+            let (mut used, mut held, mut reserved) = (0u64, 0u64, 0u64);
+            for share in self
+                .processes
+                .iter()
+                .flat_map(|p| p.devices.iter().filter(|d| d.uuid == device.uuid))
+            {
+                used = used.saturating_add(share.charged);
+                held = held.saturating_add(share.held);
+                reserved = reserved.saturating_add(share.reserved);
+            }
+            (device.used, device.held, device.reserved) == (used, held, reserved)
+        })
+    }
+}
+
 /// One device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceSnapshot {
@@ -108,6 +127,7 @@ impl Ledger {
     /// The owner token in `dev`'s lock word at this instant: 0 while the lock is free (and
     /// always 0 once the file was found truncated). One atomic load, cheap enough to poll.
     pub fn device_lock_token(&self, dev: DeviceId) -> u64 {
+        let dev = self.own.device(dev);
         if self.intact().is_err() {
             return 0;
         }
@@ -145,9 +165,24 @@ impl Ledger {
         })
     }
 
-    /// An owned copy of the ledger, each member's liveness checked. Empty once the file was
-    /// found truncated (its content is lost; see [`super::LedgerError::Truncated`]).
+    /// An owned copy of the ledger, each member's liveness checked: one consistent reading,
+    /// in which every device's totals are the sums of its members' counters (the copy is taken
+    /// again until they are, for up to 50 ms: totals that stay different are damage, which
+    /// [`Ledger::examine`] reports). Empty once the file was found truncated (its content is
+    /// lost; see [`super::LedgerError::Truncated`]).
     pub fn snapshot(&self) -> Snapshot {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        loop {
+            let snapshot = self.snapshot_once();
+            if snapshot.is_consistent() || std::time::Instant::now() >= deadline {
+                return snapshot;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// One copy of the ledger, each value one load (not of one instant).
+    fn snapshot_once(&self) -> Snapshot {
         if self.check_file().is_err() {
             return Snapshot {
                 devices: Vec::new(),
@@ -190,11 +225,12 @@ impl Ledger {
                 let held = share.held.load(Ordering::Relaxed);
                 let reserved = share.in_flight.load(Ordering::Relaxed);
                 let claim = share.claim.load(Ordering::Relaxed);
-                if share.wait_ticket.load(Ordering::Relaxed) != 0 && state == ProcessState::Running
+                if let Some(bytes) = super::queue::waiting_bytes(share)
+                    && state == ProcessState::Running
                 {
                     state = ProcessState::Waiting {
                         device_uuid: uuid,
-                        bytes: share.wait_bytes.load(Ordering::Relaxed),
+                        bytes,
                         since_unix_ms: share.wait_since_unix_ms.load(Ordering::Relaxed),
                     };
                 }

@@ -72,7 +72,8 @@ impl Process {
         let uuid = driver::uuid(ordinal).ok_or(NoDevice::NoContext)?;
         let capacity = driver::total_memory(ordinal).ok_or(NoDevice::NoContext)?;
         let name = driver::name(ordinal);
-        let budget = self.config.budget_for(capacity);
+        let reserve = usable_reserve(self.config, capacity);
+        let budget = capacity.saturating_sub(reserve);
         let id = self
             .ledger
             .register_device(uuid.0, &name, capacity, budget)
@@ -89,7 +90,6 @@ impl Process {
             format_size(capacity),
             format_size(budget)
         ));
-        let reserve = self.config.reserve.of(capacity);
         Ok(Device {
             ordinal,
             id,
@@ -117,3 +117,33 @@ impl Process {
         }
     }
 }
+
+/// The reserve that applies on a card of `capacity` bytes: `VRAMGUARD_RESERVE`, unless it leaves
+/// no budget at all (`100%`, or more than the card), which is an invalid setting: said once, and
+/// the default reserve applies instead (none on a card no larger than it), so that the ledger
+/// never stores a budget of 0 for everyone who comes later.
+fn usable_reserve(config: &vramguard_core::settings::Config, capacity: u64) -> u64 {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    let reserve = config.reserve.of(capacity);
+    if reserve < capacity || capacity == 0 {
+        return reserve;
+    }
+    let fallback = if DEFAULT_RESERVE < capacity {
+        DEFAULT_RESERVE
+    } else {
+        0
+    };
+    if !SAID.swap(true, Ordering::Relaxed) {
+        log::error(&format!(
+            "invalid setting VRAMGUARD_RESERVE: a reserve of {} leaves no budget on a card of {}; \
+             the default reserve of {} applies instead",
+            format_size(reserve),
+            format_size(capacity),
+            format_size(fallback)
+        ));
+    }
+    fallback
+}
+
+/// `VRAMGUARD_RESERVE`'s default (`docs/usage.md`).
+const DEFAULT_RESERVE: u64 = 256 << 20;

@@ -6,11 +6,13 @@
 //!   when it cannot, and what happens at fork and exit.
 //! - [`tables`]: what this process holds (pointers, handles, arrays, contexts, pools).
 //! - [`pointers`]: the map from device pointers to what they hold.
+//! - [`watcher`]: the thread that checks the ledger and has it rebuilt when it is damaged.
 
 pub mod devices;
 pub mod pointers;
 pub mod session;
 pub mod tables;
+pub mod watcher;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

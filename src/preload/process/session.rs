@@ -10,6 +10,8 @@
 //!   parent's state is left untouched: its locks may be held by threads that do not exist in the
 //!   child).
 //! - At exit (`atexit`) the process leaves the ledger, which never blocks without a deadline.
+//! - Attaching starts the process's watcher thread (`watcher`), which finds a damaged, removed
+//!   or replaced ledger within a second and has it rebuilt; a forked child starts its own.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -184,6 +186,7 @@ fn attach(pid: i32) -> Session {
                 let process: &'static Process = Box::leak(Box::new(process));
                 PROCESS.store(std::ptr::from_ref(process).cast_mut(), Ordering::Release);
                 register_exit_handler();
+                crate::process::watcher::start(process);
                 Session::Guarded(process)
             }
             Err(message) => {
