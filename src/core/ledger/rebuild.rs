@@ -271,6 +271,7 @@ impl Ledger {
     /// Maps `opened` in place of this handle's file and registers this handle's devices,
     /// memberships and counters in it.
     fn adopt(&self, opened: file::OpenLedger) -> Result<(), LedgerError> {
+        self.clear_own_slots();
         file::take_over_descriptor(&self.file, &opened.file, &self.path)?;
         self.mapping.remap(self.file.as_fd(), true, &self.path)?;
         self.identity[0].store(opened.identity.0, Ordering::Release);
@@ -299,6 +300,54 @@ impl Ledger {
             }
         }
         Ok(())
+    }
+
+    /// Before this handle leaves its file: its slots there are emptied and freed, so that the
+    /// old file shows none of what its members hold (a forked child that shares a slot's
+    /// liveness lock would otherwise keep it looking alive, with bytes the rebuilt ledger holds
+    /// too). Under each device lock when it can be had at once, else by plain stores (the totals
+    /// of a damaged file are recomputed by whoever still checks it).
+    fn clear_own_slots(&self) {
+        if self.intact().is_err() {
+            return;
+        }
+        for (_, slot, _) in self.own.members() {
+            let index = slot.index as usize;
+            let record = self.slot(index);
+            if record.generation.load(Ordering::Acquire) as u32 != slot.generation {
+                continue; // not ours any more (overwritten): nothing of ours to clear
+            }
+            let token = lock::token(slot.index, slot.generation.into());
+            for device in 0..self.device_count() {
+                let share = &record.devices[device];
+                if !admission::has_stake(share) {
+                    continue;
+                }
+                let device_record = &self.layout().devices[device];
+                match lock::acquire(&device_record.lock, token, CHECK_PATIENCE, |_| {
+                    lock::Probe::OwnerAlive
+                }) {
+                    Ok(guard) => {
+                        admission::remove_share(device_record, share);
+                        drop(guard);
+                        admission::wake_waiters(device_record);
+                    }
+                    Err(_) => {
+                        for counter in [
+                            &share.held,
+                            &share.in_flight,
+                            &share.claim,
+                            &share.wait_ticket,
+                            &share.wait_bytes,
+                        ] {
+                            counter.store(0, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            record.generation.fetch_add(1, Ordering::AcqRel);
+            record.state.store(SLOT_FREE, Ordering::Release);
+        }
     }
 
     /// Under `dev`'s lock: records a re-registered member's counters (held, in flight, claim)
