@@ -284,22 +284,39 @@ impl Ledger {
         for fd in self.member_files.iter() {
             super::membership::close_member_file(fd);
         }
+        // Everything that can be registered is, even when one step fails (the first failure is
+        // what the caller says): a member re-registered in part is better than not at all.
+        let mut first_failure = None;
+        let mut failed = |error: LedgerError| {
+            first_failure.get_or_insert(error);
+        };
         let devices = self.own.devices();
         for (id, info) in &devices {
-            let record = self.register_here(info.uuid, &info.name, info.capacity, info.budget)?;
-            self.own.move_device(*id, record.index as usize);
+            match self.register_here(info.uuid, &info.name, info.capacity, info.budget) {
+                Ok(record) => self.own.move_device(*id, record.index as usize),
+                Err(error) => failed(error),
+            }
         }
         for (member, _, command) in self.own.members() {
-            let slot = self.join_here(&command)?;
+            let slot = match self.join_here(&command) {
+                Ok(slot) => slot,
+                Err(error) => {
+                    failed(error);
+                    continue;
+                }
+            };
             self.own
                 .move_member(member, slot.index as usize, slot.generation);
             for (id, _) in &devices {
-                if let Some(counters) = self.own.counters(member, *id) {
-                    self.restore_share(slot, self.own.device(*id), counters.read())?;
+                if let Some(counters) = self.own.counters(member, *id)
+                    && let Err(error) =
+                        self.restore_share(slot, self.own.device(*id), counters.read())
+                {
+                    failed(error);
                 }
             }
         }
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// Before this handle leaves its file: its slots there are emptied and freed, so that the
