@@ -341,11 +341,14 @@ impl Ledger {
                     continue;
                 }
                 let device_record = &self.layout().devices[device];
-                match lock::acquire(&device_record.lock, token, CHECK_PATIENCE, |_| {
-                    lock::Probe::OwnerAlive
+                match lock::acquire(&device_record.lock, token, CHECK_PATIENCE, |owner| {
+                    self.probe_lock_owner(owner)
                 }) {
                     Ok(guard) => {
                         admission::remove_share(device_record, share);
+                        if guard.taken_from_dead {
+                            admission::recompute_totals(self.layout(), device);
+                        }
                         drop(guard);
                         admission::wake_waiters(device_record);
                     }
