@@ -26,7 +26,15 @@ use std::time::Duration;
 /// How long one storm lasts.
 const STORM: Duration = Duration::from_secs(15);
 /// The fault kinds every run must have injected.
-const FAULT_KINDS: [&str; 5] = ["kill", "stop", "remove_dir", "damage", "truncate"];
+const FAULT_KINDS: [&str; 7] = [
+    "kill",
+    "stop",
+    "remove_dir",
+    "remove_file",
+    "damage",
+    "damage_kept",
+    "truncate",
+];
 /// At most this many storms: as many as fit in five minutes, a hang guard (an idle machine is
 /// done after one).
 const MAX_STORMS: u32 = 20;

@@ -168,10 +168,10 @@ impl FaultInjector {
             // finds nothing to hit (no ledger file yet) is tried again at the next fault.
             let kind = LEDGER_FAULTS[self.next_ledger_fault % LEDGER_FAULTS.len()];
             let done = match kind {
-                LedgerFault::RemoveDir => self.remove_dir(),
+                LedgerFault::RemoveDir => self.remove_dir(observer),
                 LedgerFault::Damage => self.damage(observer, false),
                 LedgerFault::DamageKept => self.damage(observer, true),
-                LedgerFault::RemoveFile => self.remove_file(),
+                LedgerFault::RemoveFile => self.remove_file(observer),
                 LedgerFault::Truncate => self.truncate(workers, observer),
             };
             if done {
@@ -289,20 +289,22 @@ impl FaultInjector {
         }
     }
 
-    fn remove_dir(&mut self) -> bool {
+    fn remove_dir(&mut self, observer: &mut Observer) -> bool {
         if std::fs::remove_dir_all(&self.ledger_dir).is_err() {
             return false;
         }
+        observer.note_merge();
         let dir = self.ledger_dir.display().to_string();
         self.count("remove_dir", || format!("rm -rf {dir}"));
         true
     }
 
-    fn remove_file(&mut self) -> bool {
+    fn remove_file(&mut self, observer: &mut Observer) -> bool {
         let path = self.ledger_dir.join(FILE_NAME);
         if std::fs::remove_file(&path).is_err() {
             return false;
         }
+        observer.note_merge();
         self.count("remove_file", || format!("rm {}", path.display()));
         true
     }
@@ -379,6 +381,8 @@ impl FaultInjector {
                 let _ = file.write_all_at(&self.rng.u64(..).to_ne_bytes(), offset);
             }
         }
+        // Members rebuild it (a stopped one moves in later): a merge.
+        observer.note_merge();
         if !keep {
             self.remove_later(path.clone(), meta.ino());
         }

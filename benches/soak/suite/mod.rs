@@ -128,6 +128,11 @@ pub struct Summary {
     /// Requests the simulated driver refused (the guard admitted them, the card could not hold
     /// them): expected only while a ledger is unusable or being rebuilt. Informational.
     pub driver_refusals: u64,
+    /// Largest excess over a budget seen within [`observer::MERGE_GRACE`] of a fault that made
+    /// the members of two ledgers merge into one (a removed file, a damaged one rebuilt): what
+    /// both ledgers' members hold is held, and can exceed the budget until they free it. The
+    /// card itself is never over-committed (its own checks stay). Informational.
+    pub merged_over_budget_bytes: u64,
     /// Faults by kind, for the detail line.
     pub faults_by_kind: Vec<(&'static str, u64)>,
 }
@@ -151,12 +156,13 @@ impl Summary {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "soak details: workers={} forks={} samples={} comparisons={} driver_refusals={} stranded_bytes={} truncation_sigbus={} faults_by_kind=[{}]",
+            "soak details: workers={} forks={} samples={} comparisons={} driver_refusals={} merged_over_budget_bytes={} stranded_bytes={} truncation_sigbus={} faults_by_kind=[{}]",
             self.workers,
             self.forks,
             self.samples,
             self.comparisons,
             self.driver_refusals,
+            self.merged_over_budget_bytes,
             self.stranded_bytes,
             self.truncation_sigbus,
             kinds.join(" ")

@@ -272,6 +272,7 @@ impl Ledger {
     /// Maps `opened` in place of this handle's file and registers this handle's devices,
     /// memberships and counters in it.
     fn adopt(&self, opened: file::OpenLedger) -> Result<(), LedgerError> {
+        self.clear_own_slots();
         file::take_over_descriptor(&self.file, &opened.file, &self.path)?;
         self.mapping.remap(self.file.as_fd(), true, &self.path)?;
         self.identity[0].store(opened.identity.0, Ordering::Release);
@@ -287,22 +288,90 @@ impl Ledger {
         for fd in self.member_files.iter() {
             super::membership::close_member_file(fd);
         }
+        // Everything that can be registered is, even when one step fails (the first failure is
+        // what the caller says): a member re-registered in part is better than not at all.
+        let mut first_failure = None;
+        let mut failed = |error: LedgerError| {
+            first_failure.get_or_insert(error);
+        };
         let devices = self.own.devices();
         for (id, info) in &devices {
-            let record = self.register_here(info.uuid, &info.name, info.capacity, info.budget)?;
-            self.own.move_device(*id, record.index as usize);
+            match self.register_here(info.uuid, &info.name, info.capacity, info.budget) {
+                Ok(record) => self.own.move_device(*id, record.index as usize),
+                Err(error) => failed(error),
+            }
         }
         for (member, _, command) in self.own.members() {
-            let slot = self.join_here(&command)?;
+            let slot = match self.join_here(&command) {
+                Ok(slot) => slot,
+                Err(error) => {
+                    failed(error);
+                    continue;
+                }
+            };
             self.own
                 .move_member(member, slot.index as usize, slot.generation);
             for (id, _) in &devices {
-                if let Some(counters) = self.own.counters(member, *id) {
-                    self.restore_share(slot, self.own.device(*id), counters.read())?;
+                if let Some(counters) = self.own.counters(member, *id)
+                    && let Err(error) =
+                        self.restore_share(slot, self.own.device(*id), counters.read())
+                {
+                    failed(error);
                 }
             }
         }
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
+    }
+
+    /// Before this handle leaves its file: its slots there are emptied and freed, so that the
+    /// old file shows none of what its members hold (a forked child that shares a slot's
+    /// liveness lock would otherwise keep it looking alive, with bytes the rebuilt ledger holds
+    /// too). Under each device lock when it can be had at once, else by plain stores (the totals
+    /// of a damaged file are recomputed by whoever still checks it).
+    fn clear_own_slots(&self) {
+        if self.intact().is_err() {
+            return;
+        }
+        for (_, slot, _) in self.own.members() {
+            let index = slot.index as usize;
+            let record = self.slot(index);
+            if record.generation.load(Ordering::Acquire) as u32 != slot.generation {
+                continue; // not ours any more (overwritten): nothing of ours to clear
+            }
+            let token = lock::token(slot.index, slot.generation.into());
+            for device in 0..self.device_count() {
+                let share = &record.devices[device];
+                if !admission::has_stake(share) {
+                    continue;
+                }
+                let device_record = &self.layout().devices[device];
+                match lock::acquire(&device_record.lock, token, CHECK_PATIENCE, |owner| {
+                    self.probe_lock_owner(owner)
+                }) {
+                    Ok(guard) => {
+                        admission::remove_share(device_record, share);
+                        if guard.taken_from_dead {
+                            admission::recompute_totals(self.layout(), device);
+                        }
+                        drop(guard);
+                        admission::wake_waiters(device_record);
+                    }
+                    Err(_) => {
+                        for counter in [
+                            &share.held,
+                            &share.in_flight,
+                            &share.claim,
+                            &share.wait_ticket,
+                            &share.wait_bytes,
+                        ] {
+                            counter.store(0, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            record.generation.fetch_add(1, Ordering::AcqRel);
+            record.state.store(SLOT_FREE, Ordering::Release);
+        }
     }
 
     /// Under `dev`'s lock: records a re-registered member's counters (held, in flight, claim)
