@@ -71,7 +71,7 @@ struct Args {
     /// How often the library, the ledger directory and the CDI spec are checked
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     health_interval: Duration,
-    /// Print the answer Allocate gives each container, as JSON, and exit
+    /// Print the answer Allocate gives each container and the sockets, as JSON, and exit
     #[arg(long)]
     print_allocation: bool,
 }
@@ -113,10 +113,16 @@ fn main() -> ExitCode {
         library: args.library.clone(),
         ledger_dir: ledger_dir.clone(),
     };
+    let kubelet_socket = args
+        .kubelet_socket
+        .clone()
+        .unwrap_or_else(|| args.device_plugin_dir.join("kubelet.sock"));
     if args.print_allocation {
         let answer = serde_json::json!({
             "resource": args.resource_name,
             "mode": args.mode.name(),
+            "kubelet_socket": kubelet_socket,
+            "socket": args.device_plugin_dir.join(&args.socket_name),
             "container": response_json(&guard.container_response()),
         });
         println!(
@@ -131,10 +137,7 @@ fn main() -> ExitCode {
         cdi_spec: (args.mode == Mode::Cdi).then(|| args.cdi_spec.clone()),
     };
     let meeting = Meeting {
-        kubelet_socket: args
-            .kubelet_socket
-            .clone()
-            .unwrap_or_else(|| args.device_plugin_dir.join("kubelet.sock")),
+        kubelet_socket,
         dir: args.device_plugin_dir.clone(),
         socket_name: args.socket_name.clone(),
         resource_name: args.resource_name.clone(),
