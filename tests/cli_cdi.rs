@@ -3,9 +3,9 @@
 //! `jsonschema`) accepts, in YAML and in
 //! JSON, with the edits that guard a container: the library mounted read-only where `LD_PRELOAD`
 //! points, the host's ledger directory mounted where `VRAMGUARD_DIR` points. The Kubernetes
-//! manifests in `deploy/` parse as YAML, say what they must (hostPath ledger per node, the
-//! library and the spec on the host, the pod examples' edits), and the DaemonSet's own `vramguard
-//! cdi` command line produces a valid spec.
+//! DaemonSet in `deploy/` parses as YAML, says what it must (hostPath ledger per node, the
+//! library and the spec on the host), and its own `vramguard cdi` command line produces a valid
+//! spec (the rest of the manifests: `tests/deploy_kubernetes.rs`).
 
 mod support;
 #[path = "support/unloadable.rs"]
@@ -261,7 +261,12 @@ fn the_daemonset_installs_the_library_and_the_spec_and_keeps_a_ledger_per_node()
     assert_eq!(ledger, host_path(pod, "ledger"));
 
     // The metrics container writes the textfile collector's file through `status --output`.
-    let metrics = &pod["containers"][0];
+    let metrics = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "metrics")
+        .expect("a metrics container");
     let args: Vec<&str> = metrics["args"]
         .as_array()
         .unwrap()
@@ -270,48 +275,6 @@ fn the_daemonset_installs_the_library_and_the_spec_and_keeps_a_ledger_per_node()
         .collect();
     assert!(args.starts_with(&["status", "--prometheus"]), "{args:?}");
     assert!(args.contains(&"--output"), "{args:?}");
-}
-
-#[test]
-fn the_pod_examples_ask_for_the_guard() {
-    let pod = &manifest("pod-cdi.yaml")[0];
-    assert_eq!(
-        pod["metadata"]["annotations"]["cdi.k8s.io/vramguard"],
-        "vramguard.dev/guard=all"
-    );
-    let pod = &manifest("pod-hostpath.yaml")[0];
-    let spec = &pod["spec"];
-    let container = &spec["containers"][0];
-    let env = |name: &str| {
-        container["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .and_then(|e| e["value"].as_str())
-            .unwrap_or_else(|| panic!("no {name}"))
-            .to_string()
-    };
-    let mount = |path: &str| {
-        container["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["mountPath"] == path)
-            .unwrap_or_else(|| panic!("nothing mounted at {path}"))
-            .clone()
-    };
-    let library = mount(&env("LD_PRELOAD"));
-    assert_eq!(library["readOnly"], true);
-    assert_eq!(
-        host_path(spec, library["name"].as_str().unwrap()),
-        "/var/lib/vramguard/libvramguard.so"
-    );
-    let ledger = mount(&env("VRAMGUARD_DIR"));
-    assert_eq!(
-        host_path(spec, ledger["name"].as_str().unwrap()),
-        "/dev/shm/vramguard"
-    );
 }
 
 #[test]

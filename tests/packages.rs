@@ -59,3 +59,27 @@ fn the_core_needs_nothing_of_the_command_line() {
         );
     }
 }
+
+#[test]
+fn the_grpc_stack_stays_in_the_device_plugin() {
+    assert!(
+        dependencies_of("vramguard-device-plugin")
+            .iter()
+            .any(|d| d == "tonic")
+    );
+    for package in ["vramguard-preload", "vramguard-core", "vramguard"] {
+        let dependencies = dependencies_of(package);
+        for grpc in [
+            "tonic",
+            "prost",
+            "tokio",
+            "hyper",
+            "vramguard-device-plugin",
+        ] {
+            assert!(
+                !dependencies.iter().any(|d| d == grpc),
+                "{package} must not build {grpc}: {dependencies:?}"
+            );
+        }
+    }
+}

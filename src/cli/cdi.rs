@@ -16,15 +16,12 @@ use super::atomic_file;
 use super::glibc;
 use super::library;
 
-/// The spec's kind: vendor `vramguard.dev`, class `guard`.
-pub const KIND: &str = "vramguard.dev/guard";
-/// The one device: the guard, for whatever GPUs the container gets by other means.
-pub const DEVICE: &str = "all";
+/// The spec's kind (`vramguard.dev/guard`) and its one device (`all`), shared with the device
+/// plugin.
+pub use vramguard_core::container::{CDI_DEVICE as DEVICE, CDI_KIND as KIND, CONTAINER_LIBRARY};
 /// The oldest CDI version with every field the spec uses (env, mounts with options), so that
 /// older runtimes accept it too.
 pub const CDI_VERSION: &str = "0.3.0";
-/// Where the library appears inside the container.
-pub const CONTAINER_LIBRARY: &str = "/opt/vramguard/libvramguard.so";
 
 /// How the spec is written.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,8 +15,10 @@
 //! - [`nvml`]: a client of the NVIDIA management library (the card's used memory and each
 //!   process's, without a CUDA context), loaded at run time.
 //! - [`dynlib`]: opening a shared library at run time and finding its symbols.
+//! - [`container`]: where the guard appears inside a container (CDI and the device plugin).
 #![deny(unsafe_code)]
 
+pub mod container;
 pub mod cuda;
 pub mod dynlib;
 pub mod ledger;
