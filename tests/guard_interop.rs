@@ -1,6 +1,6 @@
 //! Living with the rest of the process and the machine: a second LD_PRELOAD interposer,
-//! VRAMGUARD_DISABLE, an unusable or damaged ledger under each VRAMGUARD_ON_ERROR, and garbage
-//! in the environment.
+//! VRAMGUARD_DISABLE, an unusable ledger under each VRAMGUARD_ON_ERROR, a damaged one rebuilt by
+//! the next program, and garbage in the environment.
 
 #[path = "support/guard.rs"]
 mod guard_support;
@@ -109,7 +109,34 @@ fn an_unusable_ledger_follows_on_error() {
         "no ledger file was created in {}",
         damaged.display()
     );
-    check_unusable_ledger(&sandbox, &damaged, "damaged ledger");
+    // A damaged ledger is no reason to go unguarded: the next program replaces it with a fresh
+    // ledger (docs/ledger.md, "Rebuilding") and is guarded in it, its limit applied, under
+    // either VRAMGUARD_ON_ERROR.
+    for path in [ClientPath::Direct, ClientPath::Procaddr, ClientPath::Python] {
+        for on_error in ["open", "closed"] {
+            let mut command = limited_client(&sandbox, path);
+            command
+                .env("VRAMGUARD_DIR", &damaged)
+                .env("VRAMGUARD_ON_ERROR", on_error);
+            let finished = run(command);
+            let context = format!("damaged ledger, {on_error}, {path:?}: {finished:?}");
+            assert!(finished.status.code().is_some(), "killed: {context}");
+            let summary = finished.summary();
+            assert_eq!(summary.ok, 2, "guarded in the rebuilt ledger: {context}");
+            assert_eq!(
+                summary.first_error.as_deref(),
+                Some("CUDA_ERROR_OUT_OF_MEMORY"),
+                "{context}"
+            );
+            assert!(
+                guard_lines(&finished.stderr)
+                    .iter()
+                    .all(|line| !line.contains("VRAMGUARD_ON_ERROR")),
+                "not a ledger error: {context}"
+            );
+        }
+    }
+    vramguard_core::ledger::Ledger::open_existing(&damaged).expect("the ledger was rebuilt");
     let report = sandbox.sim_report();
     assert_card_safe(&report, 0);
 }

@@ -319,21 +319,27 @@ fn a_ledger_file_planted_by_another_user_is_never_trusted() {
         ];
         let planting = as_user(&program, TEST_PLANTED, "plant", &dir, 65534, &[], &vars);
         assert_eq!(reports_of(planting, "planting"), ["planted"]);
+        if plant == "empty" {
+            // Root may remove any file, so a newcomer run by root replaces a planted empty file
+            // with a fresh ledger of its own, as it replaces any damaged one ("Rebuilding"):
+            // never opened as a ledger, and the guard works there at once.
+            let ledger = Ledger::open(&dir).expect("root replaces a planted empty file");
+            let meta = std::fs::metadata(ledger.path()).unwrap();
+            assert_eq!((meta.uid(), meta.len()), (0, layout::FILE_SIZE as u64));
+            let me = ledger.join("after the planted file").unwrap();
+            hold(&ledger, me, device(&ledger, 1 << 30), 1 << 20);
+            ledger.leave(me);
+            continue;
+        }
         let error = Ledger::open(&dir).err().expect("a planted file is refused");
         let LedgerError::Foreign { uid, problem } = &error else {
             panic!("{plant}: {error:?}");
         };
         assert_eq!(*uid, 65534);
-        match plant {
-            "symlink" => assert!(
-                matches!(**problem, LedgerError::Symlink { .. }),
-                "{problem:?}"
-            ),
-            _ => assert!(
-                matches!(**problem, LedgerError::WrongSize { actual: 0, .. }),
-                "{problem:?}"
-            ),
-        }
+        assert!(
+            matches!(**problem, LedgerError::Symlink { .. }),
+            "{problem:?}"
+        );
         let message = error.to_string();
         assert!(
             message.contains("belongs to nobody") && message.contains("host-setup"),
