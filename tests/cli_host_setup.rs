@@ -6,6 +6,8 @@
 
 #[path = "support/cli.rs"]
 mod cli_support;
+#[path = "support/other_users.rs"]
+mod other_users;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -13,17 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use cli_support::*;
+use other_users::is_root;
 
 /// The group of these tests' directories (a number no name needs to exist for), a member and an
 /// outsider.
 const GROUP: u32 = 47_321;
 const MEMBER: u32 = 47_322;
 const OUTSIDER: u32 = 47_323;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -54,38 +52,19 @@ fn vramguard_as(
     args: &[&str],
     vars: &[(&str, &str)],
 ) -> Output {
-    let mut command = Command::new("setpriv");
-    command
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"));
-    if groups.is_empty() {
-        command.arg("--clear-groups");
-    } else {
-        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-        command.arg(format!("--groups={}", list.join(",")));
-    }
-    command.arg("--").arg(program).args(args).current_dir("/");
+    let mut command = other_users::as_user(program, uid, groups);
+    command.args(args);
     clean(&mut command, vars);
     run_with_deadline(&mut command, HANG_GUARD)
 }
 
 /// Whether other users can be played here; records the skip if not.
 fn can_play_other_users(test: &str) -> bool {
-    if !is_root() {
-        skip(
-            test,
-            "needs root (host-setup is root's, and other users are played with setpriv)",
-        );
-        return false;
-    }
-    let found = Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        skip(test, "setpriv (util-linux) is not installed");
-    }
-    found
+    other_users::can_play_other_users(
+        test,
+        "needs root (host-setup is root's, and other users are played with setpriv)",
+        skip,
+    )
 }
 
 /// A copy of the command line that other users can run.

@@ -6,6 +6,8 @@
 
 #[path = "support/guard.rs"]
 mod guard_support;
+#[path = "support/other_users.rs"]
+mod other_users;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -23,21 +25,8 @@ const OUTSIDER: u32 = 47_333;
 
 /// `command` run by user `uid` with the supplementary `groups` only, on the ledger `dir`.
 fn as_user(command: Command, uid: u32, groups: &[u32], dir: &Path) -> Command {
-    let mut wrapped = Command::new("setpriv");
-    wrapped
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"));
-    if groups.is_empty() {
-        wrapped.arg("--clear-groups");
-    } else {
-        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-        wrapped.arg(format!("--groups={}", list.join(",")));
-    }
-    wrapped
-        .arg("--")
-        .arg(command.get_program())
-        .args(command.get_args())
-        .current_dir("/");
+    let mut wrapped = other_users::as_user(command.get_program(), uid, groups);
+    wrapped.args(command.get_args());
     for (key, value) in command.get_envs() {
         match value {
             Some(value) => wrapped.env(key, value),
@@ -66,12 +55,12 @@ fn open_to_others(path: &Path) {
 #[test]
 fn a_guarded_program_outside_the_group_says_so_once_and_follows_on_error() {
     const TEST: &str = "a_guarded_program_outside_the_group_says_so_once_and_follows_on_error";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return support::skip(TEST, "needs root to run the programs as other users");
-    }
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        return support::skip(TEST, "setpriv (util-linux) is not installed");
+    if !other_users::can_play_other_users(
+        TEST,
+        "needs root to run the programs as other users",
+        support::skip,
+    ) {
+        return;
     }
     let sandbox = Sandbox::new("4GiB");
     sandbox.init();

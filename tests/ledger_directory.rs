@@ -9,13 +9,16 @@
 //! other user and group ids (root only; skipped otherwise, with the reason).
 
 mod ledger_support;
+#[path = "support/other_users.rs"]
+mod other_users;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use ledger_support::{HANG_GUARD, TempDir, child_dir, child_var, device, hold, report, role, uuid};
+use other_users::is_root;
 use vramguard_core::ledger::{
     Cause, DirectoryProblem, Ledger, LedgerError, directory, host_setup, layout,
 };
@@ -31,26 +34,13 @@ const TEST_PLANTED: &str = "a_ledger_file_planted_by_another_user_is_never_trust
 const TEST_HARDENED: &str = "the_hardened_directory_keeps_outsiders_out_and_members_in";
 const TEST_RELATIVE: &str = "a_relative_directory_is_refused";
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Whether other users can be played here (root and `setpriv`); records the skip if not.
 fn can_play_other_users(test: &str) -> bool {
-    if !is_root() {
-        ledger_support::skip(test, "needs root to run children as other users");
-        return false;
-    }
-    let found = Command::new("setpriv")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        ledger_support::skip(test, "setpriv (util-linux) is not installed");
-    }
-    found
+    other_users::can_play_other_users(
+        test,
+        "needs root to run children as other users",
+        ledger_support::skip,
+    )
 }
 
 /// A copy of this test binary that other users can run (in `tmp`, world-readable).
@@ -71,30 +61,13 @@ fn as_user(
     groups: &[u32],
     vars: &[(&str, String)],
 ) -> Command {
-    let mut command = Command::new("setpriv");
-    command
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"));
-    if groups.is_empty() {
-        command.arg("--clear-groups");
-    } else {
-        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-        command.arg(format!("--groups={}", list.join(",")));
-    }
-    command
-        .arg("--")
-        .arg(program)
-        .args([test, "--exact", "--nocapture", "--test-threads=1", "-q"])
-        .current_dir("/")
-        .env(ledger_support::ROLE_VAR, role)
-        .env(ledger_support::DIR_VAR, dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (key, value) in vars {
-        command.env(key, value);
-    }
-    command
+    ledger_support::as_child(
+        other_users::as_user(program, uid, groups),
+        test,
+        role,
+        dir,
+        vars,
+    )
 }
 
 /// Runs `command` to its end (deadline) and returns its reports.

@@ -99,7 +99,7 @@ pub fn child_dir() -> PathBuf {
 /// Re-runs this test binary, running only `test` (which plays `role`), with `vars` set.
 pub fn child_command(test: &str, role: &str, dir: &Path, vars: &[(&str, String)]) -> Command {
     let exe = std::env::current_exe().expect("current test binary");
-    child_command_of(&exe, test, role, dir, vars)
+    as_child(Command::new(&exe), test, role, dir, vars)
 }
 
 /// [`child_command`] for another user (`uid`/`gid` on the command): this test binary is first
@@ -120,17 +120,18 @@ pub fn child_command_for_another_user(
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .expect("open the copy to other users");
     }
-    child_command_of(&copy, test, role, dir, vars)
+    as_child(Command::new(&copy), test, role, dir, vars)
 }
 
-fn child_command_of(
-    exe: &Path,
+/// `command` (this test binary, or a wrapper that execs it) made the child playing `role` in
+/// `test` on the ledger directory `dir`, with `vars`; its reports are on its piped stdout.
+pub fn as_child(
+    mut command: Command,
     test: &str,
     role: &str,
     dir: &Path,
     vars: &[(&str, String)],
 ) -> Command {
-    let mut command = Command::new(exe);
     command
         .args([test, "--exact", "--nocapture", "--test-threads=1", "-q"])
         .env(ROLE_VAR, role)
