@@ -23,25 +23,12 @@ impl Ledger {
     /// liveness lock on a new open file description until [`Ledger::leave`] or exit. A forked
     /// child calls this again to become a member of its own.
     pub fn join(&self, command: &str) -> Result<SlotId, LedgerError> {
-        let mut tries = 0;
-        loop {
-            let op = self.own.enter();
-            let moves = self.own.moves();
-            match self.join_here(command) {
-                Ok(slot) => {
-                    return Ok(self
-                        .own
-                        .add_member(slot.index as usize, slot.generation, command));
-                }
-                Err(error) => {
-                    drop(op);
-                    if tries >= RETRIES || !self.after_failure(&error, moves) {
-                        return Err(error);
-                    }
-                    tries += 1;
-                }
-            }
-        }
+        self.retried(|| {
+            let slot = self.join_here(command)?;
+            Ok(self
+                .own
+                .add_member(slot.index as usize, slot.generation, command))
+        })
     }
 
     /// Orderly exit of a member: returns all its bytes, drops its claims and wait tickets, wakes
@@ -63,28 +50,15 @@ impl Ledger {
         capacity: u64,
         budget: u64,
     ) -> Result<DeviceId, LedgerError> {
-        let mut tries = 0;
-        loop {
-            let op = self.own.enter();
-            let moves = self.own.moves();
-            match self.register_here(uuid, name, capacity, budget) {
-                Ok(record) => {
-                    return Ok(self.own.device_id(record.index as usize, || DeviceInfo {
-                        uuid,
-                        name: name.to_owned(),
-                        capacity,
-                        budget,
-                    }));
-                }
-                Err(error) => {
-                    drop(op);
-                    if tries >= RETRIES || !self.after_failure(&error, moves) {
-                        return Err(error);
-                    }
-                    tries += 1;
-                }
-            }
-        }
+        self.retried(|| {
+            let record = self.register_here(uuid, name, capacity, budget)?;
+            Ok(self.own.device_id(record.index as usize, || DeviceInfo {
+                uuid,
+                name: name.to_owned(),
+                capacity,
+                budget,
+            }))
+        })
     }
 
     /// The device registered with `uuid`, if any.
@@ -109,31 +83,17 @@ impl Ledger {
         bytes: u64,
         req: &Request,
     ) -> Result<Reservation, Refusal> {
-        let mut tries = 0;
-        loop {
-            let op = self.own.enter();
-            let moves = self.own.moves();
-            match self.reserve_here(self.own.slot(slot), self.own.device(dev), bytes, req) {
-                Ok(granted) => {
-                    self.own.reserved(slot, dev, bytes);
-                    drop(op);
-                    return Ok(Reservation {
-                        slot,
-                        device: dev,
-                        bytes,
-                        available_after: granted.available_after,
-                    });
-                }
-                Err(Refusal::Ledger(error)) => {
-                    drop(op);
-                    if tries >= RETRIES || !self.after_failure(&error, moves) {
-                        return Err(Refusal::Ledger(error));
-                    }
-                    tries += 1;
-                }
-                Err(refusal) => return Err(refusal),
-            }
-        }
+        self.retried(|| {
+            let granted =
+                self.reserve_here(self.own.slot(slot), self.own.device(dev), bytes, req)?;
+            self.own.reserved(slot, dev, bytes);
+            Ok(Reservation {
+                slot,
+                device: dev,
+                bytes,
+                available_after: granted.available_after,
+            })
+        })
     }
 
     /// Moves a reservation from in flight to held (the driver granted the memory).
@@ -169,24 +129,36 @@ impl Ledger {
         bytes: u64,
         req: &Request,
     ) -> Result<(), Refusal> {
+        self.retried(|| {
+            self.set_claim_here(self.own.slot(slot), self.own.device(dev), bytes, req)?;
+            self.own.claimed(slot, dev, bytes);
+            Ok(())
+        })
+    }
+
+    /// Makes `attempt` (an operation in the file mapped now, and on success the member's own
+    /// counters) inside the gate; when it fails with a ledger error after which the handle moved
+    /// or was moved (see [`Ledger::after_failure`]), makes it again there, up to [`RETRIES`]
+    /// times. Always inlined with its closure: `reserve` runs on every allocation.
+    #[inline(always)]
+    fn retried<T, E: MaybeLedgerError>(&self, attempt: impl Fn() -> Result<T, E>) -> Result<T, E> {
         let mut tries = 0;
         loop {
             let op = self.own.enter();
             let moves = self.own.moves();
-            match self.set_claim_here(self.own.slot(slot), self.own.device(dev), bytes, req) {
-                Ok(()) => {
-                    self.own.claimed(slot, dev, bytes);
-                    return Ok(());
-                }
-                Err(Refusal::Ledger(error)) => {
-                    drop(op);
-                    if tries >= RETRIES || !self.after_failure(&error, moves) {
-                        return Err(Refusal::Ledger(error));
-                    }
-                    tries += 1;
-                }
-                Err(refusal) => return Err(refusal),
+            let error = match attempt() {
+                Ok(done) => return Ok(done),
+                Err(error) => error,
+            };
+            drop(op);
+            let again = match error.ledger_error() {
+                Some(ledger) => tries < RETRIES && self.after_failure(ledger, moves),
+                None => false,
+            };
+            if !again {
+                return Err(error);
             }
+            tries += 1;
         }
     }
 
@@ -215,5 +187,28 @@ impl Ledger {
                 | LedgerError::Rebuilding { .. }
         );
         damage && self.heal().moved()
+    }
+}
+
+/// The error of an operation, which may be a failure of the ledger (after which the operation
+/// may be made again) or a refusal that is the operation's answer.
+trait MaybeLedgerError {
+    fn ledger_error(&self) -> Option<&LedgerError>;
+}
+
+impl MaybeLedgerError for LedgerError {
+    #[inline(always)]
+    fn ledger_error(&self) -> Option<&LedgerError> {
+        Some(self)
+    }
+}
+
+impl MaybeLedgerError for Refusal {
+    #[inline(always)]
+    fn ledger_error(&self) -> Option<&LedgerError> {
+        match self {
+            Refusal::Ledger(error) => Some(error),
+            _ => None,
+        }
     }
 }
