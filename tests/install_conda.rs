@@ -120,21 +120,15 @@ fn env(sandbox: &Sandbox, flag: &str, prefix: &Path, extra: &[&str]) -> String {
 
 /// `vramguard doctor`'s line about Python with `CONDA_PREFIX` set to `prefix`, as in a shell
 /// where the environment is activated.
-fn doctor_python_line(sandbox: &Sandbox, prefix: &Path) -> String {
-    let mut command = sandbox.program(vramguard());
-    command
-        .arg("doctor")
-        .env_remove("VIRTUAL_ENV")
-        .env_remove("VRAMGUARD_PYTHON")
-        .env("CONDA_PREFIX", prefix);
-    let finished = finish(command);
-    finished
-        .stdout
-        .lines()
-        .skip_while(|l| !l.contains("python: "))
-        .take(2)
-        .collect::<Vec<_>>()
-        .join("\n")
+fn conda_doctor_python_line(sandbox: &Sandbox, prefix: &Path) -> String {
+    doctor_python_line(
+        sandbox,
+        &vramguard(),
+        &[
+            ("VRAMGUARD_PYTHON", None),
+            ("CONDA_PREFIX", Some(prefix.as_os_str())),
+        ],
+    )
 }
 
 #[test]
@@ -211,7 +205,7 @@ fn a_conda_environment_is_guarded_like_a_virtualenv_and_remove_restores_it() {
     );
 
     // doctor, in a shell where the environment is active.
-    let line = doctor_python_line(&sandbox, &prefix);
+    let line = conda_doctor_python_line(&sandbox, &prefix);
     assert!(
         line.starts_with("ok    python: ") && line.contains("loaded by the start-up hook"),
         "{line}"
@@ -234,7 +228,7 @@ fn a_conda_environment_is_guarded_like_a_virtualenv_and_remove_restores_it() {
         "added {added:?}, lost {lost:?}"
     );
     assert!(after == before, "a file's contents differ after --remove");
-    let line = doctor_python_line(&sandbox, &prefix);
+    let line = conda_doctor_python_line(&sandbox, &prefix);
     assert!(
         line.starts_with("warn  python: ")
             && line.contains("the conda environment")

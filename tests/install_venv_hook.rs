@@ -393,27 +393,11 @@ fn remove_hook(sandbox: &Sandbox, cli: &Path, venv: &OsStr) -> String {
     )
 }
 
-fn doctor_python_line(sandbox: &Sandbox, env: &[(&str, &OsStr)]) -> String {
-    let mut command = sandbox.program(vramguard());
-    command.arg("doctor").env_remove("VIRTUAL_ENV");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let finished = finish(command);
-    finished
-        .stdout
-        .lines()
-        .skip_while(|l| !l.contains("python: "))
-        .take(2)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn doctor_says_whether_the_interpreter_is_guarded_and_why_not() {
     let g = guarded_venv();
     let venv = g.venv.as_os_str();
-    let line = doctor_python_line(&g.sandbox, &[("VIRTUAL_ENV", venv)]);
+    let line = doctor_python_line(&g.sandbox, &vramguard(), &[("VIRTUAL_ENV", Some(venv))]);
     assert!(
         line.starts_with("ok    python: ")
             && line.contains("is guarded (libvramguard.so loaded by the start-up hook"),
@@ -421,7 +405,11 @@ fn doctor_says_whether_the_interpreter_is_guarded_and_why_not() {
     );
     let line = doctor_python_line(
         &g.sandbox,
-        &[("VIRTUAL_ENV", venv), ("VRAMGUARD_DISABLE", "1".as_ref())],
+        &vramguard(),
+        &[
+            ("VIRTUAL_ENV", Some(venv)),
+            ("VRAMGUARD_DISABLE", Some("1".as_ref())),
+        ],
     );
     assert!(
         line.starts_with("warn  python: ") && line.contains("VRAMGUARD_DISABLE=1"),
@@ -430,7 +418,11 @@ fn doctor_says_whether_the_interpreter_is_guarded_and_why_not() {
     // Through VRAMGUARD_PYTHON (what `python -m vramguard` sets), after the hook is removed.
     remove_hook(&g.sandbox, &vramguard(), venv);
     let python = g.python();
-    let line = doctor_python_line(&g.sandbox, &[("VRAMGUARD_PYTHON", python.as_os_str())]);
+    let line = doctor_python_line(
+        &g.sandbox,
+        &vramguard(),
+        &[("VRAMGUARD_PYTHON", Some(python.as_os_str()))],
+    );
     assert!(
         line.starts_with("warn  python: ") && line.contains("has no vramguard hook"),
         "{line}"

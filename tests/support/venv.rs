@@ -110,6 +110,32 @@ pub fn vramguard_ok(sandbox: &Sandbox, vramguard: &Path, args: &[&std::ffi::OsSt
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `vramguard doctor`'s line about Python and the one after it, run by `vramguard` (the given
+/// executable) in the sandbox without `VIRTUAL_ENV` and with `env` (a name with `None` is
+/// removed from the environment).
+pub fn doctor_python_line(
+    sandbox: &Sandbox,
+    vramguard: &Path,
+    env: &[(&str, Option<&std::ffi::OsStr>)],
+) -> String {
+    let mut command = sandbox.program(vramguard);
+    command.arg("doctor").env_remove("VIRTUAL_ENV");
+    for (key, value) in env {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let finished = finish(command);
+    finished
+        .stdout
+        .lines()
+        .skip_while(|l| !l.contains("python: "))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A sandbox with the card of these tests.
 pub fn sandbox() -> Sandbox {
     let mut sandbox = Sandbox::new(CARD);
