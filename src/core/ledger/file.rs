@@ -47,30 +47,20 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     fn new(fd: BorrowedFd<'_>, writable: bool, path: &Path) -> Result<Mapping, LedgerError> {
         use std::os::fd::AsRawFd;
-        let protection = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
         // SAFETY: a fresh shared mapping of `FILE_SIZE` bytes of an open file, at an address the
         // kernel picks; no existing memory is affected.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 FILE_SIZE,
-                protection,
+                protection(writable),
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(LedgerError::from_io(
-                path,
-                "mmap",
-                0,
-                io::Error::last_os_error(),
-            ));
+            return Err(mmap_error(path));
         }
         let base = NonNull::new(base.cast::<LedgerLayout>()).ok_or_else(|| LedgerError::Io {
             path: path.to_owned(),
@@ -90,11 +80,6 @@ impl Mapping {
         path: &Path,
     ) -> Result<(), LedgerError> {
         use std::os::fd::AsRawFd;
-        let protection = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
         // SAFETY: replaces exactly the region this `Mapping` owns (`FILE_SIZE` bytes at `base`,
         // mapped in `new`) with a shared mapping of the same size of another file of exactly
         // that size (checked by the caller); MAP_FIXED swaps the pages atomically, so the region
@@ -103,19 +88,14 @@ impl Mapping {
             libc::mmap(
                 self.base.as_ptr().cast(),
                 FILE_SIZE,
-                protection,
+                protection(writable),
                 libc::MAP_SHARED | libc::MAP_FIXED,
                 fd.as_raw_fd(),
                 0,
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(LedgerError::from_io(
-                path,
-                "mmap",
-                0,
-                io::Error::last_os_error(),
-            ));
+            return Err(mmap_error(path));
         }
         Ok(())
     }
@@ -129,6 +109,21 @@ impl Mapping {
         // mapping is only ever loaded from (callers refuse writes when the ledger is read-only).
         unsafe { self.base.as_ref() }
     }
+}
+
+/// The protection of a mapping of the ledger file: read-write, or read-only.
+fn protection(writable: bool) -> libc::c_int {
+    if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    }
+}
+
+/// The error of an `mmap` of the ledger file `path` that just failed (from `errno`).
+#[cold]
+fn mmap_error(path: &Path) -> LedgerError {
+    LedgerError::from_io(path, "mmap", 0, io::Error::last_os_error())
 }
 
 impl Drop for Mapping {
