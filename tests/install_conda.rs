@@ -220,14 +220,7 @@ fn a_conda_environment_is_guarded_like_a_virtualenv_and_remove_restores_it() {
     let out = env(&sandbox, "--venv", &prefix, &["--remove"]);
     assert!(out.contains("removed the start-up hook"), "{out}");
     assert!(out.contains("removed the guard from"), "{out}");
-    let after = tree(&prefix);
-    let added: Vec<_> = after.keys().filter(|k| !before.contains_key(*k)).collect();
-    let lost: Vec<_> = before.keys().filter(|k| !after.contains_key(*k)).collect();
-    assert!(
-        added.is_empty() && lost.is_empty(),
-        "added {added:?}, lost {lost:?}"
-    );
-    assert!(after == before, "a file's contents differ after --remove");
+    assert_restored(&before, &prefix);
     let line = conda_doctor_python_line(&sandbox, &prefix);
     assert!(
         line.starts_with("warn  python: ")

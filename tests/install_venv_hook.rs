@@ -370,14 +370,7 @@ fn remove_leaves_the_virtualenv_as_it_was() {
     );
     let out = remove_hook(&sandbox, &cli, venv.as_os_str());
     assert!(out.contains("removed the start-up hook"), "{out}");
-    let after = tree(&venv);
-    let added: Vec<_> = after.keys().filter(|k| !before.contains_key(*k)).collect();
-    let lost: Vec<_> = before.keys().filter(|k| !after.contains_key(*k)).collect();
-    assert!(
-        added.is_empty() && lost.is_empty(),
-        "added {added:?}, lost {lost:?}"
-    );
-    assert!(after == before, "a file's contents differ after --remove");
+    assert_restored(&before, &venv);
     // Removing again is fine and says so.
     let out = remove_hook(&sandbox, &cli, venv.as_os_str());
     assert!(out.contains("had no guard to remove"), "{out}");

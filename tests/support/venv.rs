@@ -136,6 +136,19 @@ pub fn doctor_python_line(
         .join("\n")
 }
 
+/// Checks that `dir` is again exactly the `before` snapshot of it ([`tree`]) after
+/// `vramguard env --venv ... --remove`: no file added, none lost, none changed.
+pub fn assert_restored(before: &BTreeMap<PathBuf, Vec<u8>>, dir: &Path) {
+    let after = tree(dir);
+    let added: Vec<_> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+    let lost: Vec<_> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+    assert!(
+        added.is_empty() && lost.is_empty(),
+        "added {added:?}, lost {lost:?}"
+    );
+    assert!(after == *before, "a file's contents differ after --remove");
+}
+
 /// A sandbox with the card of these tests.
 pub fn sandbox() -> Sandbox {
     let mut sandbox = Sandbox::new(CARD);
