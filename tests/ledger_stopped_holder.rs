@@ -8,7 +8,7 @@
 
 mod ledger_support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,20 @@ fn cycler() {
     }
     ledger.leave(me);
     report(format!("done {rounds}"));
+}
+
+/// A `cycler` child of `test` on the ledger of `tmp`, stopped by creating `stop`, once it
+/// said it is ready; with its reports.
+fn start_cycler(tmp: &TempDir, test: &str, stop: &Path) -> (Child, ledger_support::Reports) {
+    let mut child = ledger_support::spawn(
+        test,
+        "cycler",
+        &tmp.ledger_dir(),
+        &[("CYCLER_STOP", stop.display().to_string())],
+    );
+    let reports = ledger_support::Reports::new(&mut child);
+    assert_eq!(reports.next(HANG_GUARD, "cycler start"), "ready");
+    (child, reports)
 }
 
 fn signal(child: &Child, signal: i32) {
@@ -102,14 +116,7 @@ fn a_stopped_lock_holder_delays_others_but_never_hangs_or_leaks() {
     );
 
     let stop = tmp.path().join("stop");
-    let mut child = ledger_support::spawn(
-        TEST,
-        "cycler",
-        &tmp.ledger_dir(),
-        &[("CYCLER_STOP", stop.display().to_string())],
-    );
-    let reports = ledger_support::Reports::new(&mut child);
-    assert_eq!(reports.next(HANG_GUARD, "cycler start"), "ready");
+    let (mut child, reports) = start_cycler(&tmp, TEST, &stop);
     let mut rng = Rng::new(ledger_support::seed());
 
     // Stopped for 300 ms: the contender waits, then proceeds once the holder runs again.
@@ -207,14 +214,7 @@ fn updates_that_meet_a_stuck_lock_are_applied_once_it_frees() {
         .unwrap();
 
     let stop = tmp.path().join("stop");
-    let mut child = ledger_support::spawn(
-        TEST_KEPT,
-        "cycler",
-        &tmp.ledger_dir(),
-        &[("CYCLER_STOP", stop.display().to_string())],
-    );
-    let reports = ledger_support::Reports::new(&mut child);
-    assert_eq!(reports.next(HANG_GUARD, "cycler start"), "ready");
+    let (mut child, reports) = start_cycler(&tmp, TEST_KEPT, &stop);
     let mut rng = Rng::new(ledger_support::seed());
     let token = stop_inside_lock(&ledger, dev, &child, &mut rng);
 
