@@ -63,13 +63,8 @@ fn check(mode: &str, files: &[&Path]) -> Result<Vec<Value>, String> {
 fn cdi(args: &[&str]) -> String {
     let mut command = Command::new(support::artifacts().cli);
     command.arg("cdi").args(args).env_remove("VRAMGUARD_DIR");
-    let output = support::run_with_deadline(command, DEADLINE);
-    assert!(
-        output.status.success(),
-        "vramguard cdi {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let stdout = support::stdout_of_success(command, DEADLINE, &format!("vramguard cdi {args:?}"));
+    String::from_utf8_lossy(&stdout).into_owned()
 }
 
 fn is_name(text: &str, extra: &str) -> bool {

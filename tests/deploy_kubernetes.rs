@@ -410,13 +410,8 @@ fn plugin_answer(args: &[&str]) -> Value {
         .args(args)
         .arg("--print-allocation")
         .env_remove("VRAMGUARD_DIR");
-    let output = support::run_with_deadline(command, DEADLINE);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let stdout = support::stdout_of_success(command, DEADLINE, &format!("{args:?}"));
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 /// The spec `vramguard cdi` writes for a library and a ledger directory.
@@ -431,9 +426,8 @@ fn cdi_spec(library: &str, ledger: &str) -> Value {
         "--format",
         "json",
     ]);
-    let output = support::run_with_deadline(command, DEADLINE);
-    assert!(output.status.success());
-    serde_json::from_slice(&output.stdout).unwrap()
+    let stdout = support::stdout_of_success(command, DEADLINE, "vramguard cdi");
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 #[test]

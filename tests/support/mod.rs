@@ -776,6 +776,18 @@ pub fn run_with_deadline(command: Command, timeout: Duration) -> Output {
     }
 }
 
+/// Runs `command` to completion (a hang is killed at `timeout`) and returns its stdout; panics
+/// with its stderr, under `what`, when it fails.
+pub fn stdout_of_success(command: Command, timeout: Duration, what: &str) -> Vec<u8> {
+    let output = run_with_deadline(command, timeout);
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 /// A client's final `summary` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
