@@ -7,12 +7,15 @@
 //! library and the spec on the host), and its own `vramguard cdi` command line produces a valid
 //! spec (the rest of the manifests: `tests/deploy_kubernetes.rs`).
 
+#[path = "support/pod_spec.rs"]
+mod pod_spec;
 mod support;
 #[path = "support/unloadable.rs"]
 mod unloadable;
 #[path = "support/venv.rs"]
 mod venv_support;
 
+use pod_spec::host_path;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -194,17 +197,6 @@ fn manifest(name: &str) -> Vec<Value> {
         );
     }
     documents
-}
-
-/// The hostPath of the volume `name` of a pod spec.
-fn host_path<'a>(pod: &'a Value, name: &str) -> &'a str {
-    pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == name)
-        .and_then(|v| v["hostPath"]["path"].as_str())
-        .unwrap_or_else(|| panic!("no hostPath volume {name}"))
 }
 
 #[test]

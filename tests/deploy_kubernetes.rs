@@ -9,10 +9,13 @@
 //! passing Pod Security's baseline level (a check in this file of the baseline rules, which no
 //! offline validator here implements).
 
+#[path = "support/pod_spec.rs"]
+mod pod_spec;
 mod support;
 #[path = "support/venv.rs"]
 mod venv_support;
 
+use pod_spec::host_path;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -120,17 +123,6 @@ fn strings(value: &Value) -> Vec<&str> {
         .as_array()
         .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
         .unwrap_or_default()
-}
-
-/// The hostPath of the pod's volume `name`.
-fn host_path<'a>(pod: &'a Value, name: &str) -> &'a str {
-    pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == name)
-        .and_then(|v| v["hostPath"]["path"].as_str())
-        .unwrap_or_else(|| panic!("no hostPath volume {name}"))
 }
 
 /// Where the host path `path` is seen inside `container` of `pod`, through its hostPath mounts.
